@@ -1,0 +1,197 @@
+"""The `cmt` command (DESIGN.md, Command line). Each sub-command is a thin call into cmtlib;
+heavy modules are imported only by the command that needs them, so `cmt --help` stays fast."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _cmd_synth(a: argparse.Namespace) -> int:
+    from cmtlib.data.synth import make_synthetic
+
+    manifest = make_synthetic(Path(a.out), n=a.n, size=a.size, seed=a.seed)
+    print(f"wrote {manifest}")
+    return 0
+
+
+def _cmd_import(a: argparse.Namespace) -> int:
+    from cmtlib.data.collections import import_collection
+
+    options = dict(kv.split("=", 1) for kv in (a.map or []))
+    report = import_collection(a.kind, Path(a.root), Path(a.out), column_map=options, source=a.source, uncertain=a.uncertain)
+    print(report.summary())
+    return 0
+
+
+def _cmd_check(a: argparse.Namespace) -> int:
+    from cmtlib.data.manifest import check_manifest, read_manifest
+
+    df = read_manifest(a.manifest)
+    problems = check_manifest(df)
+    if problems:
+        print(f"{a.manifest}: {len(problems)} problem(s)", file=sys.stderr)
+        for p in problems:
+            print(f"  - {p}", file=sys.stderr)
+        return 1
+    print(f"{a.manifest}: {len(df)} rows, valid")
+    return 0
+
+
+def _cmd_split(a: argparse.Namespace) -> int:
+    from cmtlib.data.split import split_manifest
+
+    report = split_manifest(Path(a.manifest), Path(a.out), val=a.val, test=a.test, seed=a.seed, find_duplicates=not a.no_duplicates)
+    print(report.summary())
+    return 0
+
+
+def _cmd_cache(a: argparse.Namespace) -> int:
+    from cmtlib.data.cache import build_cache
+
+    report = build_cache(Path(a.manifest), size=a.size, out=Path(a.out), workers=a.workers)
+    print(report.summary())
+    return 0
+
+
+def _cmd_train(a: argparse.Namespace) -> int:
+    from cmtlib.engine import train
+    from cmtlib.params import load_params
+
+    params = load_params(a.params, a.set or [])
+    run_dir = train(params, resume=a.resume, overwrite=a.overwrite)
+    print(f"run folder: {run_dir}")
+    return 0
+
+
+def _cmd_evaluate(a: argparse.Namespace) -> int:
+    from cmtlib.evaluate import evaluate_run
+
+    metrics = evaluate_run(Path(a.run), manifest=Path(a.manifest) if a.manifest else None, split=a.split)
+    c = metrics["covid"]
+    print(f"COVID AUC {c['auc']}, EER {c['eer']}, sensitivity at 99% specificity {c['sens_at_spec99']}; lung Dice {metrics['lung']['dice']}")
+    return 0
+
+
+def _cmd_predict(a: argparse.Namespace) -> int:
+    from cmtlib.predict import predict_files
+
+    results = predict_files(Path(a.run), [Path(p) for p in a.inputs], Path(a.out))
+    failed = [r for r in results if r.get("error")]
+    print(f"{len(results) - len(failed)} image(s) predicted into {a.out}; {len(failed)} failed")
+    for r in failed:
+        print(f"  - {r['input']}: {r['error']}", file=sys.stderr)
+    return 1 if failed and len(failed) == len(results) else 0
+
+
+def _cmd_report(a: argparse.Namespace) -> int:
+    from cmtlib.report.chain import run_report
+
+    index = run_report(Path(a.params), out=Path(a.out) if a.out else None, overrides=a.set or [])
+    print(f"report: {index}")
+    return 0
+
+
+def _cmd_ablation(a: argparse.Namespace) -> int:
+    from cmtlib.report.ablation import run_ablation
+
+    summary = run_ablation([Path(p) for p in a.params], out=Path(a.out) if a.out else None, overrides=a.set or [])
+    print(f"ablation summary: {summary}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cmt", description="CMTNet: explainable multi-task COVID-19 chest X-ray screening (research use only).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="build, check, split and cache image manifests").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("synth", help="make synthetic chest X-ray phantoms with masks and labels")
+    p.add_argument("--out", required=True, help="output folder (manifest.csv, images/, masks/)")
+    p.add_argument("--n", type=int, default=2000, help="number of images")
+    p.add_argument("--size", type=int, default=256, help="image side in pixels")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_synth)
+
+    p = data.add_parser("import", help="turn a public collection into a manifest")
+    p.add_argument("kind", choices=["ieee8023", "covidx", "nih", "chexpert", "csv", "auto"])
+    p.add_argument("root", help="the collection's folder")
+    p.add_argument("--out", required=True, help="manifest CSV to write")
+    p.add_argument("--map", action="append", metavar="COLUMN=SOURCE", help="csv kind: manifest column = your CSV's column (repeat); see README")
+    p.add_argument("--source", default="", help="csv kind: source name used to prefix ids")
+    p.add_argument("--uncertain", choices=["unknown", "positive", "negative"], default="unknown", help="chexpert: how to read -1 labels")
+    p.set_defaults(func=_cmd_import)
+
+    p = data.add_parser("check", help="validate a manifest against the contract (exit 1 naming the rows)")
+    p.add_argument("manifest")
+    p.set_defaults(func=_cmd_check)
+
+    p = data.add_parser("split", help="patient- and duplicate-aware train/val/test split")
+    p.add_argument("manifest")
+    p.add_argument("--out", required=True)
+    p.add_argument("--val", type=float, default=0.15)
+    p.add_argument("--test", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-duplicates", action="store_true", help="skip near-duplicate detection (not recommended)")
+    p.set_defaults(func=_cmd_split)
+
+    p = data.add_parser("cache", help="resized uint8 images and masks as memory-mapped arrays")
+    p.add_argument("manifest")
+    p.add_argument("--size", type=int, required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--workers", type=int, default=0, help="parallel readers (0 = number of CPUs)")
+    p.set_defaults(func=_cmd_cache)
+
+    p = sub.add_parser("train", help="train a model from a params YAML")
+    p.add_argument("--params", required=True)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a parameter (repeat)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="predictions.csv and metrics.json for a trained run")
+    p.add_argument("run")
+    p.add_argument("--manifest", default="", help="manifest to evaluate (default: the run's own data)")
+    p.add_argument("--split", default="test")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("predict", help="predict images, folders or DICOM files with a trained run")
+    p.add_argument("run")
+    p.add_argument("inputs", nargs="+")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("report", help="run the notebook chain and render the HTML reports")
+    p.add_argument("--params", required=True)
+    p.add_argument("--out", default="", help="report folder (default: reports/<run name>)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("ablation", help="train + evaluate once per params file, then a summary page")
+    p.add_argument("params", nargs="+")
+    p.add_argument("--out", default="")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p.set_defaults(func=_cmd_ablation)
+    return parser
+
+
+# Errors a user can fix: print the message, not a traceback.
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from cmtlib.data.manifest import ManifestError
+    from cmtlib.params import ParamsError
+
+    return (ManifestError, ParamsError, FileNotFoundError, FileExistsError, KeyError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except _user_errors() as err:
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"cmt: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""Atomic file writes: write to a temporary file beside the target, then rename.
+
+A crash or a kill mid-write leaves the previous file intact, never a truncated one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path in the target's folder; rename it onto `target` on success.
+
+    The temporary file is removed if the block raises, so the target keeps its old content.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix or target.suffix, dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text(target: str | os.PathLike, text: str) -> Path:
+    with atomic_path(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(target)
+
+
+def write_json(target: str | os.PathLike, obj: Any) -> Path:
+    """Write `obj` as JSON; NaN and infinities become null (JSON has no NaN)."""
+    text = json.dumps(_finite(obj), indent=2, allow_nan=False, default=_json_default)
+    return write_text(target, text + "\n")
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if hasattr(obj, "item") and getattr(obj, "ndim", 1) == 0:
+        return _finite(obj.item())
+    return obj
+
+
+def _json_default(obj: Any) -> Any:
+    # numpy scalars and paths appear in metrics and configs; plain json cannot encode them.
+    if hasattr(obj, "item"):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot write {type(obj).__name__} to JSON")

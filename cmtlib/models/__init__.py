@@ -1,0 +1,1 @@
+"""Networks behind one output contract (DESIGN.md): CMTNet, its ablation variants, baselines."""

@@ -1,0 +1,22 @@
+"""Which network to build and how wide."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+ALL_TASKS: tuple[str, ...] = ("lung", "disease", "healthy", "multilabel")
+
+
+@dataclass
+class ModelConfig:
+    # A name in cmtlib.models.registry (cmtnet, or a baseline such as resnet18).
+    model: str = "cmtnet"
+    # CMTNet tasks (paper's t1..t4 = lung, disease, healthy, multilabel); the ablation drops some,
+    # keeping at least one segmentation task and multilabel (Table V).
+    tasks: list[str] = field(default_factory=lambda: list(ALL_TASKS))
+    # Channel multiplier on VGG16-BN (1.0 = the paper); 0.25 makes CPU runs feasible.
+    width: float = 1.0
+    # imagenet (torchvision's vgg16_bn weights from a local file or cache), none, or a path to a state_dict.
+    encoder_weights: str = "imagenet"
+    # Hidden sizes of the two 3-layer FC heads, as a fraction of the embedding size (the paper gives none).
+    head_hidden: int = 256

@@ -1,0 +1,1 @@
+"""The papermill notebook chain, nbconvert rendering and the index page."""

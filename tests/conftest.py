@@ -1,0 +1,23 @@
+"""Shared fixtures. Tests that read ../shared/data fail under CI (CI=true) when it is missing and
+skip with a clear message elsewhere."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CXR_PUBLIC = Path(os.environ.get("CMT_CXR_PUBLIC", REPO.parent / "shared" / "data" / "cxr-public"))
+
+
+@pytest.fixture(scope="session")
+def cxr_public() -> Path:
+    """The real published chest X-rays in ../shared/data/cxr-public (read in place, never copied)."""
+    if not (CXR_PUBLIC / "SOURCES.md").is_file():
+        message = f"real data not found at {CXR_PUBLIC} (set CMT_CXR_PUBLIC to its folder)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return CXR_PUBLIC
