@@ -101,6 +101,14 @@ def _cmd_ablation(a: argparse.Namespace) -> int:
     return 0
 
 
+def _pixels(text: str) -> int:
+    """argparse type for image sides: an integer of at least 16 px."""
+    value = int(text)
+    if value < 16:
+        raise argparse.ArgumentTypeError(f"{value} px is too small; use at least 16 (the paper uses 224)")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cmt", description="CMTNet: explainable multi-task COVID-19 chest X-ray screening (research use only).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -109,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = data.add_parser("synth", help="make synthetic chest X-ray phantoms with masks and labels")
     p.add_argument("--out", required=True, help="output folder (manifest.csv, images/, masks/)")
     p.add_argument("--n", type=int, default=2000, help="number of images")
-    p.add_argument("--size", type=int, default=256, help="image side in pixels")
+    p.add_argument("--size", type=_pixels, default=256, help="image side in pixels")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_synth)
 
@@ -137,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = data.add_parser("cache", help="resized uint8 images and masks as memory-mapped arrays")
     p.add_argument("manifest")
-    p.add_argument("--size", type=int, required=True)
+    p.add_argument("--size", type=_pixels, required=True, help="side of the cached square images in pixels")
     p.add_argument("--out", required=True)
     p.add_argument("--workers", type=int, default=0, help="parallel readers (0 = number of CPUs)")
     p.set_defaults(func=_cmd_cache)
@@ -177,10 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Errors a user can fix: print the message, not a traceback.
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from cmtlib.data.cache import CacheError
+    from cmtlib.data.io import ImageReadError
     from cmtlib.data.manifest import ManifestError
     from cmtlib.params import ParamsError
 
-    return (ManifestError, ParamsError, FileNotFoundError, FileExistsError, KeyError)
+    return (ManifestError, ParamsError, CacheError, ImageReadError, FileNotFoundError, FileExistsError, KeyError)
 
 
 def main(argv: list[str] | None = None) -> int:
