@@ -1,0 +1,170 @@
+"""The manifest: one CSV row per image, the single hand-off between data and everything else.
+
+Every value is kept as a string; an empty string means unknown, never 0 (DESIGN.md). Readers that
+need numbers convert with `label_array`, which maps unknown to NaN.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cmtlib.fileio import atomic_path
+
+COLUMNS: tuple[str, ...] = (
+    "image_id", "path", "patient_id", "source", "view", "sex", "age", "offset_days", "finding",
+    "license", "label_healthy", "label_covid", "label_other", "lung_mask", "disease_mask",
+    "lung_boxes", "disease_boxes", "split",
+)
+LABEL_COLUMNS: tuple[str, ...] = ("label_healthy", "label_covid", "label_other")
+LABEL_VALUES = frozenset({"", "0", "1"})
+VIEWS = frozenset({"PA", "AP", "AP Supine", ""})
+SPLITS = frozenset({"train", "val", "test", ""})
+# Optional columns written by `cmt data split` / the cache; absent in a fresh import.
+DUPLICATE_GROUP = "duplicate_group"
+
+QUARANTINE_COLUMNS: tuple[str, ...] = ("image_id", "path", "reason")
+
+
+class ManifestError(ValueError):
+    """A manifest that breaks the contract; the message names the rows and how to fix them."""
+
+
+def empty_manifest() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=str) for c in COLUMNS})
+
+
+def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a manifest with every cell as a string ('' = unknown)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest not found: {path}")
+    return pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+
+
+def write_manifest(df: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write atomically, contract columns first (missing ones added empty), extras after."""
+    df = df.copy()
+    for col in COLUMNS:
+        if col not in df.columns:
+            df[col] = ""
+    order = list(COLUMNS) + [c for c in df.columns if c not in COLUMNS]
+    df = df[order].fillna("").astype(str)
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+    return Path(path)
+
+
+def resolve_path(manifest_path: str | os.PathLike, value: str) -> Path:
+    """A manifest path cell: absolute as is, else relative to the manifest's folder."""
+    p = Path(value)
+    return p if p.is_absolute() else (Path(manifest_path).resolve().parent / p)
+
+
+def label_array(df: pd.DataFrame, column: str) -> np.ndarray:
+    """Float array of a label column: 1.0, 0.0, or NaN for unknown."""
+    return pd.to_numeric(df[column].replace("", np.nan), errors="raise").to_numpy(dtype=float)
+
+
+def parse_boxes(cell: str) -> list[list[float]] | None:
+    """`lung_boxes` / `disease_boxes` cell -> list of [x0, y0, x1, y1]; None when unknown ('')."""
+    if cell == "":
+        return None
+    boxes = json.loads(cell)
+    if not isinstance(boxes, list) or any(len(b) != 4 for b in boxes):
+        raise ManifestError(f"boxes must be a JSON list of [x0, y0, x1, y1], got {cell!r}")
+    return [[float(v) for v in b] for b in boxes]
+
+
+def format_boxes(boxes: list[list[float]] | None) -> str:
+    if boxes is None:
+        return ""
+    return json.dumps([[round(float(v), 1) for v in b] for b in boxes])
+
+
+def manifest_hash(path: str | os.PathLike) -> str:
+    """Short content hash of a manifest file, shown on report pages to identify the data."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+
+
+def quarantine_path(manifest_path: str | os.PathLike) -> Path:
+    """`<manifest stem>.quarantine.csv` beside the manifest (DESIGN.md)."""
+    p = Path(manifest_path)
+    return p.with_name(f"{p.stem}.quarantine.csv")
+
+
+def write_quarantine(entries: list[dict], path: str | os.PathLike) -> Path:
+    """Write quarantine entries (image_id, path, reason) atomically; an empty list writes a header."""
+    df = pd.DataFrame(entries, columns=list(QUARANTINE_COLUMNS)).fillna("")
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+    return Path(path)
+
+
+def read_quarantine(path: str | os.PathLike) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        return pd.DataFrame(columns=list(QUARANTINE_COLUMNS))
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+def _rows(df: pd.DataFrame, mask: pd.Series, limit: int = 8) -> str:
+    ids = df.loc[mask, "image_id"].tolist() if "image_id" in df.columns else []
+    lines = [f"row {i + 2}" + (f" ({iid})" if iid else "") for i, iid in zip(np.flatnonzero(mask.to_numpy()), ids)]
+    more = f" and {len(lines) - limit} more" if len(lines) > limit else ""
+    return ", ".join(lines[:limit]) + more
+
+
+def check_manifest(df: pd.DataFrame) -> list[str]:
+    """Every contract violation as a message that names the rows (CSV line numbers); [] when valid."""
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        return [f"manifest lacks column(s) {', '.join(missing)}; see DESIGN.md (Manifest)"]
+    problems: list[str] = []
+    dup = df["image_id"].duplicated(keep=False)
+    if dup.any():
+        problems.append(f"duplicate image_id at {_rows(df, dup)}")
+    blank = df["image_id"] == ""
+    if blank.any():
+        problems.append(f"empty image_id at {_rows(df, blank)}")
+    for col in LABEL_COLUMNS:
+        bad = ~df[col].isin(LABEL_VALUES)
+        if bad.any():
+            values = sorted(set(df.loc[bad, col]))[:5]
+            problems.append(f"{col} has values {values} (allowed: 1, 0, empty) at {_rows(df, bad)}")
+    bad = ~df["split"].isin(SPLITS)
+    if bad.any():
+        problems.append(f"split has values {sorted(set(df.loc[bad, 'split']))[:5]} (allowed: train, val, test, empty) at {_rows(df, bad)}")
+    bad = ~df["view"].isin(VIEWS)
+    if bad.any():
+        problems.append(f"view has values {sorted(set(df.loc[bad, 'view']))[:5]} (allowed: PA, AP, AP Supine, empty) at {_rows(df, bad)}")
+    for col in ("lung_boxes", "disease_boxes"):
+        for i, cell in enumerate(df[col]):
+            try:
+                parse_boxes(cell)
+            except (ValueError, ManifestError) as err:
+                problems.append(f"{col} at row {i + 2} ({df['image_id'].iloc[i]}): {err}")
+    problems += _leaks(df, "patient_id", "patient")
+    if DUPLICATE_GROUP in df.columns:
+        problems += _leaks(df, DUPLICATE_GROUP, "duplicate group")
+    return problems
+
+
+def _leaks(df: pd.DataFrame, key: str, what: str) -> list[str]:
+    """A patient (or duplicate group) whose images sit in more than one split leaks test data."""
+    assigned = df[(df["split"] != "") & (df[key] != "")]
+    n_splits = assigned.groupby(key)["split"].nunique()
+    leaking = n_splits[n_splits > 1].index
+    out = []
+    for k in leaking[:20]:
+        mask = df[key] == k
+        splits = sorted(set(df.loc[mask, "split"]) - {""})
+        out.append(f"{what} {k} is in splits {splits}: {_rows(df, mask)}")
+    if len(leaking) > 20:
+        out.append(f"... and {len(leaking) - 20} more {what}s in two splits")
+    return out
