@@ -30,6 +30,8 @@ COMPONENTS: dict[str, type] = {
 }
 # Keys whose values are paths: resolved to absolute at load time so notebooks (which papermill runs
 # from their own folder) and the command line agree.
+# A params file may name another as its base (read first, then overridden); not a component key.
+BASE_KEY = "base"
 PATH_KEYS = frozenset({"data_root", "cache_dir", "run_dir", "reports_dir"})
 
 
@@ -147,16 +149,25 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
     return out
 
 
-def read_params_file(path: str | os.PathLike) -> dict[str, Any]:
-    path = Path(path)
+def read_params_file(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A params file's flat values; a `base: other.yaml` key (relative to this file) is read first,
+    so a variant (an ablation subset, a seed) states only what differs from its base."""
+    path = Path(path).resolve()
     if not path.is_file():
         raise ParamsError(f"params file not found: {path}")
+    if path in _seen:
+        raise ParamsError(f"params files include each other in a loop: {' -> '.join(map(str, _seen + (path,)))}")
     values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     if not isinstance(values, dict):
         raise ParamsError(f"{path} must hold a flat mapping of key: value, got {type(values).__name__}")
     nested = [k for k, v in values.items() if isinstance(v, dict)]
     if nested:
         raise ParamsError(f"{path}: params are flat key: value pairs; {nested} hold nested mappings")
+    base = values.pop(BASE_KEY, None)
+    if base:
+        merged = read_params_file(path.parent / str(base), _seen + (path,))
+        merged.update(values)
+        values = merged
     return values
 
 

@@ -41,3 +41,18 @@ def test_params_file_must_be_flat(tmp_path):
     f.write_text("train:\n  epochs: 3\n")
     with pytest.raises(ParamsError, match="flat"):
         load_params(f)
+
+
+def test_base_file_is_read_first_and_overridden(tmp_path):
+    (tmp_path / "base.yaml").write_text("epochs: 7\nwidth: 0.25\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "variant.yaml").write_text("base: ../base.yaml\nwidth: 0.5\n")
+    p = load_params(tmp_path / "sub" / "variant.yaml")
+    assert (p.train.epochs, p.model.width, p.name) == (7, 0.5, "variant")
+
+
+def test_base_loop_is_refused(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ParamsError, match="loop"):
+        load_params(tmp_path / "a.yaml")
