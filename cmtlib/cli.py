@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_synth)
 
     p = data.add_parser("import", help="turn a public collection into a manifest")
-    p.add_argument("kind", choices=["ieee8023", "covidx", "nih", "chexpert", "csv", "auto"])
+    p.add_argument("kind", choices=["ieee8023", "covidx", "nih", "chexpert", "tbx11k", "csv", "auto"])
     p.add_argument("root", help="the collection's folder")
     p.add_argument("--out", required=True, help="manifest CSV to write")
     p.add_argument("--map", action="append", metavar="COLUMN=SOURCE", help="csv kind: manifest column = your CSV's column (repeat); see README")

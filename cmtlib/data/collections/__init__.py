@@ -1,0 +1,150 @@
+"""Collection adapters: turn a public chest X-ray collection into one manifest (DESIGN.md).
+
+`import_collection(kind, root, out)` finds the collection(s) of `kind` under `root`, maps each
+row to the manifest contract (labels per the DESIGN.md table, views normalised, laterals left
+out and counted, source-prefixed ids), writes `out` and `<out stem>.quarantine.csv` atomically,
+and returns an `ImportReport` whose `summary()` says what was imported and what was left out.
+
+Kinds: ieee8023, covidx (Figure1 + Actualmed), nih (ChestX-ray14), chexpert, tbx11k, csv (any
+other collection through a column mapping; see generic_csv.py) and auto (every known collection
+under a folder).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from cmtlib.data.collections import auto, chexpert, covidx, generic_csv, ieee8023, nih, tbx11k
+from cmtlib.data.collections.common import LATERAL, CollectionResult, ImportContext, SourceStats
+from cmtlib.data.manifest import DUPLICATE_GROUP, ManifestError, check_manifest, quarantine_path, write_manifest, write_quarantine
+
+# kind -> module with find(root) -> [folders] and read(folder, ctx) -> CollectionResult.
+ADAPTERS = {"ieee8023": ieee8023, "covidx": covidx, "nih": nih, "chexpert": chexpert, "tbx11k": tbx11k}
+KINDS = (*ADAPTERS, "csv", "auto")
+UNCERTAIN = ("unknown", "positive", "negative")
+
+__all__ = ["import_collection", "ImportReport", "KINDS"]
+
+
+@dataclass
+class ImportReport:
+    """What an import wrote; `summary()` is what `cmt data import` prints."""
+
+    kind: str
+    root: Path
+    manifest: Path
+    quarantine: Path
+    rows: pd.DataFrame
+    stats: list[SourceStats]
+    quarantined: list[dict]
+    not_imported: list[tuple[str, str]] = field(default_factory=list)  # (folder, why)
+
+    def count_by_source(self) -> dict[str, int]:
+        return {k: int(v) for k, v in self.rows["source"].value_counts().sort_index().items()}
+
+    def skipped(self, source: str) -> Counter:
+        total: Counter = Counter()
+        for s in self.stats:
+            if s.source == source:
+                total.update(s.skipped)
+        return total
+
+    def summary(self) -> str:
+        df = self.rows
+        lines = [f"wrote {self.manifest}: {len(df)} images of {df['patient_id'].nunique()} patients from "
+                 f"{df['source'].nunique()} source(s); quarantined {len(self.quarantined)} -> {self.quarantine}"]
+        for st in self.stats:
+            part = df[df["source"] == st.source]
+            lines.append(f"{st.source} ({st.folder}): {len(part)} images, {part['patient_id'].nunique()} patients")
+            lines.append(f"  labels: {_fmt(_label_classes(part))}")
+            lines.append(f"  views: {_fmt(Counter(v or 'blank' for v in part['view']))}")
+            lines.append(f"  annotations: {_fmt(_annotation_counts(part))}")
+            q = sum(1 for e in self.quarantined if e["image_id"].startswith(f"{st.source}:"))
+            if q:
+                lines.append(f"  quarantined: {q} (see {self.quarantine.name})")
+            lines.append(f"  laterals excluded: {st.skipped.get(LATERAL, 0)}")
+            for reason, n in sorted(st.skipped.items()):
+                if reason != LATERAL:
+                    lines.append(f"  left out: {n} {reason}")
+            for reason, n in sorted(st.kept.items()):
+                lines.append(f"  kept: {n} {reason}")
+            lines += [f"  note: {n}" for n in st.notes]
+        for folder, why in self.not_imported:
+            lines.append(f"not imported: {folder}: {why}")
+        return "\n".join(lines)
+
+
+def _fmt(counts: Counter) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items() if v) or "none"
+
+
+def _label_classes(df: pd.DataFrame) -> Counter:
+    out: Counter = Counter({"healthy": 0, "COVID-19": 0, "other disease": 0, "unknown": 0})
+    for h, c, o in zip(df["label_healthy"], df["label_covid"], df["label_other"]):
+        out["healthy" if h == "1" else "COVID-19" if c == "1" else "other disease" if o == "1" else "unknown"] += 1
+    return out
+
+
+def _annotation_counts(df: pd.DataFrame) -> Counter:
+    out: Counter = Counter()
+    out["lung boxes"] = int((df["lung_boxes"] != "").sum())
+    out["lung masks"] = int((df["lung_mask"] != "").sum())
+    if "lung_polygon_mask" in df.columns:
+        out["lung_polygon_mask (extra)"] = int((df["lung_polygon_mask"] != "").sum())
+    out["disease masks"] = int((df["disease_mask"] != "").sum())
+    out["disease boxes"] = int(df["disease_boxes"].str.startswith("[[").sum())
+    out["disease known empty"] = int((df["disease_boxes"] == "[]").sum())
+    if DUPLICATE_GROUP in df.columns:
+        groups = df.loc[df[DUPLICATE_GROUP] != "", DUPLICATE_GROUP]
+        out[f"images in duplicate groups ({groups.nunique()} groups)"] = len(groups)
+    return out
+
+
+def import_collection(kind: str, root: str | os.PathLike, out: str | os.PathLike, column_map: dict[str, str] | None = None,
+                      source: str = "", uncertain: str = "unknown") -> ImportReport:
+    """Import the collection(s) of `kind` under `root` into the manifest `out`.
+
+    Args:
+        kind: one of KINDS.
+        root: the collection's folder, or a folder above it (searched two levels down).
+        out: manifest CSV to write; masks composed at import go to `<out stem>_masks/` beside it.
+        column_map: csv kind only: manifest column (or option) -> your CSV's column (generic_csv.py).
+        source: csv kind only: the source name that prefixes ids.
+        uncertain: chexpert (also through auto): how to read -1 labels: unknown, positive, negative.
+    """
+    if kind not in KINDS:
+        raise KeyError(f"unknown collection kind {kind!r}; valid: {', '.join(KINDS)}")
+    root, out = Path(root), Path(out)
+    if not root.exists():
+        raise FileNotFoundError(f"collection folder not found: {root}")
+    if column_map and kind != "csv":
+        raise ManifestError(f"--map is for the csv kind only; {kind} knows its own columns")
+    if source and kind != "csv":
+        raise ManifestError(f"--source is for the csv kind only; {kind} prefixes ids with its own source name")
+    if uncertain not in UNCERTAIN:
+        raise ManifestError(f"uncertain must be one of {', '.join(UNCERTAIN)}, got {uncertain!r}")
+    ctx = ImportContext(out=out, uncertain=uncertain)
+    not_imported: list[tuple[str, str]] = []
+    if kind == "csv":
+        result = generic_csv.read(root, ctx, column_map or {}, source)
+    elif kind == "auto":
+        result, not_imported = auto.read(root, ctx, ADAPTERS)
+    else:
+        result = CollectionResult()
+        for folder in ADAPTERS[kind].find(root):
+            result.extend(ADAPTERS[kind].read(folder, ctx))
+    df = result.frame()
+    if df.empty:
+        raise ManifestError(f"no images imported from {root} as {kind}; nothing written"
+                            + "".join(f"\n  {f}: {why}" for f, why in not_imported))
+    problems = check_manifest(df)
+    if problems:
+        raise ManifestError(f"import of {root} as {kind} broke the manifest contract: " + "; ".join(problems))
+    write_manifest(df, out)
+    qpath = write_quarantine(result.quarantine, quarantine_path(out))
+    return ImportReport(kind, root, out, qpath, df, result.stats, result.quarantine, not_imported)

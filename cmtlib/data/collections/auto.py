@@ -1,0 +1,85 @@
+"""`cmt data import auto ROOT`: every known collection under ROOT in one manifest.
+
+A folder is a collection when it holds its marker files (ieee8023 / Figure1 / Actualmed:
+metadata.csv in their schema beside images/; ChestX-ray14: Data_Entry_2017*.csv[.gz]; CheXpert:
+train.csv / valid.csv with Frontal/Lateral; TBX11K: imgs/ + annotations/json/TBX11K_*.json).
+Annotation folders read by the ieee8023 adapter (GeneralBlockchain segmentations, V7 polygons,
+severity scores) count as used. Every other folder directly under ROOT is named in the summary
+with why it was not imported, as is a collection that failed or whose ids clash with one already
+imported (the same collection twice).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import ModuleType
+
+from cmtlib.data.collections import chexpert, covidx, ieee8023, nih, tbx11k
+from cmtlib.data.collections.common import CollectionResult, ImportContext, walk_dirs
+from cmtlib.data.manifest import ManifestError
+
+MAX_DEPTH = 3
+
+
+def detect(folder: Path) -> str | None:
+    """The kind of collection `folder` holds, by its marker files, or None."""
+    if ieee8023.is_collection(folder):
+        return "ieee8023"
+    if covidx.is_figure1(folder) or covidx.is_actualmed(folder):
+        return "covidx"
+    if nih.table_of(folder):
+        return "nih"
+    if chexpert.tables(folder):
+        return "chexpert"
+    if tbx11k.is_collection(folder):
+        return "tbx11k"
+    return None
+
+
+def _inside(path: Path, parents: list[Path]) -> bool:
+    return any(p == path or p in path.parents for p in parents)
+
+
+def read(root: Path, ctx: ImportContext, adapters: dict[str, ModuleType]) -> tuple[CollectionResult, list[tuple[str, str]]]:
+    found: list[tuple[Path, str]] = []
+    for d in walk_dirs(root, MAX_DEPTH):
+        if _inside(d, [f for f, _ in found]):
+            continue  # a collection's own subfolders (images/, annotations/) are part of it
+        kind = detect(d)
+        if kind:
+            found.append((d, kind))
+    result = CollectionResult()
+    not_imported: list[tuple[str, str]] = []
+    used: list[Path] = [f for f, _ in found]
+    ids: set[str] = set()
+    for folder, kind in found:
+        if kind == "ieee8023":
+            comp = ieee8023.find_companions(folder)
+            used += [p if p.is_dir() else p.parent for p in (comp.segmentations, comp.v7_zip, comp.severity) if p]
+        try:
+            part = adapters[kind].read(folder, ctx)
+        except (ManifestError, FileNotFoundError) as err:
+            not_imported.append((_rel(folder, root), f"{kind} collection, import failed: {err}"))
+            continue
+        new = {row["image_id"] for row in part.rows}
+        clash = sorted(new & ids)
+        if clash:
+            not_imported.append((_rel(folder, root), f"{kind} ids already imported from another folder "
+                                 f"(e.g. {', '.join(clash[:3])}): the same collection twice?"))
+            continue
+        ids |= new
+        result.extend(part)
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if not _inside(d, used) and not any(d in u.parents for u in used):
+            not_imported.append((_rel(d, root), f"no known collection marker ({_describe(d)})"))
+    return result, not_imported
+
+
+def _rel(path: Path, root: Path) -> str:
+    return str(path.relative_to(root)) if path != root else str(root)
+
+
+def _describe(folder: Path) -> str:
+    files = sorted(p.name for p in folder.rglob("*") if p.is_file())
+    shown = ", ".join(files[:4]) + (f" and {len(files) - 4} more" if len(files) > 4 else "")
+    return f"{len(files)} files: {shown}" if files else "empty"
