@@ -18,5 +18,5 @@ class ModelConfig:
     width: float = 1.0
     # imagenet (torchvision's vgg16_bn weights from a local file or cache), none, or a path to a state_dict.
     encoder_weights: str = "imagenet"
-    # Hidden sizes of the two 3-layer FC heads, as a fraction of the embedding size (the paper gives none).
+    # Width of the two hidden layers in each 3-layer FC head (the paper gives none; 256 < D = 512 at width 1).
     head_hidden: int = 256

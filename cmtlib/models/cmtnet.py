@@ -1,0 +1,158 @@
+"""CMTNet (paper Section III, Fig. 3): a shared VGG16-BN encoder, two SegNet decoders, two FC heads."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from cmtlib.models.config import ALL_TASKS
+from cmtlib.models.encoder import EncoderOutput, ImageNetPreprocess, VGG16BNEncoder
+from cmtlib.models.heads import ClassificationHead
+from cmtlib.models.segnet import SegNetDecoder
+from cmtlib.models.weights import load_encoder_weights
+
+SEGMENTATION_TASKS = ("lung", "disease")
+# Healthy head: index 1 = healthy; multilabel head: index 0 = COVID, 1 = other disease (DESIGN.md).
+CLASS_NAMES: dict[str, list[str]] = {"healthy": ["unhealthy", "healthy"], "multilabel": ["covid", "other"]}
+
+
+def validate_tasks(tasks: Sequence[str]) -> tuple[str, ...]:
+    """Check a CMTNet task subset and return it in canonical order (lung, disease, healthy, multilabel).
+
+    Valid subsets (the paper's Table V) hold multilabel and at least one segmentation task.
+
+    Raises:
+        ValueError: an unknown or repeated task, or a subset the paper does not define.
+    """
+    if isinstance(tasks, str):
+        tasks = [t.strip() for t in tasks.split(",") if t.strip()]
+    tasks = list(tasks)
+    unknown = [t for t in tasks if t not in ALL_TASKS]
+    if unknown:
+        raise ValueError(f"unknown CMTNet task(s) {unknown}; valid tasks are {', '.join(ALL_TASKS)}")
+    if len(set(tasks)) != len(tasks):
+        raise ValueError(f"tasks {tasks} repeat a task; list each once")
+    if "multilabel" not in tasks or not any(t in tasks for t in SEGMENTATION_TASKS):
+        raise ValueError(
+            f"tasks {tasks} are not a CMTNet variant: keep 'multilabel' (the COVID output) and at least one "
+            "of 'lung', 'disease' (paper Table V); for a classifier alone use a baseline model"
+        )
+    return tuple(t for t in ALL_TASKS if t in tasks)
+
+
+class CMTNet(nn.Module):
+    """COVID-19 multi-task network, or one of its ablation variants (a subset of its tasks).
+
+    Args:
+        tasks: any of lung, disease, healthy, multilabel (see ``validate_tasks``); a task left out
+            has no parameters and no output key.
+        width: channel multiplier of the VGG16-BN encoder (1.0 = the paper).
+        encoder_weights: ``imagenet``, ``none`` or a state_dict path (``load_encoder_weights``).
+        head_hidden: width of the two hidden FC layers of each head (the paper does not give it).
+
+    Input: (B, 3, H, W) float in [0, 1] (or (B, 1, H, W), repeated to 3 channels), any H, W >= 32;
+    ImageNet normalisation happens inside. Output: a dict of raw logits (DESIGN.md's Model contract).
+    """
+
+    name = "cmtnet"
+
+    def __init__(
+        self,
+        tasks: Sequence[str] = ALL_TASKS,
+        width: float = 1.0,
+        encoder_weights: str = "imagenet",
+        head_hidden: int = 256,
+    ) -> None:
+        super().__init__()
+        self.tasks = validate_tasks(tasks)
+        self.width = float(width)
+        self.head_hidden = int(head_hidden)
+        self.encoder_weights = str(encoder_weights)
+        self.preprocess = ImageNetPreprocess()
+        self.encoder = VGG16BNEncoder(width=width, in_channels=3)
+        self.encoder_weights_source = load_encoder_weights(self.encoder, encoder_weights)
+        channels, depths = self.encoder.out_channels, self.encoder.depths
+        self.embedding_dim = channels[-1]
+        # A task left out stays None: no parameters, no state_dict keys, no output key.
+        self.lung_decoder = SegNetDecoder(channels, 1, depths) if "lung" in self.tasks else None
+        self.disease_decoder = SegNetDecoder(channels, 1, depths) if "disease" in self.tasks else None
+        self.healthy_head = ClassificationHead(self.embedding_dim, self.head_hidden, 2) if "healthy" in self.tasks else None
+        self.multilabel_head = ClassificationHead(self.embedding_dim, self.head_hidden, 2)
+
+    def forward_features(self, x: torch.Tensor) -> EncoderOutput:
+        """Preprocess and encode (no decoders): what CAM and embedding code need.
+
+        Shape:
+            x: (B, 3 or 1, H, W) float in [0, 1].
+            returns.features: (B, D, H/32, W/32); see EncoderOutput for the rest.
+        """
+        return self.encoder(self.preprocess(x))
+
+    def classify(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Heads only: embedding and classification logits from encoder features or embeddings.
+
+        Args:
+            features: ``forward_features(x).features``, or embeddings already pooled.
+
+        Returns:
+            ``embedding``, ``multilabel`` and, when the model has the task, ``healthy``.
+
+        Shape:
+            features: (B, D, h, w) or (B, D).
+            embedding: (B, D); healthy: (B, 2); multilabel: (B, 2).
+        """
+        emb = features.mean(dim=(2, 3)) if features.ndim == 4 else features  # (B, D): global average pooling
+        out = {"embedding": emb}
+        if self.healthy_head is not None:
+            out["healthy"] = self.healthy_head(emb)
+        out["multilabel"] = self.multilabel_head(emb)
+        return out
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """All task outputs as raw logits.
+
+        Shape:
+            x: (B, 3 or 1, H, W) float in [0, 1].
+            lung, disease: (B, 1, H, W); healthy: (B, 2); multilabel: (B, 2); embedding: (B, D).
+        """
+        enc = self.forward_features(x)
+        out: dict[str, torch.Tensor] = {}
+        if self.lung_decoder is not None:
+            out["lung"] = self.lung_decoder(enc)
+        if self.disease_decoder is not None:
+            out["disease"] = self.disease_decoder(enc)
+        out.update(self.classify(enc.features))
+        return out
+
+    @property
+    def output_keys(self) -> tuple[str, ...]:
+        """The keys ``forward`` returns, in order."""
+        keys = [t for t in SEGMENTATION_TASKS if t in self.tasks]
+        return tuple(keys + ["embedding"] + [t for t in ("healthy", "multilabel") if t in self.tasks])
+
+    def config(self) -> dict:
+        """Keyword arguments that rebuild this architecture with ``create_model(name, **config)``."""
+        return {
+            "tasks": list(self.tasks),
+            "width": self.width,
+            "encoder_weights": self.encoder_weights,
+            "head_hidden": self.head_hidden,
+        }
+
+    def describe(self) -> dict:
+        """Plain-data description for self-describing checkpoints and reports."""
+        return {
+            "name": self.name,
+            "tasks": list(self.tasks),
+            "width": self.width,
+            "config": self.config(),
+            "outputs": list(self.output_keys),
+            "class_names": {k: v for k, v in CLASS_NAMES.items() if k in self.tasks},
+            "embedding_dim": self.embedding_dim,
+            "encoder_channels": list(self.encoder.out_channels),
+            "parameters": sum(p.numel() for p in self.parameters()),
+            "encoder_weights_source": self.encoder_weights_source,
+            "preprocessing": self.preprocess.describe(),
+        }

@@ -1,0 +1,40 @@
+"""One registry of models: name -> builder. Adding a baseline is one entry in MODELS.
+
+A builder is a callable taking the ModelConfig fields other than ``model`` as keywords (``tasks``,
+``width``, ``encoder_weights``, ``head_hidden``; it may ignore those that do not apply but must
+accept them) and returning an ``nn.Module`` that follows DESIGN.md's Model contract: ``forward``
+returns a dict of raw logits (only the keys of tasks it does, ``embedding`` always) and
+``describe()`` returns plain data (name, tasks, parameters, preprocessing, ...).
+tests/test_model_contract.py checks every entry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+from torch import nn
+
+from cmtlib.models.cmtnet import CMTNet
+from cmtlib.models.config import ModelConfig
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "cmtnet": CMTNet,
+}
+
+
+def create_model(name: str, **cfg: Any) -> nn.Module:
+    """Build the registered model ``name`` with keyword arguments ``cfg``.
+
+    Raises:
+        KeyError: ``name`` is not registered; the message lists the valid names.
+    """
+    if name not in MODELS:
+        raise KeyError(f"unknown model {name!r}; registered models: {', '.join(sorted(MODELS))}")
+    return MODELS[name](**cfg)
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """Build the model a ModelConfig names, passing its other fields as keywords."""
+    kwargs = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "model"}
+    return create_model(cfg.model, **kwargs)

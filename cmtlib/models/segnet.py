@@ -1,0 +1,72 @@
+"""SegNet decoder: the VGG16-BN encoder transposed, upsampling with the encoder's pooling indices."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from cmtlib.models.encoder import VGG16_DEPTHS, EncoderOutput, conv_bn_relu
+
+
+class SegNetDecoder(nn.Module):
+    """Mirror of the encoder: per stage (deepest first) max-unpool, then conv + BN + ReLU layers.
+
+    Stage b has as many conv layers as encoder block b (3, 3, 3, 2, 2 from the deepest); all keep
+    ``encoder_channels[b]`` except the last, which steps down to ``encoder_channels[b - 1]`` (the
+    shallowest stage keeps its width). A final 3x3 conv (SegNet's classifier) gives the logits.
+
+    Args:
+        encoder_channels: the encoder's declared ``out_channels``, shallowest first.
+        out_channels: logit channels (1: one binary mask, sigmoid outside the model).
+        depths: conv layers per encoder block, shallowest first (the encoder's ``depths``).
+    """
+
+    def __init__(self, encoder_channels: Sequence[int], out_channels: int = 1, depths: Sequence[int] = VGG16_DEPTHS) -> None:
+        super().__init__()
+        if len(encoder_channels) != len(depths):
+            raise ValueError(
+                f"encoder_channels has {len(encoder_channels)} stages but depths has {len(depths)}; "
+                "pass the encoder's out_channels and depths together"
+            )
+        self.encoder_channels = tuple(int(c) for c in encoder_channels)
+        self.depths = tuple(int(d) for d in depths)
+        self.unpool = nn.MaxUnpool2d(kernel_size=2, stride=2)
+        stages = []
+        # Built deepest first, the order forward runs them.
+        for b in reversed(range(len(self.encoder_channels))):
+            ch = self.encoder_channels[b]
+            nxt = self.encoder_channels[b - 1] if b > 0 else ch
+            layers: list[nn.Module] = []
+            for k in range(self.depths[b]):
+                layers += conv_bn_relu(ch, nxt if k == self.depths[b] - 1 else ch)
+            stages.append(nn.Sequential(*layers))
+        self.stages = nn.ModuleList(stages)
+        self.head = nn.Conv2d(self.encoder_channels[0], out_channels, kernel_size=3, padding=1)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+
+    def forward(self, enc: EncoderOutput) -> torch.Tensor:
+        """Decode the encoder's features to a logit map at the input resolution.
+
+        Args:
+            enc: the encoder's output (features, pooling indices, pre-pool sizes).
+
+        Returns:
+            Raw logits (no sigmoid).
+
+        Shape:
+            enc.features: (B, C5, H/32, W/32).
+            returns: (B, out_channels, H, W), H and W as given to the encoder (any size).
+        """
+        x = enc.features
+        n = len(self.stages)
+        for i, stage in enumerate(self.stages):
+            b = n - 1 - i  # encoder block this stage mirrors
+            # (B, C_b, h_b // 2, w_b // 2) -> (B, C_b, h_b, w_b); output_size restores odd sizes.
+            x = self.unpool(x, enc.indices[b], output_size=enc.sizes[b])
+            x = stage(x)  # (B, C_{b-1}, h_b, w_b)
+        return self.head(x)  # (B, out_channels, H, W)

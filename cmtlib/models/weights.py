@@ -1,0 +1,162 @@
+"""Encoder initialisation: torchvision's ImageNet VGG16-BN weights from a local file, or a state_dict.
+
+Nothing here downloads: on an offline machine ImageNet weights come from ``$CMT_VGG16_BN_WEIGHTS``
+or torch hub's checkpoint cache (where ``torchvision.models.vgg16_bn(weights="IMAGENET1K_V1")``
+saves them on a machine that is online). Without them the encoder keeps its random
+initialisation and a WARNING says where we looked.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Mapping
+
+import torch
+
+from cmtlib.models.encoder import VGG16BNEncoder
+
+log = logging.getLogger(__name__)
+
+ENV_VAR = "CMT_VGG16_BN_WEIGHTS"
+# File name of torchvision's VGG16_BN_Weights.IMAGENET1K_V1
+# (url https://download.pytorch.org/models/vgg16_bn-6c64b313.pth; hub keeps the url's basename).
+TORCHVISION_FILE = "vgg16_bn-6c64b313.pth"
+ENCODER_PREFIX = "encoder."
+
+
+class WeightsError(ValueError):
+    """A weights file that cannot be mapped onto the encoder; the message says why."""
+
+
+def imagenet_candidates() -> list[Path]:
+    """Where ``imagenet`` looks, in order: ``$CMT_VGG16_BN_WEIGHTS``, then torch hub's cache."""
+    out = []
+    env = os.environ.get(ENV_VAR, "").strip()
+    if env:
+        out.append(Path(env).expanduser())
+    out.append(Path(torch.hub.get_dir()) / "checkpoints" / TORCHVISION_FILE)
+    return out
+
+
+def load_encoder_weights(encoder: VGG16BNEncoder, spec: str) -> str:
+    """Initialise ``encoder`` from ``spec`` and say where its weights came from.
+
+    Args:
+        encoder: the encoder to fill in place.
+        spec: ``imagenet`` (torchvision's vgg16_bn ImageNet file, found locally, else random init
+            with a WARNING), ``none`` (keep the random init), or a path to a state_dict holding
+            torchvision-style ``features.N.*`` keys, our ``blocks.b.j.*`` keys, or a whole CMTNet
+            state_dict (``encoder.*`` keys).
+
+    Returns:
+        A short description for reports, e.g. ``"ImageNet (torchvision vgg16_bn, /path)"`` or
+        ``"random init (ImageNet weights not found in ...)"``.
+
+    Raises:
+        FileNotFoundError: spec is a path that does not exist.
+        WeightsError: the file lacks encoder tensors, has extra ones, or shapes differ.
+    """
+    spec = str(spec).strip()
+    if spec.lower() in ("none", ""):
+        return "random init (encoder_weights=none)"
+    if spec.lower() == "imagenet":
+        return _load_imagenet(encoder)
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"encoder_weights={spec!r} is neither 'imagenet', 'none' nor an existing state_dict file"
+        )
+    load_state_dict_file(encoder, path)
+    return f"state_dict ({path})"
+
+
+def _load_imagenet(encoder: VGG16BNEncoder) -> str:
+    if encoder.width != 1.0 or encoder.in_channels != 3:
+        msg = (
+            f"ImageNet VGG16-BN weights need width 1.0 and 3 input channels (got width {encoder.width}, "
+            f"{encoder.in_channels} channels): the encoder is randomly initialised. "
+            "Set encoder_weights: none to silence this, or width: 1.0 to use ImageNet weights."
+        )
+        log.warning(msg)
+        return f"random init (ImageNet weights need width 1.0, got {encoder.width})"
+    candidates = imagenet_candidates()
+    for path in candidates:
+        if path.is_file():
+            load_state_dict_file(encoder, path)
+            return f"ImageNet (torchvision vgg16_bn, {path})"
+    looked = ", ".join(str(p) for p in candidates)
+    hint = "" if os.environ.get(ENV_VAR) else f" (set {ENV_VAR} to the file's path)"
+    log.warning(
+        "ImageNet VGG16-BN weights not found (looked in %s)%s; the encoder is randomly initialised. "
+        "Copy %s there from a machine where torchvision downloaded it.",
+        looked, hint, TORCHVISION_FILE,
+    )
+    return f"random init (ImageNet weights not found in {looked})"
+
+
+def load_state_dict_file(encoder: VGG16BNEncoder, path: Path) -> None:
+    """Load a state_dict file (torch.load with weights_only=True) into the encoder, strictly."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{path} does not hold a state_dict (a mapping of names to tensors)")
+    encoder.load_state_dict(map_to_encoder(encoder, state, source=str(path)), strict=True)
+
+
+def map_to_encoder(encoder: VGG16BNEncoder, state: Mapping[str, torch.Tensor], source: str = "state_dict") -> dict[str, torch.Tensor]:
+    """Rename a state_dict's keys to the encoder's and check every encoder tensor is filled.
+
+    Accepts torchvision ``vgg16_bn`` keys (``features.N.*``; ``classifier.*`` is ignored), the
+    encoder's own keys, or ``encoder.``-prefixed keys of a CMTNet state_dict (other keys ignored).
+    A missing ``num_batches_tracked`` is filled with 0: torchvision's 2017 ImageNet file predates
+    that buffer.
+
+    Raises:
+        WeightsError: naming the missing, unexpected or wrongly shaped tensors.
+    """
+    target = encoder.state_dict()
+    if any(k.startswith("features.") for k in state):
+        prefix_map = encoder.torchvision_key_map()
+        mapped: dict[str, torch.Tensor] = {}
+        unexpected = []
+        for key, value in state.items():
+            if not key.startswith("features."):
+                continue
+            module, _, leaf = key.rpartition(".")
+            if module not in prefix_map:
+                unexpected.append(key)
+                continue
+            mapped[f"{prefix_map[module]}.{leaf}"] = value
+        kind = "torchvision vgg16_bn"
+    elif any(k.startswith(ENCODER_PREFIX) for k in state):
+        mapped = {k[len(ENCODER_PREFIX):]: v for k, v in state.items() if k.startswith(ENCODER_PREFIX)}
+        unexpected = [k for k in mapped if k not in target]
+        kind = "CMTNet (encoder.*)"
+    else:
+        mapped = dict(state)
+        unexpected = [k for k in mapped if k not in target]
+        kind = "encoder"
+    for key, value in target.items():
+        if key.endswith("num_batches_tracked") and key not in mapped:
+            mapped[key] = torch.zeros_like(value)
+    missing = [k for k in target if k not in mapped]
+    wrong = [
+        f"{k}: file {tuple(mapped[k].shape)} vs encoder {tuple(v.shape)}"
+        for k, v in target.items()
+        if k in mapped and mapped[k].shape != v.shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} encoder tensors missing (first: {', '.join(missing[:3])})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected tensors (first: {', '.join(unexpected[:3])})")
+    if wrong:
+        problems.append(f"{len(wrong)} shape mismatches (first: {'; '.join(wrong[:3])})")
+    if problems:
+        raise WeightsError(
+            f"{source} ({kind} keys) does not fit a VGG16-BN encoder of width {encoder.width}: "
+            + "; ".join(problems)
+            + ". ImageNet-style files need width 1.0; our own files need the width they were saved with."
+        )
+    return {k: mapped[k] for k in target}
