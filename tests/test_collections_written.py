@@ -182,3 +182,19 @@ def test_cli_import_prints_the_summary_and_reports_errors(tmp_path, capsys):
                  "--map", "path=Image", "--map", "finding=Diagnosis"])
     assert code == 2
     assert "has no column 'Image' (for path)" in capsys.readouterr().err
+
+
+def test_relative_root_gives_paths_that_resolve_from_the_manifest(cxr_public, tmp_path, monkeypatch):
+    """A root given relative to the shell's folder must still resolve from the manifest's folder."""
+    import os
+
+    from cmtlib.data.collections import import_collection
+    from cmtlib.data.manifest import read_manifest, resolve_path
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    rel_root = os.path.relpath(cxr_public / "agchung_Actualmed_normals_only", tmp_path)
+    import_collection("covidx", rel_root, tmp_path / "out" / "m.csv")
+    df = read_manifest(tmp_path / "out" / "m.csv")
+    assert len(df) == 9
+    assert all(resolve_path(tmp_path / "out" / "m.csv", p).is_file() for p in df["path"])

@@ -119,7 +119,9 @@ def import_collection(kind: str, root: str | os.PathLike, out: str | os.PathLike
     """
     if kind not in KINDS:
         raise KeyError(f"unknown collection kind {kind!r}; valid: {', '.join(KINDS)}")
-    root, out = Path(root), Path(out)
+    # Image paths are written absolute: a root given relative to the shell's folder would not
+    # resolve against the manifest's folder, which is how DESIGN.md reads relative paths.
+    root, out = Path(root).resolve(), Path(out)
     if not root.exists():
         raise FileNotFoundError(f"collection folder not found: {root}")
     if column_map and kind != "csv":
