@@ -15,14 +15,19 @@ from cmtlib.models.config import ModelConfig
 from cmtlib.models.registry import MODELS, build_model
 
 NAMES = sorted(MODELS)
+# Models that train with their own loss (``make_loss``: Mask R-CNN's needs instance targets). Their
+# train-mode outputs feed that loss, so the contract is checked on their eval-mode outputs and their
+# training in their own tests (tests/test_maskrcnn.py).
+OWN_LOSS = {n for n in NAMES if callable(getattr(MODELS[n], "make_loss", None))}
 CONTRACT_KEYS = {"lung", "disease", "healthy", "multilabel", "embedding"}
 SEGMENTATION = ("lung", "disease")
 B = 2
 
 
-def tiny(name: str) -> torch.nn.Module:
-    torch.manual_seed(0)
-    return build_model(ModelConfig(model=name, width=0.125, encoder_weights="none", head_hidden=16))
+def tiny(name: str, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    model = build_model(ModelConfig(model=name, width=0.125, encoder_weights="none", head_hidden=16))
+    return model.eval() if name in OWN_LOSS else model
 
 
 def images(h: int, w: int, b: int = B) -> torch.Tensor:
@@ -51,12 +56,16 @@ def test_output_keys_and_shapes(name, hw):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_outputs_are_logits_not_probabilities(name):
-    model = tiny(name)
-    out = model(images(64, 64, b=4))
-    for k, v in out.items():
-        if k == "embedding":
-            continue
-        assert ((v < 0) | (v > 1)).any(), f"{name}'s {k} lies in [0, 1]: return raw logits, not probabilities"
+    # At initialisation a head's logits are nearly equal across images (batch norm), so one init puts
+    # a whole column in [0, 1] about one time in four; probabilities stay there for every init.
+    outside: dict[str, bool] = {}
+    for seed in range(3):
+        out = tiny(name, seed)(images(64, 64, b=4))
+        for k, v in out.items():
+            if k != "embedding":
+                outside[k] = outside.get(k, False) or bool(((v < 0) | (v > 1)).any())
+    for k, ok in outside.items():
+        assert ok, f"{name}'s {k} lies in [0, 1] for three inits: return raw logits, not probabilities"
     if "healthy" in out:
         sums = out["healthy"].sum(dim=1)
         assert not torch.allclose(sums, torch.ones_like(sums)), f"{name}'s healthy looks softmax-ed"
@@ -64,6 +73,8 @@ def test_outputs_are_logits_not_probabilities(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_backward_reaches_every_trainable_parameter(name):
+    if name in OWN_LOSS:
+        pytest.skip(f"{name} trains with its own loss (its tests check the gradients)")
     model = tiny(name)
     out = model(images(72, 88))
     sum(v.float().square().mean() for v in out.values()).backward()
@@ -74,6 +85,8 @@ def test_backward_reaches_every_trainable_parameter(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_trains_with_multitask_loss(name):
+    if name in OWN_LOSS:
+        pytest.skip(f"{name} trains with its own loss (its tests train it)")
     model = tiny(name)
     x = images(64, 64)
     batch = {

@@ -15,11 +15,23 @@ from typing import Any, Callable
 
 from torch import nn
 
+from cmtlib.models.classifiers import VGG19, DenseNet121, MobileNetV2, ResNet18
 from cmtlib.models.cmtnet import CMTNet
 from cmtlib.models.config import ModelConfig
+from cmtlib.models.maskrcnn import MaskRCNNAdapter, MaskRCNNResNet50
+from cmtlib.models.segnet_single import SegNet
+from cmtlib.models.unet import UNet
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "cmtnet": CMTNet,
+    "densenet121": DenseNet121,
+    "mobilenet_v2": MobileNetV2,
+    "resnet18": ResNet18,
+    "vgg19": VGG19,
+    "unet": UNet,
+    "segnet": SegNet,
+    "maskrcnn": MaskRCNNAdapter,
+    "maskrcnn_resnet50": MaskRCNNResNet50,
 }
 
 

@@ -160,3 +160,110 @@ def map_to_encoder(encoder: VGG16BNEncoder, state: Mapping[str, torch.Tensor], s
             + ". ImageNet-style files need width 1.0; our own files need the width they were saved with."
         )
     return {k: mapped[k] for k in target}
+
+
+# ---- any torchvision network (the baselines) -------------------------------------------------
+
+WEIGHTS_DIR_ENV = "CMT_WEIGHTS_DIR"
+
+
+def torchvision_candidates(file_name: str) -> list[Path]:
+    """Where ``imagenet`` looks for a torchvision file, in order: ``$CMT_WEIGHTS_DIR/<file>``, then
+    torch hub's checkpoint cache (where torchvision saves a download)."""
+    out = []
+    folder = os.environ.get(WEIGHTS_DIR_ENV, "").strip()
+    if folder:
+        out.append(Path(folder).expanduser() / file_name)
+    out.append(Path(torch.hub.get_dir()) / "checkpoints" / file_name)
+    return out
+
+
+def load_torchvision_weights(
+    module: torch.nn.Module,
+    spec: str,
+    *,
+    arch: str,
+    file_name: str,
+    prefix: str = "",
+    skip: tuple[str, ...] = (),
+    remap=None,
+    imagenet_ok: str = "",
+) -> str:
+    """Initialise a torchvision sub-network (a baseline's encoder) from ``spec``; never downloads.
+
+    Args:
+        module: the network to fill in place, e.g. ``densenet121().features``.
+        spec: ``imagenet`` (torchvision's file ``file_name``, found locally, else random init with
+            a WARNING), ``none``, or a path to a state_dict: torchvision's whole-model keys, the
+            module's own keys, or a cmtlib model's (``encoder.``-prefixed) keys.
+        arch: torchvision's name for the network (reports and messages).
+        file_name: torchvision's file name for its ImageNet weights (its url's basename).
+        prefix: torchvision's key prefix of ``module`` (``features.`` for DenseNet, VGG, MobileNet).
+        skip: torchvision key prefixes that are not part of ``module`` (the classifier, ``fc.``).
+        remap: optional function renaming torchvision keys (DenseNet's pre-2018 names).
+        imagenet_ok: a reason ImageNet weights cannot fit (e.g. a narrowed network); '' = they fit.
+
+    Returns:
+        A short description for reports (``"ImageNet (torchvision densenet121, /path)"``,
+        ``"random init (...)"`` or ``"state_dict (/path)"``).
+
+    Raises:
+        FileNotFoundError: spec is a path that does not exist.
+        WeightsError: the file does not fit ``module`` (missing, unexpected or reshaped tensors).
+    """
+    spec = str(spec).strip()
+    if spec.lower() in ("none", ""):
+        return "random init (encoder_weights=none)"
+    if spec.lower() == "imagenet":
+        if imagenet_ok:
+            log.warning("%s: %s; the network is randomly initialised. Set encoder_weights: none to silence this.", arch, imagenet_ok)
+            return f"random init ({imagenet_ok})"
+        candidates = torchvision_candidates(file_name)
+        for path in candidates:
+            if path.is_file():
+                _load_into(module, path, prefix, skip, remap, arch)
+                return f"ImageNet (torchvision {arch}, {path})"
+        looked = ", ".join(str(p) for p in candidates)
+        log.warning(
+            "ImageNet weights of %s not found (looked in %s); the network is randomly initialised. Copy %s there "
+            "from a machine where torchvision downloaded it, or set %s to a folder holding it.",
+            arch, looked, file_name, WEIGHTS_DIR_ENV,
+        )
+        return f"random init (ImageNet weights not found in {looked})"
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"encoder_weights={spec!r} is neither 'imagenet', 'none' nor an existing state_dict file")
+    _load_into(module, path, prefix, skip, remap, arch)
+    return f"state_dict ({path})"
+
+
+def _load_into(module: torch.nn.Module, path: Path, prefix: str, skip: tuple[str, ...], remap, arch: str) -> None:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{path} does not hold a state_dict (a mapping of names to tensors)")
+    target = module.state_dict()
+    if any(k.startswith(ENCODER_PREFIX) for k in state):  # a cmtlib model's whole state_dict
+        kind, mapped = "cmtlib model (encoder.*)", {k[len(ENCODER_PREFIX):]: v for k, v in state.items() if k.startswith(ENCODER_PREFIX)}
+    elif set(state) <= set(target):
+        kind, mapped = "own keys", dict(state)
+    else:
+        kind = f"torchvision {arch}"
+        state = remap(dict(state)) if remap is not None else state
+        mapped = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and not k.startswith(skip)}
+    for key, value in target.items():
+        if key.endswith("num_batches_tracked") and key not in mapped:
+            mapped[key] = torch.zeros_like(value)  # older torchvision files predate this buffer
+    missing = [k for k in target if k not in mapped]
+    unexpected = [k for k in mapped if k not in target]
+    wrong = [f"{k}: file {tuple(mapped[k].shape)} vs model {tuple(v.shape)}" for k, v in target.items() if k in mapped and mapped[k].shape != v.shape]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} tensors missing (first: {', '.join(missing[:3])})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected tensors (first: {', '.join(unexpected[:3])})")
+    if wrong:
+        problems.append(f"{len(wrong)} shape mismatches (first: {'; '.join(wrong[:3])})")
+    if problems:
+        raise WeightsError(f"{path} ({kind} keys) does not fit this {arch}: " + "; ".join(problems)
+                           + ". ImageNet files need width 1.0; our own files need the width they were saved with.")
+    module.load_state_dict({k: mapped[k] for k in target}, strict=True)
