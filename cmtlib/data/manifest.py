@@ -28,6 +28,9 @@ SPLITS = frozenset({"train", "val", "test", ""})
 # Optional columns written by `cmt data split` / the cache; absent in a fresh import.
 DUPLICATE_GROUP = "duplicate_group"
 
+# Columns holding file paths (absolute, or relative to the manifest's folder); extras included.
+PATH_COLUMNS: tuple[str, ...] = ("path", "lung_mask", "disease_mask", "lung_polygon_mask")
+
 QUARANTINE_COLUMNS: tuple[str, ...] = ("image_id", "path", "reason")
 
 
@@ -64,6 +67,16 @@ def resolve_path(manifest_path: str | os.PathLike, value: str) -> Path:
     """A manifest path cell: absolute as is, else relative to the manifest's folder."""
     p = Path(value)
     return p if p.is_absolute() else (Path(manifest_path).resolve().parent / p)
+
+
+def absolute_paths(df: pd.DataFrame, manifest_path: str | os.PathLike) -> pd.DataFrame:
+    """A copy whose path cells are absolute, so it can be written to another folder than
+    `manifest_path`'s and still point at the same files."""
+    df = df.copy()
+    for col in PATH_COLUMNS:
+        if col in df.columns:
+            df[col] = [str(resolve_path(manifest_path, v)) if v else "" for v in df[col]]
+    return df
 
 
 def label_array(df: pd.DataFrame, column: str) -> np.ndarray:
