@@ -18,7 +18,7 @@ from typing import Any, Iterable
 import yaml
 
 from cmtlib.data.config import DataConfig
-from cmtlib.engine import TrainConfig
+from cmtlib.train_config import TrainConfig
 from cmtlib.models.config import ModelConfig
 from cmtlib.report.config import ReportConfig
 

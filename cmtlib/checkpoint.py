@@ -1,0 +1,195 @@
+"""Self-describing checkpoints that load with `torch.load(path, weights_only=True)`.
+
+A checkpoint is a dict of plain data and tensors only (no pickled classes):
+    format, format_version      'cmtlib-checkpoint', 1
+    config                      the run's resolved flat params (every key; cmtlib.params)
+    class_names                 {'healthy': ['unhealthy', 'healthy'], 'multilabel': ['COVID', 'other disease']}
+    versions                    cmtlib, torch, torchvision, python
+    preprocessing               input size, channels, range, mean/std (from model.describe())
+    model                       model.describe()
+    epoch                       epochs completed (1-based: 1 after the first epoch)
+    history                     one dict of numbers per completed epoch (engine.py)
+    best                        {'by': criterion, 'value': best so far, 'epoch': its epoch}
+    state_dict                  model weights
+    optimizer                   optimizer.state_dict()
+    rng                         torch CPU (and CUDA) generator states after the epoch, as uint8 tensors
+Written atomically (cmtlib.fileio): a kill mid-save leaves the previous file whole.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cmtlib.fileio import atomic_path
+
+FORMAT = "cmtlib-checkpoint"
+FORMAT_VERSION = 1
+CLASS_NAMES = {"healthy": ["unhealthy", "healthy"], "multilabel": ["COVID", "other disease"]}
+CHECKPOINT_DIR = "checkpoints"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing or cannot be used; the message says what to do."""
+
+
+def versions() -> dict[str, str]:
+    import torchvision
+
+    import cmtlib
+
+    # str(): torch.__version__ is a TorchVersion, which weights_only loading refuses.
+    return {"cmtlib": str(cmtlib.__version__), "torch": str(torch.__version__), "torchvision": str(torchvision.__version__), "python": platform.python_version()}
+
+
+def plain(obj: Any) -> Any:
+    """Recursively turn tuples into lists and numpy/torch scalars into numbers, so that the result
+    loads with weights_only=True and compares equal after a round trip."""
+    if isinstance(obj, dict):
+        return {str(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return obj
+    if hasattr(obj, "item") and getattr(obj, "ndim", 1) == 0:
+        return obj.item()
+    for kind in (bool, int, float, str):  # exact types: subclasses (TorchVersion, IntEnum) are refused on load
+        if isinstance(obj, kind):
+            return kind(obj)
+    if obj is None:
+        return obj
+    return str(obj)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare model under DistributedDataParallel and torch.compile wrappers."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, nn.Module):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        states = state["cuda"]
+        if len(states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states)
+
+
+def make_checkpoint(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    *,
+    config: dict[str, Any],
+    epoch: int,
+    history: list[dict[str, Any]],
+    best: dict[str, Any],
+    image_size: int,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The checkpoint dict of the module docstring (tensors stay on their device; torch.save moves
+    nothing, torch.load maps them to the CPU)."""
+    bare = unwrap(model)
+    describe = plain(bare.describe()) if hasattr(bare, "describe") else {"name": type(bare).__name__}
+    preprocessing = dict(describe.get("preprocessing", {}))
+    preprocessing.update({"input_size": [int(image_size), int(image_size)], "resize": "to input_size x input_size, aspect ratio not kept (docs/CONTRACTS.md, Cache)"})
+    ckpt = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": plain(config),
+        "class_names": plain(CLASS_NAMES),
+        "versions": versions(),
+        "preprocessing": preprocessing,
+        "model": describe,
+        "epoch": int(epoch),
+        "history": plain(history),
+        "best": plain(best),
+        "state_dict": {k: v.detach() for k, v in bare.state_dict().items()},
+        "optimizer": optimizer.state_dict() if optimizer is not None else {},
+        "rng": rng_state(),
+    }
+    if extra:
+        ckpt.update(plain(extra))
+    return ckpt
+
+
+def save_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike) -> Path:
+    """torch.save to a temporary file beside `path`, then rename (a kill leaves the old file)."""
+    with atomic_path(path) as tmp:
+        torch.save(ckpt, tmp)
+    return Path(path)
+
+
+def checkpoint_path(run_or_ckpt: str | os.PathLike, which: str = "best") -> Path:
+    """`which` (best or last) of a run folder, or the file itself when given a .pt path."""
+    p = Path(run_or_ckpt)
+    if p.is_file():
+        return p
+    if which not in ("best", "last"):
+        raise ValueError(f"which must be 'best' or 'last', got {which!r}")
+    path = p / CHECKPOINT_DIR / f"{which}.pt"
+    if not path.is_file():
+        if not p.exists():
+            raise FileNotFoundError(f"run folder not found: {p}; train one with `cmt train --params YAML`")
+        raise FileNotFoundError(f"{path} not found; is {p} a run folder whose training finished at least one epoch?")
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with weights_only=True and check its format."""
+    ckpt = torch.load(Path(path), map_location=map_location, weights_only=True)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a cmtlib checkpoint (no format={FORMAT!r}); it may be a bare state_dict")
+    if ckpt.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint format {ckpt['format_version']}; this cmtlib reads up to {FORMAT_VERSION}: upgrade cmtlib")
+    return ckpt
+
+
+def model_config(config: dict[str, Any]):
+    """The ModelConfig stored in a checkpoint's flat config, with encoder_weights=none: the trained
+    weights replace the encoder's anyway, so nothing is read from ImageNet files."""
+    from cmtlib.models.config import ModelConfig
+
+    kwargs = {f.name: config[f.name] for f in fields(ModelConfig) if f.name in config}
+    kwargs["encoder_weights"] = "none"
+    return ModelConfig(**kwargs)
+
+
+def load_model(run_or_ckpt: str | os.PathLike, which: str = "best", device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a trained model from a run folder or checkpoint file.
+
+    Returns:
+        (model in eval mode on `device`, the checkpoint without state_dict and optimizer).
+    """
+    from cmtlib.models.registry import build_model
+
+    path = checkpoint_path(run_or_ckpt, which)
+    ckpt = read_checkpoint(path)
+    model = build_model(model_config(ckpt["config"]))
+    missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path} does not fit the model its config describes (missing {missing[:5]}, unexpected {unexpected[:5]}); "
+            "it was written by another cmtlib version or edited"
+        )
+    model.to(device).eval()
+    meta = {k: v for k, v in ckpt.items() if k not in ("state_dict", "optimizer", "rng")}
+    meta["path"] = str(path)
+    return model, meta

@@ -1,0 +1,175 @@
+"""From params to a cache folder: the data chain a run asks for, built once and shared.
+
+    synthetic          make_synthetic -> split_manifest -> build_cache
+    auto, ieee8023...  import_collection -> split_manifest -> build_cache
+    manifest           split_manifest (only when no row has a split) -> build_cache
+    cache_dir set      used as it is (how a GPU machine trains on a carried cache)
+
+Artefacts go to `<data dir>/<data_kind>-<key>/`, where the data dir is $CMT_DATA_DIR or ./data and
+the key is a short hash of the DataConfig fields that decide the images and the split (for a
+manifest also its content hash). Runs that share those fields (the ablation runs, the baselines)
+share one split and one cache, built once; each image size gets its own `cache-<size>/` inside.
+
+    <kind>-<key>/source.csv       the source manifest with absolute paths (input to the split)
+    <kind>-<key>/manifest.csv     the split manifest (absent when the given manifest was split)
+    <kind>-<key>/synth/ import/   what make_synthetic / import_collection wrote
+    <kind>-<key>/cache-<size>/    the cache (docs/CONTRACTS.md)
+    <kind>-<key>/data.json        the fields behind the key, and what was built
+
+A present cache is reused when complete and built from the current manifest (meta.json's
+manifest_hash); a file lock keeps concurrent runs (or torchrun's processes) from building it twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+from cmtlib.data.manifest import manifest_hash, read_manifest, resolve_path, write_manifest
+from cmtlib.fileio import write_json
+
+log = logging.getLogger("cmtlib.data")
+IMPORT_KINDS = ("auto", "ieee8023", "covidx", "nih", "chexpert")
+PATH_COLUMNS = ("path", "lung_mask", "disease_mask")
+
+
+def data_dir() -> Path:
+    """Where prepared data lives: $CMT_DATA_DIR, else ./data (git-ignored)."""
+    return Path(os.environ.get("CMT_DATA_DIR") or "data").resolve()
+
+
+def data_key(data) -> dict[str, Any]:
+    """The DataConfig fields (and manifest content hash) that decide the images and the split."""
+    kind = data.data_kind
+    key: dict[str, Any] = {"data_kind": kind, "val_fraction": data.val_fraction, "test_fraction": data.test_fraction, "split_seed": data.split_seed}
+    if kind == "synthetic":
+        key.update(synth_n=data.synth_n, synth_size=data.synth_size, synth_seed=data.synth_seed)
+    else:
+        key["data_root"] = str(Path(data.data_root).resolve())
+        if kind == "manifest":
+            key["manifest_hash"] = manifest_hash(data.data_root)
+    return key
+
+
+def data_folder(data) -> Path:
+    key = data_key(data)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+    return data_dir() / f"{data.data_kind}-{digest}"
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """An exclusive lock on `folder` (blocks until another process finishes preparing it)."""
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def prepare_data(params) -> Path:
+    """Run the chain `params.data` asks for and return the cache folder at data.image_size."""
+    data = params.data if hasattr(params, "data") else params
+    if data.cache_dir:
+        return _given_cache(Path(data.cache_dir), data.image_size)
+    if data.data_kind != "synthetic" and data.data_kind != "manifest" and data.data_kind not in IMPORT_KINDS:
+        raise ValueError(f"data_kind must be synthetic, manifest or one of {', '.join(IMPORT_KINDS)}; got {data.data_kind!r}")
+    if data.data_kind != "synthetic" and not data.data_root:
+        raise ValueError(f"data_kind={data.data_kind} needs data_root (a manifest or a collection folder)")
+    folder = data_folder(data)
+    with _locked(folder):
+        source = _source_manifest(data, folder)
+        manifest = _split_manifest(data, source, folder)
+        cache = folder / f"cache-{data.image_size}"
+        if not _cache_is_current(cache, manifest, data.image_size):
+            from cmtlib.data.cache import build_cache
+
+            log.info("caching %s at %d px into %s", manifest, data.image_size, cache)
+            report = build_cache(manifest, size=data.image_size, out=cache, workers=0)
+            log.info(report.summary())
+        else:
+            log.info("reusing the cache %s", cache)
+        write_json(folder / "data.json", {"key": data_key(data), "manifest": str(manifest), "caches": sorted(p.name for p in folder.glob("cache-*"))})
+    return cache
+
+
+def _given_cache(cache: Path, image_size: int) -> Path:
+    from cmtlib.data.cache import CacheError, open_cache
+
+    _, images, _, _, _ = open_cache(cache)
+    if images.shape[1] != image_size:
+        raise CacheError(f"cache_dir {cache} holds {images.shape[1]} px images but image_size is {image_size}; set image_size={images.shape[1]} or rebuild the cache")
+    return cache
+
+
+def _source_manifest(data, folder: Path) -> Path:
+    """Make (synthetic) or import the images; the manifest they are listed in."""
+    kind = data.data_kind
+    if kind == "manifest":
+        return Path(data.data_root).resolve()
+    if kind == "synthetic":
+        out = folder / "synth"
+        manifest = out / "manifest.csv"
+        if not manifest.is_file():
+            from cmtlib.data.synth import make_synthetic
+
+            log.info("making %d synthetic images (%d px, seed %d) in %s", data.synth_n, data.synth_size, data.synth_seed, out)
+            manifest = Path(make_synthetic(out, n=data.synth_n, size=data.synth_size, seed=data.synth_seed))
+        return manifest
+    manifest = folder / "import" / "manifest.csv"
+    if not manifest.is_file():
+        from cmtlib.data.collections import import_collection
+
+        log.info("importing %s collection(s) from %s", kind, data.data_root)
+        report = import_collection(kind, Path(data.data_root), manifest)
+        log.info(report.summary())
+    return manifest
+
+
+def _split_manifest(data, source: Path, folder: Path) -> Path:
+    """The manifest to cache: the source itself when it is split, else its split copy."""
+    df = read_manifest(source)
+    assigned = (df["split"] != "").sum() if "split" in df.columns else 0
+    if assigned:
+        if assigned < len(df):
+            log.warning("%s: %d of %d rows have no split and are not used", source, len(df) - assigned, len(df))
+        return source
+    out = folder / "manifest.csv"
+    if out.is_file():
+        return out
+    from cmtlib.data.split import split_manifest
+
+    # Absolute paths first: the split manifest lives in another folder than the source.
+    absolute = folder / "source.csv"
+    for col in PATH_COLUMNS:
+        if col in df.columns:
+            df[col] = [str(resolve_path(source, v)) if v else "" for v in df[col]]
+    write_manifest(df, absolute)
+    log.info("splitting %s (val %.2f, test %.2f, seed %d)", source, data.val_fraction, data.test_fraction, data.split_seed)
+    # Phantoms are all distinct by construction, so duplicate detection is skipped for them.
+    report = split_manifest(absolute, out, val=data.val_fraction, test=data.test_fraction, seed=data.split_seed, find_duplicates=data.data_kind != "synthetic")
+    log.info(report.summary() if hasattr(report, "summary") else str(report))
+    return out
+
+
+def _cache_is_current(cache: Path, manifest: Path, size: int) -> bool:
+    """Complete, of this size, and built from this manifest's current content."""
+    from cmtlib.data.cache import CacheError, open_cache
+
+    if not (cache / "meta.json").is_file():
+        return False
+    try:
+        _, images, _, _, meta = open_cache(cache)
+    except (FileNotFoundError, CacheError) as err:
+        log.warning("rebuilding %s: %s", cache, err)
+        return False
+    return images.shape[1] == size and meta.get("manifest_hash") == manifest_hash(manifest)
