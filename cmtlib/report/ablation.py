@@ -1,0 +1,127 @@
+"""`cmt ablation`: train + evaluate once per params file, one at a time, then a summary page.
+
+Only the engine runs per configuration (no notebook chain): papermill kernels would collide when
+run in parallel, and the ablation's budget (30 min on 2 cores) leaves no room for eight pages per
+configuration. Layout:
+
+    reports/ablation-<date>[-N]/
+        index.html      the comparison table (COVID sensitivity at 99 % specificity, AUC, EER, CIs)
+        summary.json    the same numbers, machine-readable
+        params/<name>.yaml   each configuration's resolved params
+        runs/<name>/    each run folder (checkpoints, metrics.json, predictions.csv, ...)
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from cmtlib.fileio import write_json, write_text
+from cmtlib.params import Params, dump_params, load_params
+from cmtlib.report.chain import ReportError, unique_dir
+from cmtlib.report.tables import ci_text, get_path
+
+COLUMNS = (("sens", "covid.sens_at_spec99"), ("auc", "covid.auc"), ("eer", "covid.eer"))
+
+
+def load_all(paths: Iterable[str | Path], overrides: Iterable[str] | dict = ()) -> list[Params]:
+    """Every params file loaded and validated before anything runs (ParamsError names the file)."""
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise ReportError("cmt ablation needs at least one params file")
+    overrides = overrides if isinstance(overrides, dict) else list(overrides)
+    return [load_params(p, overrides) for p in paths]
+
+
+def _unique_names(all_params: list[Params]) -> list[str]:
+    seen: dict[str, int] = {}
+    names = []
+    for p in all_params:
+        n = seen.get(p.run_name, 0) + 1
+        seen[p.run_name] = n
+        names.append(p.run_name if n == 1 else f"{p.run_name}-{n}")
+    return names
+
+
+def summary_row(name: str, source: str, metrics: dict[str, Any] | None, status: str, seconds: float | None) -> dict[str, Any]:
+    """One configuration's row: each headline metric as 'value (95 % CI low to high)' text."""
+    row: dict[str, Any] = {"name": name, "source": source, "status": status, "seconds": seconds}
+    for col, key in COLUMNS:
+        section, metric = key.split(".")
+        block = get_path(metrics, section) or {}
+        row[col] = ci_text(block.get(metric), block.get(f"{metric}_ci_low"), block.get(f"{metric}_ci_high"))
+        row[f"{col}_value"] = block.get(metric)
+    return row
+
+
+def write_summary(out: Path, rows: list[dict[str, Any]], failed: str = "", reports_dir: Path | None = None) -> Path:
+    """index.html + summary.json (+ report.json so the list of reports shows the ablation, which is
+    rewritten when the ablation folder sits in reports_dir)."""
+    import jinja2
+
+    from cmtlib import __version__
+    from cmtlib.report.index import write_reports_index
+    from cmtlib.report.render import TEMPLATES, check_self_contained, report_css
+
+    now = _dt.datetime.now()
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True)
+    html = env.get_template("ablation.html.j2").render(
+        name=out.name, rows=rows, failed=failed, css=report_css(), version=__version__, now=now.strftime("%Y-%m-%d %H:%M"))
+    check_self_contained(html, f"{out.name}/index.html")
+    write_json(out / "summary.json", {"rows": rows, "failed": failed})
+    write_json(out / "report.json", {"name": out.name, "kind": "ablation", "date": now.isoformat(timespec="seconds"),
+                                     "status": "failed" if failed else ("ok" if all(r["status"] == "ok" for r in rows) else "running")})
+    index = write_text(out / "index.html", html)
+    if reports_dir is not None and out.parent == reports_dir:
+        try:
+            write_reports_index(out.parent)
+        except OSError as err:
+            print(f"cmt ablation: could not update {out.parent / 'index.html'}: {err}", file=sys.stderr)
+    return index
+
+
+def run_ablation(paths: Iterable[str | Path], out: str | Path | None = None, overrides: Iterable[str] | dict = ()) -> Path:
+    """Train and evaluate each params file in order; returns the summary page's path.
+
+    All files are validated first (an unknown key in the last file stops the ablation before the
+    first training starts). A failed configuration stops the ablation: the summary shows what
+    finished and what failed, and ReportError is raised.
+    """
+    from cmtlib.report.session import engine_functions, with_run_dir
+
+    paths = [Path(p) for p in paths]
+    all_params = load_all(paths, overrides)
+    train, evaluate_run = engine_functions()
+    names = _unique_names(all_params)
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M")
+    folder = unique_dir(Path(out).resolve() if out else (Path(all_params[0].report.reports_dir) / f"ablation-{stamp}").resolve())
+    print(f"ablation folder: {folder}", flush=True)
+
+    reports_dir = Path(all_params[0].report.reports_dir).resolve()
+    rows = [summary_row(n, str(p), None, "not run", None) for n, p in zip(names, paths)]
+    write_summary(folder, rows, reports_dir=reports_dir)
+    for i, (name, path, params) in enumerate(zip(names, paths, all_params)):
+        run_dir = folder / "runs" / name
+        params = with_run_dir(params, run_dir)
+        dump_params(params, folder / "params" / f"{name}.yaml")
+        print(f"[{i + 1}/{len(paths)}] {name} ...", end=" ", flush=True)
+        t0 = time.perf_counter()
+        try:
+            train(params, resume=False, overwrite=False)
+            metrics = evaluate_run(run_dir)
+        except Exception as err:
+            seconds = round(time.perf_counter() - t0, 1)
+            print(f"failed {seconds:.0f} s", flush=True)
+            rows[i] = summary_row(name, str(path), None, "failed", seconds)
+            message = f"{name} ({path}) failed: {type(err).__name__}: {err}"
+            write_summary(folder, rows, failed=message, reports_dir=reports_dir)
+            raise ReportError(f"ablation stopped: {message}; summary: {folder / 'index.html'}") from err
+        seconds = round(time.perf_counter() - t0, 1)
+        rows[i] = summary_row(name, str(path), metrics, "ok", seconds)
+        print(f"ok {seconds:.0f} s; COVID AUC {rows[i]['auc']}", flush=True)
+        write_summary(folder, rows, reports_dir=reports_dir)
+    return folder / "index.html"

@@ -1,0 +1,285 @@
+"""The report chain: params -> executed notebooks -> self-contained HTML pages -> index.
+
+`run_report` validates everything it can before anything runs (params keys, the notebooks'
+parameter cells, the kernel), then executes notebooks/NN_*.ipynb in order with papermill, one
+kernel per notebook, injecting exactly `params_file`, `run_dir` and `report_dir`. The report
+folder is self-contained:
+
+    reports/<run name>[-N]/
+        index.html            headline results, links to the pages, facts, parameters
+        NN_name.html          one page per notebook (code hidden)
+        notebooks/NN_name.ipynb   the executed notebooks
+        params.yaml           the resolved params (every key); re-run with it
+        run/                  the training run (checkpoints, metrics.json, predictions.csv, ...)
+        timings.json  report.json  facts.json
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import os
+import re
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from cmtlib.fileio import write_json
+from cmtlib.params import Params, dump_params, load_params
+
+INJECTED = ("params_file", "run_dir", "report_dir")
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_NOTEBOOKS = REPO / "notebooks"
+# Environment override for the notebooks folder (tests, or a researcher's own chain).
+NOTEBOOKS_ENV = "CMT_NOTEBOOKS"
+_NUMBERED = re.compile(r"^(\d{2})_[\w-]+\.ipynb$")
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+class ReportError(RuntimeError):
+    """The chain could not run or a notebook failed; the message names the notebook and its page."""
+
+
+@dataclass
+class NotebookRecord:
+    name: str
+    title: str = ""
+    description: str = ""
+    status: str = "not run"  # not run | running | ok | placeholder (says it is not implemented) | failed
+    seconds: float | None = None  # execution, kernel start included
+    render_seconds: float | None = None
+    html: str = ""  # relative to the report folder
+    executed: str = ""
+    error: str = ""
+
+
+def find_notebooks(folder: str | Path, only: Iterable[str] = ()) -> list[Path]:
+    """notebooks/NN_*.ipynb in number order; `only` keeps those named by number ('03') or stem."""
+    folder = Path(folder)
+    found = sorted(p for p in folder.glob("*.ipynb") if _NUMBERED.match(p.name))
+    if not found:
+        raise ReportError(f"no numbered notebooks (NN_name.ipynb) in {folder}")
+    only = [str(o).removesuffix(".ipynb") for o in only]
+    if only:
+        keep = [p for p in found if p.stem in only or p.stem[:2] in only]
+        unknown = [o for o in only if not any(p.stem == o or p.stem[:2] == o for p in found)]
+        if unknown:
+            raise ReportError(f"report_notebooks names {unknown}, not in {folder}; available: {', '.join(p.stem for p in found)}")
+        found = keep
+    return found
+
+
+def check_parameters(notebooks: Iterable[Path]) -> None:
+    """Each notebook must declare exactly params_file, run_dir and report_dir in its parameters cell
+    (papermill only warns about a parameter a notebook does not declare)."""
+    import papermill
+
+    problems = []
+    for nb in notebooks:
+        declared = set(papermill.inspect_notebook(str(nb)))
+        missing = [k for k in INJECTED if k not in declared]
+        extra = sorted(declared - set(INJECTED))
+        if not declared:
+            problems.append(f"{nb.name} has no cell tagged 'parameters'")
+        elif missing or extra:
+            problems.append(f"{nb.name}: " + "; ".join(
+                ([f"parameters cell lacks {', '.join(missing)}"] if missing else [])
+                + ([f"declares {', '.join(extra)}, which the chain never sets (put settings in params/*.yaml)"] if extra else [])))
+    if problems:
+        raise ReportError("notebooks must declare exactly params_file, run_dir and report_dir in a cell tagged 'parameters': " + " | ".join(problems))
+
+
+def unique_dir(base: Path) -> Path:
+    """Create and return base, or base-2, base-3, ... if taken: another run is never overwritten."""
+    base.parent.mkdir(parents=True, exist_ok=True)
+    n = 1
+    while True:
+        candidate = base if n == 1 else base.with_name(f"{base.name}-{n}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            n += 1
+
+
+def plain_error(ename: str, evalue: str, traceback: list[str] | None = None, lines: int = 12) -> str:
+    """The error as plain text: its name and message, then the end of the traceback (no ANSI)."""
+    tb = _ANSI.sub("", "\n".join(traceback or [])).strip().splitlines()
+    tail = "\n".join(tb[-lines:]) if tb else ""
+    head = f"{ename}: {evalue}" if evalue else ename
+    return f"{head}\n\n{tail}" if tail else head
+
+
+def run_report(params_path: str | Path, out: str | Path | None = None, overrides: Iterable[str] | dict = (),
+               notebooks_dir: str | Path | None = None) -> Path:
+    """Run the notebook chain for a params file; returns <report>/index.html.
+
+    Raises ParamsError (unknown key, bad value) or ReportError (bad notebook, failed notebook)
+    before writing anything, except a failed notebook: its report folder and index remain.
+    """
+    from cmtlib.report.kernel import select_kernel
+    from cmtlib.report.session import with_run_dir
+
+    params = load_params(params_path, overrides)
+    folder = Path(notebooks_dir or os.environ.get(NOTEBOOKS_ENV) or DEFAULT_NOTEBOOKS)
+    notebooks = find_notebooks(folder, params.report.report_notebooks)
+    check_parameters(notebooks)
+    kernel = select_kernel(params.report.report_kernel)
+
+    wanted = Path(out) if out else Path(params.report.reports_dir) / params.run_name
+    report_dir = unique_dir(wanted.resolve())
+    note = f" ({wanted} exists; not overwriting it)" if report_dir.name != wanted.name else ""
+    print(f"report folder: {report_dir}{note}", flush=True)
+
+    # The report's params.yaml repeats this run as it is: its name fixed, its run inside the report.
+    params = with_run_dir(params, report_dir / "run")
+    params = dataclasses.replace(params, report=dataclasses.replace(params.report, run_name=params.run_name))
+    dump_params(params, report_dir / "params.yaml")
+    return _Chain(params, params_path, report_dir, notebooks, kernel).run()
+
+
+class _Chain:
+    """One chain run: executes, renders, records; the index is rewritten after every notebook."""
+
+    def __init__(self, params: Params, params_path: str | Path, report_dir: Path, notebooks: list[Path], kernel: str) -> None:
+        from cmtlib.report.index import git_commit
+
+        self.params, self.report_dir, self.notebooks, self.kernel = params, report_dir, notebooks, kernel
+        self.records = [NotebookRecord(name=nb.stem, **_heading(nb)) for nb in notebooks]
+        self.record: dict[str, Any] = {
+            "run_name": params.run_name, "name": report_dir.name, "params_source": str(params_path),
+            "date": _dt.datetime.now().isoformat(timespec="seconds"), "commit": git_commit(REPO),
+            "kernel": kernel, "python": sys.executable, "status": "running", "failed": "", "failed_html": "",
+            "error": "", "total_s": 0.0, "notebooks": [],
+        }
+        self.renderer = None
+        # Kernels run where `cmt report` runs (the repository root for `make report`), so relative
+        # locations inside cmtlib (./data, ./runs) are the ones `cmt train` uses; every path the
+        # chain injects is absolute.
+        self.cwd = Path.cwd()
+
+    def run(self) -> Path:
+        from cmtlib.report.index import write_reports_index
+
+        t_all = time.perf_counter()
+        (self.report_dir / "notebooks").mkdir(exist_ok=True)
+        self._write_index()
+        failure: ReportError | None = None
+        for i, (nb, rec) in enumerate(zip(self.notebooks, self.records), 1):
+            print(f"[{i}/{len(self.notebooks)}] {nb.stem} ...", end=" ", flush=True)
+            failure = self._run_one(nb, rec)
+            line = f"{rec.status} {rec.seconds or 0:.1f} s" + (f" (+{rec.render_seconds:.1f} s render)" if rec.render_seconds is not None else "")
+            print(line, flush=True)
+            self.record["total_s"] = round(time.perf_counter() - t_all, 2)
+            self._write_index()
+            if failure is not None:
+                break
+        self.record["status"] = "failed" if failure else "ok"
+        self.record["total_s"] = round(time.perf_counter() - t_all, 2)
+        write_json(self.report_dir / "timings.json", {
+            "kernel": self.kernel, "total_s": self.record["total_s"],
+            "notebooks": {r.name: {"execute_s": r.seconds, "render_s": r.render_seconds, "status": r.status} for r in self.records},
+        })
+        index = self._write_index()
+        # The list of reports lives in reports_dir; a report put elsewhere (--out) leaves that folder alone.
+        if self.report_dir.parent == Path(self.params.report.reports_dir).resolve():
+            try:
+                write_reports_index(self.report_dir.parent)
+            except OSError as err:  # the report itself is complete; the list of reports is a convenience
+                print(f"cmt report: could not update {self.report_dir.parent / 'index.html'}: {err}", file=sys.stderr)
+        if failure is not None:
+            print(f"report (incomplete): {index}", file=sys.stderr)
+            raise failure
+        return index
+
+    def _write_index(self) -> Path:
+        from cmtlib.report.index import write_report_index
+
+        self.record["notebooks"] = [asdict(r) for r in self.records]
+        return write_report_index(self.report_dir, self.record)
+
+    def _run_one(self, nb: Path, rec: NotebookRecord) -> ReportError | None:
+        import papermill
+        from papermill.exceptions import PapermillExecutionError
+
+        executed = self.report_dir / "notebooks" / nb.name
+        rec.status, rec.executed = "running", f"notebooks/{nb.name}"
+        parameters = {"params_file": str(self.report_dir / "params.yaml"), "run_dir": str(self.report_dir / "run"),
+                      "report_dir": str(self.report_dir)}
+        timeout = self.params.report.report_cell_timeout or None
+        t0 = time.perf_counter()
+        error: str = ""
+        try:
+            papermill.execute_notebook(
+                str(nb), str(executed), parameters=parameters, kernel_name=self.kernel, cwd=str(self.cwd),
+                progress_bar=False, log_output=False, execution_timeout=timeout, start_timeout=120,
+                config=_kernel_config(), extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
+            )
+        except PapermillExecutionError as err:
+            error = plain_error(err.ename, err.evalue, err.traceback)
+        except Exception as err:  # noqa: BLE001 -- kernel died, cell timeout, unreadable notebook: same outcome, a failed page
+            error = plain_error(type(err).__name__, str(err))
+        rec.seconds = round(time.perf_counter() - t0, 2)
+        rec.status = "failed" if error else ("placeholder" if _is_placeholder(executed) else "ok")
+        rec.error = error
+        render_error = self._render(nb, executed, rec, failed=bool(error))
+        if render_error and not error:
+            rec.status, rec.error = "failed", render_error
+        if rec.status != "failed":
+            return None
+        self.record.update(failed=nb.stem, failed_html=rec.html, error=rec.error)
+        where = f"; see {self.report_dir / rec.html}" if rec.html else ""
+        return ReportError(f"notebook {nb.name} failed: {rec.error.splitlines()[0] if rec.error else 'unknown error'}{where}")
+
+    def _render(self, nb: Path, executed: Path, rec: NotebookRecord, failed: bool) -> str:
+        """Render the executed (or partial) notebook; returns an error text, '' on success."""
+        from cmtlib.report.render import PageRenderer
+
+        if not executed.is_file():
+            return f"{nb.name} produced no executed notebook to render"
+        t0 = time.perf_counter()
+        try:
+            if self.renderer is None:
+                self.renderer = PageRenderer()
+            html = self.report_dir / f"{nb.stem}.html"
+            self.renderer.render(executed, html, title=rec.title, run_name=self.params.run_name, seconds=rec.seconds, failed=failed)
+            rec.html = html.name
+            return ""
+        except Exception as err:  # noqa: BLE001 -- a page that cannot be rendered fails the chain like a failed cell
+            return plain_error(type(err).__name__, str(err))
+        finally:
+            rec.render_seconds = round(time.perf_counter() - t0, 2)
+
+
+def _is_placeholder(executed: Path) -> bool:
+    """Whether an executed notebook shows page.not_implemented (so the index does not call it 'ok')."""
+    import nbformat
+
+    from cmtlib.report.page import PLACEHOLDER_CLASS
+
+    if not executed.is_file():
+        return False
+    outputs = [o for c in nbformat.read(executed, as_version=4).cells for o in c.get("outputs", [])]
+    return any(PLACEHOLDER_CLASS in str(o.get("data", {}).get("text/html", "")) for o in outputs)
+
+
+def _kernel_config():
+    """Encrypt the kernel's local sockets when the kernel supports it (ipykernel >= 7 warns on every
+    start otherwise); kernels without CurveZMQ support start as before. The kernel's own log (not
+    the notebook's output) is silenced with log_level=CRITICAL: jupyter_client interrupts a kernel
+    before shutting it down, which ipykernel logs as an error on the console."""
+    from traitlets.config import Config
+
+    return Config({"KernelManager": {"transport_encryption": "auto"}})
+
+
+def _heading(nb: Path) -> dict[str, str]:
+    import nbformat
+
+    from cmtlib.report.render import notebook_heading
+
+    title, description = notebook_heading(nbformat.read(nb, as_version=4))
+    return {"title": title, "description": description}

@@ -1,0 +1,161 @@
+"""Index pages: `<report>/index.html` (one run: headline results, pages, run facts, parameters)
+and `<reports_dir>/index.html` (every report run, newest first).
+
+A report folder's state lives in `<report>/report.json` (written by the chain at each step); the
+pages are rendered from it plus what the run folder holds, so an interrupted or failed chain
+still leaves an index that says what happened.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import subprocess
+from pathlib import Path
+from typing import Any, ClassVar
+
+import yaml
+
+from cmtlib.fileio import write_json, write_text
+from cmtlib.report.render import TEMPLATES, check_self_contained, report_css
+from cmtlib.report.session import info_value, read_facts
+from cmtlib.report.tables import as_number, get_path, headline_table, params_table, to_html
+
+RECORD = "report.json"
+# Headline numbers shown as percentages (rates) rather than fractions (scores).
+_PERCENT = {"covid.sens_at_spec99", "covid.eer"}
+_NO_SPEC99 = "cannot be estimated: fewer than 100 non-COVID films to set a 1 % false-alarm rate"
+
+
+def _env():
+    import jinja2
+
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True, undefined=jinja2.StrictUndefined)
+
+
+def git_commit(where: str | Path) -> str:
+    """Short commit of the repository holding `where` ('+dirty' when tracked files changed); '' if none."""
+    try:
+        head = subprocess.run(["git", "-C", str(where), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10, check=False)
+        if head.returncode != 0:
+            return ""
+        dirty = subprocess.run(["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10, check=False)
+        return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def read_record(report_dir: str | Path) -> dict[str, Any]:
+    path = Path(report_dir) / RECORD
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except json.JSONDecodeError:
+        return None
+
+
+def _fmt(value: float | None, percent: bool) -> str:
+    if value is None:
+        return "–"
+    return f"{100 * value:.1f} %" if percent else f"{value:.3f}"
+
+
+def headline_cards(metrics: dict[str, Any] | None) -> list[dict[str, str]]:
+    """Headline metrics as display strings; [] when the run has no metrics."""
+    if not metrics:
+        return []
+    cards = []
+    for row in headline_table(metrics).to_dict("records"):
+        row.update({k: as_number(row[k]) for k in ("value", "ci_low", "ci_high")})  # NaN -> None
+        pct = row["key"] in _PERCENT
+        ci = f"95 % CI {_fmt(row['ci_low'], pct)} to {_fmt(row['ci_high'], pct)}" if row["ci_low"] is not None and row["ci_high"] is not None else ""
+        value = _fmt(row["value"], pct) if row["value"] is not None else "not available"
+        if row["value"] is None and row["key"] == "covid.sens_at_spec99" and get_path(metrics, "covid") is not None:
+            ci = _NO_SPEC99
+        cards.append({"metric": row["metric"], "value_text": value, "ci_text": ci, "meaning": row["meaning"]})
+    return cards
+
+
+def summarize(report_dir: Path, record: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What the index shows besides the chain's record: facts, headline metrics, parameters."""
+    from cmtlib.params import key_owner
+
+    run_dir = report_dir / "run"
+    info = _read_json(run_dir / "run.json") or {}
+    metrics = _read_json(run_dir / "metrics.json")
+    facts = read_facts(report_dir)
+    params_path = report_dir / "params.yaml"
+    flat = yaml.safe_load(params_path.read_text(encoding="utf-8")) if params_path.is_file() else {}
+    quarantine = facts.get("quarantine_count", info_value(info, "quarantined", "quarantine_count"))
+    record = record or {}
+    rows = [
+        ("date", record.get("date", "")),
+        ("params file", record.get("params_source", "")),
+        ("git commit", record.get("commit") or "not available (not a git checkout)"),
+        ("device", info_value(info, "device_name", "device", default="not recorded (the run did not finish)")),
+        ("precision", info_value(info, "precision", default="not recorded")),
+        ("encoder weights", info_value(info, "encoder_weights_source", "encoder_weights", default="not recorded")),
+        ("data manifest hash", facts.get("manifest_hash") or info_value(info, "manifest_hash", default="not recorded")),
+        ("images (train / val / test)", facts.get("split_counts", "not recorded")),
+        ("quarantined images (could not be read or used)", quarantine if quarantine is not None else "not recorded"),
+    ]
+    return {
+        "headline": headline_cards(metrics),
+        "facts": [(k, v) for k, v in rows if v != ""],
+        "params_html": to_html(params_table(flat or {}, key_owner()), max_rows=None) if flat else "<p>params.yaml is missing.</p>",
+    }
+
+
+def write_report_index(report_dir: str | Path, record: dict[str, Any]) -> Path:
+    """Write <report>/report.json and <report>/index.html from the chain's record."""
+    from cmtlib import __version__
+
+    report_dir = Path(report_dir)
+    write_json(report_dir / RECORD, record)
+    summary = summarize(report_dir, record)
+    html = _env().get_template("report_index.html.j2").render(
+        r=_Record(record), s=summary, css=report_css(), version=__version__, now=_now())
+    check_self_contained(html, f"{report_dir.name}/index.html")
+    return write_text(report_dir / "index.html", html)
+
+
+def write_reports_index(reports_dir: str | Path) -> Path:
+    """Write <reports_dir>/index.html listing every report folder (report.json), newest first."""
+    from cmtlib import __version__
+
+    reports_dir = Path(reports_dir)
+    runs = []
+    for record_path in reports_dir.glob(f"*/{RECORD}"):
+        rec = _read_json(record_path) or {}
+        metrics = _read_json(record_path.parent / "run" / "metrics.json")
+        auc, sens = get_path(metrics, "covid.auc"), get_path(metrics, "covid.sens_at_spec99")
+        runs.append({
+            "name": record_path.parent.name, "href": f"{record_path.parent.name}/index.html",
+            "date": rec.get("date", ""), "status": rec.get("status", "unknown"), "commit": rec.get("commit", ""),
+            "auc": _fmt(auc, False) if isinstance(auc, (int, float)) else "–",
+            "sens": _fmt(sens, True) if isinstance(sens, (int, float)) else "–",
+        })
+    runs.sort(key=lambda r: (r["date"], r["name"]), reverse=True)
+    html = _env().get_template("reports_list.html.j2").render(runs=runs, css=report_css(), version=__version__, now=_now())
+    check_self_contained(html, f"{reports_dir.name}/index.html")
+    return write_text(reports_dir / "index.html", html)
+
+
+def _now() -> str:
+    return _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+
+
+class _Record(dict):
+    """The record with attribute access and defaults for the template (StrictUndefined elsewhere)."""
+
+    _DEFAULTS: ClassVar[dict[str, Any]] = {"status": "running", "failed": "", "failed_html": "", "error": "", "notebooks": [], "total_s": 0.0, "run_name": ""}
+
+    def __getattr__(self, name: str) -> Any:
+        if name in self:
+            return self[name]
+        if name in self._DEFAULTS:
+            return self._DEFAULTS[name]
+        raise AttributeError(name)

@@ -1,0 +1,344 @@
+"""The report chain on tiny stand-in notebooks (the real notebooks' heavy work is not needed to
+test the machinery): injection, order, HTML, failure handling, refusals, no overwriting."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from cmtlib.params import ParamsError
+from cmtlib.report.chain import ReportError, find_notebooks, plain_error, run_report, unique_dir
+from cmtlib.report.render import external_refs
+
+REPO = Path(__file__).resolve().parents[1]
+PARAMS_CELL = 'params_file = "p.yaml"  # params\nrun_dir = "run"  # run folder\nreport_dir = "out"  # report folder'
+
+
+def make_notebook(path: Path, *code: str, title: str = "Stand-in", description: str = "A stand-in page.", params: str = PARAMS_CELL) -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells.append(nbformat.v4.new_markdown_cell(f"# {title}\n\n{description}"))
+    cell = nbformat.v4.new_code_cell(params)
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells.append(cell)
+    nb.cells += [nbformat.v4.new_code_cell(c) for c in code]
+    nbformat.write(nb, path)
+    return path
+
+
+# Appends "<name>|params_file|run_dir|report_dir" to <report_dir>/order.txt: proves order and injection.
+def record(name: str) -> str:
+    return (f"import pathlib\nwith open(pathlib.Path(report_dir) / 'order.txt', 'a') as f:\n"
+            f"    f.write('{name}|' + params_file + '|' + run_dir + '|' + report_dir + '\\n')")
+
+
+def write_params(path: Path, reports: Path, **extra) -> Path:
+    lines = [f"reports_dir: {reports}"] + [f"{k}: {v}" for k, v in extra.items()]  # run name: the file's stem
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def setup(tmp_path):
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    reports = tmp_path / "reports"
+    return nbs, reports, write_params(tmp_path / "standin.yaml", reports)
+
+
+def test_chain_injects_parameters_runs_in_order_and_renders(setup, capsys):
+    nbs, reports, params = setup
+    make_notebook(nbs / "02_second.ipynb", record("02"), title="Second", description="The second page, in plain words.")
+    make_notebook(nbs / "01_first.ipynb", record("01"),
+                  "from cmtlib.report import figures, page\nimport pandas as pd\nSECRET_CODE_MARKER = 1\n"
+                  "fig, axes = figures.new_figure()\naxes[0, 0].plot([0, 1], [1, 0])\n"
+                  "page.figure(fig, 'A falling line.')\npage.table(pd.DataFrame({'image_id': ['a'], 'n': [3]}), 'A table.')\n"
+                  "pd.DataFrame({'x': [1, 2]})",
+                  title="First", description="The first page.")
+    make_notebook(nbs / "03_todo.ipynb", record("03"), "from cmtlib.report import page\npage.not_implemented('the todo page')")
+    (nbs / "notes.ipynb").write_text("not numbered, not run")
+
+    index = run_report(params, notebooks_dir=nbs)
+    report = reports / "standin"
+    assert index == report / "index.html"
+
+    lines = (report / "order.txt").read_text().splitlines()
+    assert [ln.split("|")[0] for ln in lines] == ["01", "02", "03"]
+    for ln in lines:
+        _, params_file, run_dir, report_dir = ln.split("|")
+        assert (params_file, run_dir, report_dir) == (str(report / "params.yaml"), str(report / "run"), str(report))
+
+    # The report's params.yaml is the resolved params: the run inside the report, the name kept.
+    from cmtlib.params import load_params
+
+    resolved = load_params(report / "params.yaml")
+    assert resolved.train.run_dir == str(report / "run") and resolved.run_name == "standin"
+
+    for name in ("01_first", "02_second"):
+        assert (report / "notebooks" / f"{name}.ipynb").is_file()
+        html = (report / f"{name}.html").read_text()
+        assert external_refs(html) == [] and "<script" not in html.lower()
+        assert not re.search(r"""(src|href)\s*=\s*["']?https?:""", html)
+        assert "In [" not in html and "Out[" not in html
+        assert "Research use only" in html
+    page = (report / "01_first.html").read_text()
+    assert "SECRET_CODE_MARKER" not in page and "import pandas" not in page  # code inputs hidden
+    imgs = re.findall(r"<img[^>]*\ssrc=\"([^\"]*)\"", page)
+    assert imgs and all(src.startswith("data:image/png;base64,") for src in imgs)
+    assert "A falling line." in page and "A table." in page
+
+    timings = json.loads((report / "timings.json").read_text())
+    assert list(timings["notebooks"]) == ["01_first", "02_second", "03_todo"]
+    assert [t["status"] for t in timings["notebooks"].values()] == ["ok", "ok", "placeholder"]
+    assert all(t["execute_s"] > 0 and t["render_s"] >= 0 for t in timings["notebooks"].values())
+
+    index_html = index.read_text()
+    assert 'href="01_first.html"' in index_html and 'href="02_second.html"' in index_html
+    assert "The second page, in plain words." in index_html and "Research use only" in index_html
+    assert "not implemented yet" in index_html
+    assert external_refs(index_html) == []
+    assert 'href="standin/index.html"' in (reports / "index.html").read_text()
+
+    out = capsys.readouterr().out
+    assert re.search(r"\[1/3\] 01_first \.\.\. ok \d+\.\d s", out) and re.search(r"\[3/3\] 03_todo \.\.\. placeholder \d+\.\d s", out)
+
+
+def test_failing_notebook_stops_chain_and_index_shows_it(setup):
+    nbs, reports, params = setup
+    make_notebook(nbs / "01_ok.ipynb", record("01"))
+    make_notebook(nbs / "02_bad.ipynb", "from cmtlib.report import page\npage.heading('Before the error')",
+                  "raise ValueError('boom: marker 4711')")
+    make_notebook(nbs / "03_after.ipynb", record("03"))
+
+    with pytest.raises(ReportError, match=r"02_bad.*boom: marker 4711"):
+        run_report(params, notebooks_dir=nbs)
+    report = reports / "standin"
+    assert [ln.split("|")[0] for ln in (report / "order.txt").read_text().splitlines()] == ["01"]  # 03 never ran
+
+    record_json = json.loads((report / "report.json").read_text())
+    assert record_json["status"] == "failed" and record_json["failed"] == "02_bad"
+    assert [n["status"] for n in record_json["notebooks"]] == ["ok", "failed", "not run"]
+    index = (report / "index.html").read_text()
+    assert "02_bad" in index and "boom: marker 4711" in index and 'href="02_bad.html"' in index
+    partial = (report / "02_bad.html").read_text()
+    assert "Before the error" in partial and "boom: marker 4711" in partial and "incomplete" in partial
+    assert json.loads((report / "timings.json").read_text())["notebooks"]["03_after"]["status"] == "not run"
+
+
+def test_cmt_report_exits_non_zero_on_a_failed_notebook(setup):
+    nbs, reports, params = setup
+    make_notebook(nbs / "01_bad.ipynb", "raise RuntimeError('fails on purpose')")
+    env = dict(os.environ, CMT_NOTEBOOKS=str(nbs))
+    proc = subprocess.run([sys.executable, "-m", "cmtlib.cli", "report", "--params", str(params)], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode != 0
+    assert "01_bad" in proc.stderr and "fails on purpose" in proc.stderr
+    assert "fails on purpose" in (reports / "standin" / "index.html").read_text()
+
+
+def test_unknown_params_key_refused_before_any_notebook_runs(setup):
+    nbs, reports, _ = setup
+    make_notebook(nbs / "01_first.ipynb", record("01"))
+    bad = write_params(nbs.parent / "bad.yaml", reports, epochz=3)
+    with pytest.raises(ParamsError, match="epochz.*did you mean epochs"):
+        run_report(bad, notebooks_dir=nbs)
+    with pytest.raises(ParamsError, match="widht"):
+        run_report(nbs.parent / "standin.yaml", notebooks_dir=nbs, overrides=["widht=0.5"])
+    assert not reports.exists()
+
+
+def test_notebook_that_does_not_declare_the_parameters_is_refused(setup):
+    nbs, reports, params = setup
+    make_notebook(nbs / "01_first.ipynb", record("01"))
+    make_notebook(nbs / "02_partial.ipynb", "1", params='params_file = "p.yaml"  # params\nbatch = 4  # stray')
+    with pytest.raises(ReportError, match=r"02_partial.*lacks run_dir, report_dir.*declares batch"):
+        run_report(params, notebooks_dir=nbs)
+    assert not reports.exists()
+
+
+def test_existing_report_folder_is_not_overwritten(setup, capsys):
+    nbs, reports, params = setup
+    make_notebook(nbs / "01_first.ipynb", record("01"))
+    first = run_report(params, notebooks_dir=nbs).parent
+    (first / "keep.txt").write_text("mine")
+    second = run_report(params, notebooks_dir=nbs).parent
+    assert second.name == "standin-2" and first.name == "standin"
+    assert (first / "keep.txt").read_text() == "mine"
+    assert len((first / "order.txt").read_text().splitlines()) == 1
+    assert "exists; not overwriting it" in capsys.readouterr().out
+    listing = (reports / "index.html").read_text()
+    assert 'href="standin/index.html"' in listing and 'href="standin-2/index.html"' in listing
+
+
+def test_find_notebooks_order_and_subset(tmp_path):
+    for name in ("10_ten", "02_two", "01_one", "draft", "1_bad"):
+        make_notebook(tmp_path / f"{name}.ipynb")
+    assert [p.stem for p in find_notebooks(tmp_path)] == ["01_one", "02_two", "10_ten"]
+    assert [p.stem for p in find_notebooks(tmp_path, ["10", "01_one"])] == ["01_one", "10_ten"]
+    with pytest.raises(ReportError, match="names \\['07'\\].*available: 01_one, 02_two, 10_ten"):
+        find_notebooks(tmp_path, ["07"])
+    with pytest.raises(ReportError, match="no numbered notebooks"):
+        find_notebooks(tmp_path / "missing")
+
+
+def test_unique_dir_adds_suffixes(tmp_path):
+    assert unique_dir(tmp_path / "r").name == "r"
+    assert unique_dir(tmp_path / "r").name == "r-2"
+    assert unique_dir(tmp_path / "r").name == "r-3"
+
+
+def test_plain_error_strips_ansi_and_keeps_the_message():
+    text = plain_error("ValueError", "bad value", ["\x1b[0;31m---\x1b[0m", "\x1b[1;32mCell\x1b[0m line 3", "ValueError: bad value"])
+    assert text.startswith("ValueError: bad value\n\n") and "\x1b" not in text and "Cell line 3" in text
+    assert plain_error("DeadKernelError", "") == "DeadKernelError"
+
+
+def test_kernel_selection_runs_this_interpreter():
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    from cmtlib.report.kernel import KernelError, runs_this_python, select_kernel
+
+    assert runs_this_python(["python", "-m", "ipykernel_launcher"])
+    assert runs_this_python([sys.executable, "-m", "ipykernel_launcher"])
+    assert not runs_this_python(["/nonexistent/env/bin/python", "-m", "ipykernel_launcher"])
+    assert not runs_this_python(["R", "--slave"])
+    name = select_kernel()
+    assert runs_this_python(KernelSpecManager().get_kernel_spec(name).argv)
+    with pytest.raises(KernelError, match="not a Jupyter kernel here"):
+        select_kernel("no-such-kernel-xyz")
+
+
+# ---- session: runs made on demand -----------------------------------------------------------------
+
+def fake_run(run_dir: Path, params, metrics: dict | None = None) -> Path:
+    from cmtlib.fileio import write_json
+    from cmtlib.params import dump_params
+
+    run_dir.mkdir(parents=True)
+    dump_params(params, run_dir / "config.yaml")
+    write_json(run_dir / "run.json", {"status": "finished", "device": "cpu (2 threads)"})
+    (run_dir / "history.csv").write_text("epoch,seconds,train_loss,val_loss\n1,2.0,1.0,1.2\n")
+    if metrics is not None:
+        write_json(run_dir / "metrics.json", metrics)
+    return run_dir
+
+
+def test_ensure_run_uses_a_finished_run_and_refuses_one_with_other_params(tmp_path, monkeypatch):
+    from cmtlib.params import load_params
+    from cmtlib.report import session
+
+    params = load_params(REPO / "params" / "smoke.yaml")
+    run_dir = fake_run(tmp_path / "run", session.with_run_dir(params, tmp_path / "run"), {"covid": {"auc": 0.9}})
+    monkeypatch.setattr(session, "engine_functions", lambda: pytest.fail("a finished run must not be retrained"))
+    run = session.ensure_run(params, run_dir)
+    assert run.metrics == {"covid": {"auc": 0.9}} and run.history["val_loss"].tolist() == [1.2]
+    assert run.info_value("device") == "cpu (2 threads)" and run.config["epochs"] == 1
+    # Another report folder or thread count is the same run; another epoch count is not.
+    assert session.ensure_run(load_params(REPO / "params" / "smoke.yaml", {"threads": 1, "reports_dir": "x"}), run_dir).metrics
+    with pytest.raises(session.RunMismatchError, match="epochs: run has 1, params say 2.*another run_dir"):
+        session.ensure_run(load_params(REPO / "params" / "smoke.yaml", {"epochs": 2}), run_dir)
+
+
+def test_ensure_run_trains_and_evaluates_when_missing(tmp_path, monkeypatch):
+    from cmtlib.params import load_params
+    from cmtlib.report import session
+
+    calls = []
+
+    def train(params, resume, overwrite):
+        calls.append(("train", params.train.run_dir, resume))
+        print("noisy progress bar")  # kept off the page
+        return fake_run(Path(params.train.run_dir), params)
+
+    def evaluate_run(run_dir):
+        calls.append(("evaluate", str(run_dir)))
+        (Path(run_dir) / "metrics.json").write_text('{"covid": {"auc": 0.75}}')
+
+    monkeypatch.setattr(session, "engine_functions", lambda: (train, evaluate_run))
+    run = session.ensure_run(load_params(REPO / "params" / "smoke.yaml"), tmp_path / "new")
+    assert calls == [("train", str(tmp_path / "new"), False), ("evaluate", str(tmp_path / "new"))]
+    assert run.metrics["covid"]["auc"] == 0.75
+
+
+# ---- ablation runner --------------------------------------------------------------------------------
+
+def test_ablation_validates_all_files_first_then_trains_each_in_order(tmp_path, monkeypatch):
+    from cmtlib.report import ablation, session
+
+    reports = tmp_path / "reports"
+    a = write_params(tmp_path / "full.yaml", reports)
+    b = write_params(tmp_path / "no_lung.yaml", reports, tasks="[disease, healthy, multilabel]", run_name="no_lung")
+    bad = write_params(tmp_path / "bad.yaml", reports, widht=0.5)
+    trained = []
+
+    def train(params, resume, overwrite):
+        trained.append(params.run_name)
+        Path(params.train.run_dir).mkdir(parents=True)
+        return Path(params.train.run_dir)
+
+    def evaluate_run(run_dir):
+        auc = 0.9 if "no_lung" in str(run_dir) else 0.95
+        return {"covid": {"auc": auc, "auc_ci_low": auc - 0.05, "auc_ci_high": auc + 0.02, "eer": 0.1, "sens_at_spec99": 0.5}}
+
+    monkeypatch.setattr(session, "engine_functions", lambda: (train, evaluate_run))
+    with pytest.raises(ParamsError, match="widht"):
+        ablation.run_ablation([a, b, bad])
+    assert trained == [] and not reports.exists()
+
+    summary = ablation.run_ablation([a, b], out=reports / "abl")
+    assert trained == ["full", "no_lung"]
+    html = summary.read_text()
+    assert "0.950 (95 % CI 0.900 to 0.970)" in html and "0.900 (95 % CI 0.850 to 0.920)" in html and "0.500" in html
+    assert external_refs(html) == [] and "Research use only" in html
+    rows = json.loads((reports / "abl" / "summary.json").read_text())["rows"]
+    assert [(r["name"], r["status"], r["auc_value"]) for r in rows] == [("full", "ok", 0.95), ("no_lung", "ok", 0.9)]
+    assert (reports / "abl" / "params" / "no_lung.yaml").is_file() and (reports / "abl" / "runs" / "full").is_dir()
+    assert 'href="abl/index.html"' in (reports / "index.html").read_text()
+
+
+@pytest.mark.slow
+def test_real_chain_on_smoke_params(tmp_path, monkeypatch):
+    """`cmt report --params params/smoke.yaml` end to end: data, training, every page."""
+    monkeypatch.setenv("CMT_DATA_DIR", str(tmp_path / "data"))  # inherited by the kernels
+    index = run_report(REPO / "params" / "smoke.yaml", out=tmp_path / "reports" / "smoke")
+    report = index.parent
+    names = [p.stem for p in find_notebooks(REPO / "notebooks")]
+    for name in names:
+        html = (report / f"{name}.html").read_text()
+        assert external_refs(html) == [] and "In [" not in html and "Traceback" not in html, name
+        assert str(tmp_path / "data") not in html, f"{name} shows a data path"
+    data_page = (report / "01_data.html").read_text()
+    assert "Images per class and split" in data_page and data_page.count("data:image/png;base64,") >= 2
+    assert (report / "run" / "metrics.json").is_file() and (report / "run" / "checkpoints").is_dir()
+    timings = json.loads((report / "timings.json").read_text())["notebooks"]
+    assert list(timings) == names and all(t["status"] in ("ok", "placeholder") for t in timings.values())
+    assert timings["01_data"]["status"] == timings["02_training"]["status"] == "ok"
+    for name in names:  # a placeholder page says so
+        assert (timings[name]["status"] == "placeholder") == ("Not implemented yet" in (report / f"{name}.html").read_text())
+    assert "COVID-19 AUC" in index.read_text() and "quarantined images" in index.read_text()
+
+
+def test_ablation_stops_at_a_failed_configuration_and_says_so(tmp_path, monkeypatch):
+    from cmtlib.report import ablation, session
+
+    reports = tmp_path / "reports"
+    files = [write_params(tmp_path / f"{n}.yaml", reports) for n in ("first", "second", "third")]
+
+    def train(params, resume, overwrite):
+        if params.run_name == "second":
+            raise RuntimeError("out of memory on purpose")
+        return Path(params.train.run_dir)
+
+    monkeypatch.setattr(session, "engine_functions", lambda: (train, lambda run_dir: {"covid": {"auc": 0.8}}))
+    with pytest.raises(ReportError, match="second.*out of memory on purpose"):
+        ablation.run_ablation(files, out=reports / "abl")
+    summary = json.loads((reports / "abl" / "summary.json").read_text())
+    assert [r["status"] for r in summary["rows"]] == ["ok", "failed", "not run"]
+    assert "out of memory on purpose" in (reports / "abl" / "index.html").read_text()
