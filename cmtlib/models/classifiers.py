@@ -24,6 +24,7 @@ import torch
 import torchvision
 from torch import nn
 
+from cmtlib.models.base import ContractModel
 from cmtlib.models.encoder import EncoderOutput, ImageNetPreprocess
 from cmtlib.models.heads import ClassificationHead
 from cmtlib.models.weights import load_torchvision_weights
@@ -64,7 +65,7 @@ def _densenet_remap(state: dict) -> dict:
     return {(m.group(1) + m.group(2) if (m := _DENSENET_OLD_KEY.match(k)) else k): v for k, v in state.items()}
 
 
-class TorchvisionClassifier(nn.Module):
+class TorchvisionClassifier(ContractModel):
     """A torchvision encoder + GAP + CMTNet's FC heads. Subclasses set the class attributes.
 
     Args:
@@ -117,19 +118,6 @@ class TorchvisionClassifier(nn.Module):
         """
         return EncoderOutput(features=self.encode(self.preprocess(x)), indices=[], sizes=[], stages=[])
 
-    def classify(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Heads only, from encoder features (B, D, h, w) or pooled embeddings (B, D).
-
-        Shape:
-            embedding: (B, D); healthy: (B, 2); multilabel: (B, 2).
-        """
-        emb = features.mean(dim=(2, 3)) if features.ndim == 4 else features  # (B, D): global average pooling
-        out = {"embedding": emb}
-        if self.healthy_head is not None:
-            out["healthy"] = self.healthy_head(emb)
-        out["multilabel"] = self.multilabel_head(emb)
-        return out
-
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """``embedding``, ``healthy`` (if a task) and ``multilabel`` raw logits.
 
@@ -143,9 +131,6 @@ class TorchvisionClassifier(nn.Module):
     def output_keys(self) -> tuple[str, ...]:
         return ("embedding",) + self.tasks
 
-    def config(self) -> dict:
-        """Keyword arguments that rebuild this architecture with ``create_model(name, **config)``."""
-        return {"tasks": list(self.tasks), "width": self.width, "encoder_weights": self.encoder_weights, "head_hidden": self.head_hidden}
 
     def describe(self) -> dict:
         """Plain-data description for self-describing checkpoints and reports."""

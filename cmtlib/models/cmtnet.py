@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from torch import nn
 
+from cmtlib.models.base import ContractModel
 from cmtlib.models.config import ALL_TASKS
 from cmtlib.models.encoder import EncoderOutput, ImageNetPreprocess, VGG16BNEncoder
 from cmtlib.models.heads import ClassificationHead
@@ -42,7 +42,7 @@ def validate_tasks(tasks: Sequence[str]) -> tuple[str, ...]:
     return tuple(t for t in ALL_TASKS if t in tasks)
 
 
-class CMTNet(nn.Module):
+class CMTNet(ContractModel):
     """COVID-19 multi-task network, or one of its ablation variants (a subset of its tasks).
 
     Args:
@@ -90,26 +90,6 @@ class CMTNet(nn.Module):
         """
         return self.encoder(self.preprocess(x))
 
-    def classify(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Heads only: embedding and classification logits from encoder features or embeddings.
-
-        Args:
-            features: ``forward_features(x).features``, or embeddings already pooled.
-
-        Returns:
-            ``embedding``, ``multilabel`` and, when the model has the task, ``healthy``.
-
-        Shape:
-            features: (B, D, h, w) or (B, D).
-            embedding: (B, D); healthy: (B, 2); multilabel: (B, 2).
-        """
-        emb = features.mean(dim=(2, 3)) if features.ndim == 4 else features  # (B, D): global average pooling
-        out = {"embedding": emb}
-        if self.healthy_head is not None:
-            out["healthy"] = self.healthy_head(emb)
-        out["multilabel"] = self.multilabel_head(emb)
-        return out
-
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """All task outputs as raw logits.
 
@@ -132,14 +112,6 @@ class CMTNet(nn.Module):
         keys = [t for t in SEGMENTATION_TASKS if t in self.tasks]
         return tuple(keys + ["embedding"] + [t for t in ("healthy", "multilabel") if t in self.tasks])
 
-    def config(self) -> dict:
-        """Keyword arguments that rebuild this architecture with ``create_model(name, **config)``."""
-        return {
-            "tasks": list(self.tasks),
-            "width": self.width,
-            "encoder_weights": self.encoder_weights,
-            "head_hidden": self.head_hidden,
-        }
 
     def describe(self) -> dict:
         """Plain-data description for self-describing checkpoints and reports."""

@@ -40,7 +40,13 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from cmtlib.losses import MultiTaskLoss
-from cmtlib.models.encoder import IMAGENET_MEAN, IMAGENET_STD, EncoderOutput, ImageNetPreprocess
+from cmtlib.models.base import ContractModel
+from cmtlib.models.encoder import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    EncoderOutput,
+    ImageNetPreprocess,
+)
 from cmtlib.models.segnet_single import segmentation_tasks
 from cmtlib.models.weights import load_torchvision_weights
 
@@ -73,7 +79,7 @@ def _padded(h: int, w: int) -> tuple[int, int]:
     return math.ceil(h / SIZE_DIVISIBLE) * SIZE_DIVISIBLE, math.ceil(w / SIZE_DIVISIBLE) * SIZE_DIVISIBLE
 
 
-class MaskRCNNAdapter(nn.Module):
+class MaskRCNNAdapter(ContractModel):
     """Mask R-CNN for lung / disease instances, answering in DESIGN.md's output contract.
 
     Args:
@@ -136,14 +142,6 @@ class MaskRCNNAdapter(nn.Module):
         _, body, _ = self._encode(x)
         h, w = x.shape[-2:]
         return EncoderOutput(features=self._c5(body, h, w), indices=[], sizes=[], stages=[body[k] for k in ("0", "1", "2")])
-
-    def classify(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The embedding only (no classification heads).
-
-        Shape:
-            features: (B, C5, h, w) or (B, C5); returns embedding (B, C5).
-        """
-        return {"embedding": features.mean(dim=(2, 3)) if features.ndim == 4 else features}
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Eval: ``lung`` / ``disease`` logit maps and ``embedding``. Train: ``embedding`` and the
@@ -215,9 +213,6 @@ class MaskRCNNAdapter(nn.Module):
         """The keys of the eval-mode ``forward`` (the contract's), in order."""
         return self.tasks + ("embedding",)
 
-    def config(self) -> dict:
-        """Keyword arguments that rebuild this architecture with ``create_model(name, **config)``."""
-        return {"tasks": list(self.tasks), "width": self.width, "encoder_weights": self.encoder_weights, "head_hidden": self.head_hidden}
 
     def describe(self) -> dict:
         """Plain-data description for self-describing checkpoints and reports."""

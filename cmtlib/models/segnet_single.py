@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from torch import nn
 
+from cmtlib.models.base import ContractModel
 from cmtlib.models.encoder import EncoderOutput, ImageNetPreprocess, VGG16BNEncoder
 from cmtlib.models.segnet import SegNetDecoder
 from cmtlib.models.weights import load_encoder_weights
@@ -38,7 +38,7 @@ def segmentation_tasks(tasks: Sequence[str] | str) -> tuple[str, ...]:
     return out
 
 
-class SegNet(nn.Module):
+class SegNet(ContractModel):
     """VGG16-BN encoder (SegNet's) + one SegNet decoder per segmentation task.
 
     Args:
@@ -76,14 +76,6 @@ class SegNet(nn.Module):
         """
         return self.encoder(self.preprocess(x))
 
-    def classify(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The embedding only (no classification heads).
-
-        Shape:
-            features: (B, D, h, w) or (B, D); returns embedding (B, D).
-        """
-        return {"embedding": features.mean(dim=(2, 3)) if features.ndim == 4 else features}
-
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Segmentation logits and the embedding.
 
@@ -103,9 +95,6 @@ class SegNet(nn.Module):
     def output_keys(self) -> tuple[str, ...]:
         return self.tasks + ("embedding",)
 
-    def config(self) -> dict:
-        """Keyword arguments that rebuild this architecture with ``create_model(name, **config)``."""
-        return {"tasks": list(self.tasks), "width": self.width, "encoder_weights": self.encoder_weights, "head_hidden": self.head_hidden}
 
     def describe(self) -> dict:
         """Plain-data description for self-describing checkpoints and reports."""

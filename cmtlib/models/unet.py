@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cmtlib.models.base import ContractModel
 from cmtlib.models.encoder import EncoderOutput, ImageNetPreprocess
 from cmtlib.models.segnet_single import segmentation_tasks
 
@@ -35,7 +36,7 @@ def double_conv(in_ch: int, out_ch: int) -> nn.Sequential:
     )
 
 
-class UNet(nn.Module):
+class UNet(ContractModel):
     """UNet with one output channel per segmentation task.
 
     Args:
@@ -114,14 +115,6 @@ class UNet(nn.Module):
             x = conv(torch.cat([skip, x], dim=1))  # (B, C_i, h_skip, w_skip)
         return self.head(x)
 
-    def classify(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The embedding only (no classification heads).
-
-        Shape:
-            features: (B, D, h, w) or (B, D); returns embedding (B, D).
-        """
-        return {"embedding": features.mean(dim=(2, 3)) if features.ndim == 4 else features}
-
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Segmentation logits and the embedding.
 
@@ -138,9 +131,6 @@ class UNet(nn.Module):
     def output_keys(self) -> tuple[str, ...]:
         return self.tasks + ("embedding",)
 
-    def config(self) -> dict:
-        """Keyword arguments that rebuild this architecture with ``create_model(name, **config)``."""
-        return {"tasks": list(self.tasks), "width": self.width, "encoder_weights": self.encoder_weights, "head_hidden": self.head_hidden}
 
     def describe(self) -> dict:
         """Plain-data description for self-describing checkpoints and reports."""
