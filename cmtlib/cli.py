@@ -185,18 +185,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Errors a user can fix: print the message, not a traceback.
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from cmtlib.checkpoint import CheckpointError
     from cmtlib.data.cache import CacheError
     from cmtlib.data.io import ImageReadError
     from cmtlib.data.manifest import ManifestError
+    from cmtlib.models.weights import WeightsError
     from cmtlib.params import ParamsError
+    from cmtlib.report.chain import ReportError
+    from cmtlib.report.kernel import KernelError
+    from cmtlib.report.session import RunMismatchError
 
-    return (ManifestError, ParamsError, CacheError, ImageReadError, FileNotFoundError, FileExistsError, KeyError)
+    return (ManifestError, ParamsError, CacheError, ImageReadError, CheckpointError, WeightsError, ReportError,
+            KernelError, RunMismatchError, FileNotFoundError, FileExistsError, KeyError)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except BrokenPipeError:  # `cmt ... | head` closed the pipe: not an error of the command
+        sys.stderr.close()
+        return 0
     except _user_errors() as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"cmt: error: {msg}", file=sys.stderr)
