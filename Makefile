@@ -36,7 +36,8 @@ test-slow: $(STAMP)
 	$(VENV)/bin/python -m pytest -m slow
 
 lab: $(STAMP)
-	cd notebooks && ../$(VENV)/bin/jupyter lab
+	# Notebooks run from notebooks/: keep prepared data in the repo's data/, not notebooks/data/.
+	cd notebooks && CMT_DATA_DIR=$(CURDIR)/data ../$(VENV)/bin/jupyter lab
 
 clean-reports:
 	rm -rf reports/*/ reports/index.html

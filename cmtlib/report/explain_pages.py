@@ -1,0 +1,272 @@
+"""Glue of the explanation pages (notebooks 04, 07, 08): which films the CAM page shows, plain
+names for methods and measures, page 7's agreement table handed to page 8, and the audit tables.
+
+Page 7 writes its per-image agreement to `<report_dir>/cam_agreement.csv` (with the run it belongs
+to in `cam_agreement.json`); page 8 reads it for the share of CAM mass outside the lungs and, when
+it is missing or from another run (page 8 opened on its own), computes the fast methods itself on
+the same films.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cmtlib.fileio import write_json
+
+METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "eigencam": "EigenCAM", "layercam": "LayerCAM",
+                "scorecam": "ScoreCAM", "xgradcam": "XGradCAM", "hirescam": "HiResCAM",
+                "model disease map": "CMTNet's disease map"}
+MEASURE_NAMES = {"mass_in_lung": "share of the map inside the lungs",
+                 "pointing_game": "hottest point inside the disease region",
+                 "iou_disease": "overlap with the disease region (IoU, map at half its maximum)"}
+# The methods page 8 computes when page 7's table is not there: ScoreCAM is left out (slow).
+FAST_METHODS = ("gradcam", "gradcam++", "eigencam", "layercam")
+AGREEMENT_FILE, AGREEMENT_META = "cam_agreement.csv", "cam_agreement.json"
+
+
+def method_name(key: str) -> str:
+    return METHOD_NAMES.get(key, key)
+
+
+def named_maps(maps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The same maps keyed by their display names (figure column titles)."""
+    return {method_name(k): v for k, v in maps.items()}
+
+
+# ---- page 4: embeddings ----------------------------------------------------------------------
+
+def class_frame(frame: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFrame:
+    """An EmbeddingMaps frame relabelled with the three classes (COVID-19 / healthy / other disease),
+    matched by image_id, so the same map is shown a second time without recomputing it."""
+    from cmtlib.explain.embeddings import predicted_labels, true_labels
+
+    ids = predictions["image_id"].astype(str).to_numpy()
+    true = pd.Series(true_labels(predictions, "class"), index=ids)
+    pred = pd.Series(predicted_labels(predictions, "class"), index=ids)
+    key = frame["image_id"].astype(str)
+    return frame.assign(true=true.reindex(key).to_numpy(), predicted=pred.reindex(key).to_numpy())
+
+
+def embedding_settings(maps: Any) -> list[tuple[str, Any]]:
+    s = maps.settings
+    return [("test films mapped", s.get("n")), ("t-SNE perplexity", f"{s.get('perplexity'):.0f}"),
+            ("UMAP neighbours", s.get("n_neighbors") if maps.umap_available else "UMAP not run"),
+            ("random seed", s.get("seed"))]
+
+
+# ---- page 7: CAMs ----------------------------------------------------------------------------
+
+def choose_cam_images(index: pd.DataFrame, disease_known: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Positions of `n` films for the CAM page, the same every run: COVID-19 films with a reference
+    disease region first (up to half, rounded up: the measures against the disease region need
+    them), then the other classes and the remaining COVID-19 films in turn, each group shuffled
+    with `seed`.
+
+    Args:
+        index: the films' index rows (label_* columns, '' or NaN = unknown).
+        disease_known: (N,) bool, True where a non-empty reference disease region exists.
+    """
+    from cmtlib.explain.overlays import true_class
+
+    if n <= 0 or len(index) == 0:
+        return np.zeros(0, int)
+    rng = np.random.default_rng(seed)
+    cls = true_class(index).to_numpy()
+    covid_masked = np.flatnonzero((cls == "COVID-19") & np.asarray(disease_known, bool))
+    first = list(rng.permutation(covid_masked)[: (n + 1) // 2])
+    queues = []
+    for c in ("healthy", "other disease", "COVID-19", ""):
+        members = [int(i) for i in rng.permutation(np.flatnonzero(cls == c)) if i not in first]
+        if members:
+            queues.append(members)
+    picked = [int(i) for i in first]
+    while len(picked) < n and any(queues):
+        for q in queues:
+            if q and len(picked) < n:
+                picked.append(q.pop(0))
+    return np.asarray(picked, int)
+
+
+def cam_images(cache_dir: str | Path, n: int, seed: int = 0, split: str = "test"):
+    """The `choose_cam_images` films of a cache's split as an ImageSet (cmtlib.explain.overlays)."""
+    from cmtlib.explain.overlays import load_images
+
+    data = load_images(cache_dir, split)
+    known = data.has_disease & data.disease.any(axis=(1, 2))
+    return data.take(choose_cam_images(data.index, known, n, seed))
+
+
+def cam_titles(data: Any) -> list[str]:
+    """'image_id\\nclass' per film of an ImageSet."""
+    from cmtlib.explain.overlays import true_class
+
+    cls = true_class(data.index).replace("", "class unknown")
+    return [f"{i}\n{c}" for i, c in zip(data.image_ids, cls)]
+
+
+def cam_films_table(data: Any, predictions: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The CAM page's films in row order: image, class, reference disease region, COVID-19
+    probability (from predictions.csv, matched by image_id, when given)."""
+    from cmtlib.explain.overlays import true_class
+
+    out = pd.DataFrame({"row": np.arange(1, len(data.image_ids) + 1), "image": data.image_ids,
+                        "class": true_class(data.index).replace("", "unknown").to_numpy(),
+                        "reference disease region": np.where(data.has_disease & data.disease.any(axis=(1, 2)), "yes",
+                                                             np.where(data.has_disease, "none", "unknown"))})
+    if predictions is not None and {"image_id", "p_covid"} <= set(predictions.columns):
+        p = pd.to_numeric(predictions.set_index(predictions["image_id"].astype(str))["p_covid"], errors="coerce")
+        out["COVID-19 probability"] = p.reindex(out["image"]).to_numpy()
+    return out
+
+
+def compare_cams(model: Any, data: Any, methods=None):
+    """cam_comparison on an ImageSet, progress bars and library warnings kept off the page, the
+    methods renamed to their display names (so page 8's verdict names them alike)."""
+    from cmtlib.explain.cam import DEFAULT_METHODS, cam_comparison
+    from cmtlib.report.session import quietly
+
+    result = quietly(cam_comparison, model, data.images, data.lung, data.disease, data.has_lung, data.has_disease,
+                     data.image_ids, methods=tuple(methods or DEFAULT_METHODS))
+    result.per_image["method"] = result.per_image["method"].map(method_name)
+    result.summary.index = [method_name(k) for k in result.summary.index]
+    result.maps = named_maps(result.maps)
+    result.seconds_per_image = {method_name(k): v for k, v in result.seconds_per_image.items()}
+    return result
+
+
+def agreement_table(per_image: pd.DataFrame) -> pd.DataFrame:
+    """Mean ± sd (films where defined) of each agreement measure by method, with plain names."""
+    from cmtlib.explain.cam import agreement_summary
+
+    table = agreement_summary(per_image, formatted=True).rename(columns=MEASURE_NAMES)
+    return table.rename_axis("map").reset_index()
+
+
+def uniform_text(per_image: pd.DataFrame) -> str:
+    """The share of an even map inside the lungs, as the sentence under the agreement table."""
+    share = uniform_share(per_image)
+    if math.isnan(share):
+        return "No film here has a reference lung outline, so the share inside the lungs cannot be judged."
+    return (f"A map spread evenly over the film would put {100 * share:.0f} % of itself inside the lungs: a method must "
+            "do clearly better than that to show that it looks at the lungs.")
+
+
+def uniform_share(per_image: pd.DataFrame) -> float:
+    """What a map spread evenly over the image puts inside the lungs: the lungs' mean share of it."""
+    if "lung_area" not in per_image.columns:
+        return math.nan
+    area = pd.to_numeric(per_image.drop_duplicates("image_id")["lung_area"], errors="coerce")
+    return float(area.mean()) if area.notna().any() else math.nan
+
+
+def cost_table(seconds: dict[str, float]) -> pd.DataFrame:
+    return pd.DataFrame({"map": list(seconds), "seconds per film (this machine)": [round(v, 3) for v in seconds.values()]})
+
+
+def save_agreement(report_dir: str | Path, run_dir: str | Path, per_image: pd.DataFrame) -> None:
+    """Page 7's per-image agreement for page 8 (returns None: nothing shows on the page)."""
+    folder = Path(report_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    per_image.to_csv(folder / AGREEMENT_FILE, index=False)
+    write_json(folder / AGREEMENT_META, {"run_dir": str(Path(run_dir).resolve())})
+
+
+def load_agreement(report_dir: str | Path, run_dir: str | Path) -> pd.DataFrame | None:
+    """Page 7's table when it is in report_dir and belongs to run_dir, else None."""
+    folder = Path(report_dir)
+    if not (folder / AGREEMENT_FILE).is_file() or not (folder / AGREEMENT_META).is_file():
+        return None
+    meta = json.loads((folder / AGREEMENT_META).read_text(encoding="utf-8"))
+    if meta.get("run_dir") != str(Path(run_dir).resolve()):
+        return None
+    return pd.read_csv(folder / AGREEMENT_FILE, dtype={"image_id": str})
+
+
+def audit_agreement(report_dir: str | Path, run: Any, model: Any, cache: str | Path, n: int, seed: int = 0) -> tuple[pd.DataFrame, str]:
+    """(per-image CAM agreement, a sentence on where it came from) for page 8: page 7's table, or
+    the fast methods computed here on the same films."""
+    found = load_agreement(report_dir, run.run_dir)
+    if found is not None:
+        return found, "The CAMs are those of the 'Where the network looks' page, on the same films."
+    result = compare_cams(model, cam_images(cache, n, seed), FAST_METHODS)
+    return result.per_image, ("The CAM page was not run for this report, so the CAMs were computed here on the same "
+                              f"{n} films, without ScoreCAM (slow).")
+
+
+# ---- page 8: shortcut audit ------------------------------------------------------------------
+
+PROBE_TARGETS = {"source": "source collection", "view": "view (AP or PA)", "resolution": "original image size"}
+
+
+def verdict_parts(text: str) -> tuple[str, str]:
+    """(the overall sentence, the findings before it) of the audit's verdict, so the page can put
+    the conclusion first; ('', text) when the verdict has no overall sentence."""
+    at = text.find("Overall:")
+    if at < 0:
+        return "", text
+    return text[at:].strip(), text[:at].strip()
+
+
+def verdict_kind(text: str) -> str:
+    """The notice kind for the audit's verdict: ok when no check points outside the lungs, warning
+    when some do, info when the checks could not decide."""
+    if "no check points to cues outside the lungs" in text:
+        return "ok"
+    if "point to cues outside the lungs" in text:
+        return "warning"
+    return "info"
+
+
+def _f(v: Any) -> float:
+    return math.nan if v is None else float(v)
+
+
+def blanking_table(audit: Any) -> pd.DataFrame:
+    b = audit.blanking
+    return pd.DataFrame({"films shown to the network": ["whole film", "lungs blanked out (grey)", "everything but the lungs blanked out"],
+                         "COVID-19 AUC": [_f(b.get("auc_full")), _f(b.get("auc_lungs_blanked")), _f(b.get("auc_outside_blanked"))]})
+
+
+def blanking_text(audit: Any) -> str:
+    b = audit.blanking
+    text = f"{b.get('n', 0)} test films with a COVID-19 label"
+    if b.get("n_predicted_masks"):
+        text += f"; on {b['n_predicted_masks']} of them the lungs were outlined by the network (no reference outline)"
+    if b.get("n_left_out"):
+        text += f"; {b['n_left_out']} left out (no lung outline at all)"
+    return text + f". Blanked regions are filled with {'the mean grey of the rest of the film' if b.get('fill') == 'mean' else 'black'}."
+
+
+def floors_table(audit: Any) -> pd.DataFrame:
+    f = audit.floors
+    return pd.DataFrame({
+        "what sees the films": ["CMTNet (the whole network, full film)",
+                                "simple classifier on a 32 x 32 thumbnail of the whole film",
+                                "simple classifier on a 32 x 32 thumbnail of the border only (lungs excluded)",
+                                "simple classifier on a 32 x 32 thumbnail of the lungs only"],
+        "COVID-19 AUC (test)": [_f(audit.model_auc), _f(f.get("whole")), _f(f.get("border")), _f(f.get("lung"))]})
+
+
+def probes_table(audit: Any) -> pd.DataFrame:
+    p = audit.probes
+    if p is None or not len(p):
+        return pd.DataFrame()
+    out = pd.DataFrame({"what is predicted from the embedding": p["target"].map(lambda t: PROBE_TARGETS.get(t, t)),
+                        "films": p["n"], "groups": p["n_classes"], "accuracy": p["accuracy"],
+                        "by always guessing the commonest": p["majority_rate"], "AUC": p["auc"],
+                        "note": p["note"].fillna("")})
+    return out
+
+
+def cam_outside_table(audit: Any) -> pd.DataFrame:
+    c = audit.cam_outside
+    if c is None or not len(c):
+        return pd.DataFrame()
+    return pd.DataFrame({"map": c["method"].map(method_name), "share outside the lungs": c["outside_mean"],
+                         "a uniform map would put outside": c["uniform_outside"], "films": c["n"]})
