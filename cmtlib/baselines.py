@@ -11,8 +11,10 @@ EER and the 99 %-specificity threshold do not change; accuracies at 0.5 and cali
 meaningful), and predictions.csv-shaped frames go to ``metrics_from_predictions``.
 
 Deep baselines (DenseNet121, MobileNetV2, ResNet18, VGG19 + FC; UNet, SegNet, Mask R-CNN) train and
-evaluate like CMTNet from params/baselines/*.yaml (``run_baseline``); ``comparison_table`` puts any
-runs' metrics side by side. scikit-learn is imported only inside the functions that need it.
+evaluate like CMTNet from params/baselines/*.yaml (``run_baseline``), or beside a report's run with its
+data and training keys and only the file's model keys (``setting_params``; Mask R-CNN on a
+``subset_cache``); ``comparison_table`` puts any runs' metrics side by side. scikit-learn is imported
+only inside the functions that need it.
 """
 
 from __future__ import annotations
@@ -257,14 +259,15 @@ def run_embedding_classifiers(embeddings: Mapping[str, EmbeddingSplit], kinds: I
 
 
 def metrics_row(name: str, metrics: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
-    """One comparison-table row: COVID AUC, EER, sensitivity at 99 % specificity (with CIs),
-    healthy / other accuracy and lung / disease Dice, NaN where a model has no such output."""
+    """One comparison-table row: COVID AUC, EER, sensitivity at 99 % specificity and accuracy, lung /
+    disease Dice and IoU (each with CIs), healthy / other accuracy; NaN where a model has no such output."""
     def get(section: str, key: str) -> float:
         v = (metrics.get(section) or {}).get(key)
         return math.nan if v is None else float(v)
 
     row: dict[str, Any] = {"name": name}
-    for section, key in (("covid", "auc"), ("covid", "eer"), ("covid", "sens_at_spec99"), ("lung", "dice"), ("disease", "dice")):
+    for section, key in (("covid", "auc"), ("covid", "eer"), ("covid", "sens_at_spec99"), ("covid", "accuracy"), ("lung", "dice"),
+                         ("lung", "iou"), ("disease", "dice"), ("disease", "iou")):
         for suffix in ("", "_ci_low", "_ci_high"):
             row[f"{section}_{key}{suffix}"] = get(section, key + suffix)
     row["healthy_accuracy"], row["other_accuracy"] = get("healthy", "accuracy"), get("other", "accuracy")
@@ -318,3 +321,83 @@ def run_baseline(params_file: str | os.PathLike, overrides: Iterable[str] | Mapp
     run_dir = train(params, overwrite=overwrite)
     evaluate_run(run_dir, device=params.train.device, n_boot=n_boot)
     return run_dir
+
+
+# ---- baselines at a report's setting -----------------------------------------------------------
+
+MODEL_KEYS = ("model", "tasks", "width", "encoder_weights", "head_hidden")  # what a baseline file contributes
+
+
+def _override_values(overrides: Iterable[str], name: str) -> dict[str, Any]:
+    """``key=value`` entries for everyone and ``name:key=value`` entries for ``name``, parsed as YAML."""
+    from cmtlib.params import ParamsError, parse_overrides
+
+    mine = []
+    for item in overrides:
+        target, sep, rest = str(item).partition(":")
+        if sep and "=" not in target:
+            if not rest:
+                raise ParamsError(f"baseline override {item!r}: expected NAME:key=value")
+            if target == name:
+                mine.append(rest)
+        else:
+            mine.append(str(item))
+    return parse_overrides(mine)
+
+
+def setting_params(run_params, name: str, params_file: str | os.PathLike | None = None, *, image_size: int = 0, epochs: int = 0,
+                   seed: int | None = None, overrides: Iterable[str] = (), run_dir: str | os.PathLike | None = None):
+    """A run's params for training ``name`` beside it: its data, split, optimiser, augmentation and
+    metrics, with only the model keys (MODEL_KEYS) of ``params_file`` (a baseline; None = the run's own
+    model), then ``overrides`` (``key=value`` or ``name:key=value``), ``image_size`` / ``epochs`` when
+    non-zero, ``seed`` and ``run_dir``. Other keys in the baseline file (its own ``epochs``, say) are
+    left out: the run being compared with decides them."""
+    import yaml
+
+    from cmtlib.params import build_params
+
+    values = run_params.flat()
+    if params_file is not None:
+        own = yaml.safe_load(Path(params_file).read_text(encoding="utf-8")) or {}
+        values.update({k: v for k, v in own.items() if k in MODEL_KEYS})
+    values.update(_override_values(overrides, name))
+    values.update({k: v for k, v in (("image_size", image_size), ("epochs", epochs)) if v})
+    values.update({"run_name": name, "seed": run_params.train.seed if seed is None else int(seed)})
+    if run_dir is not None:
+        values["run_dir"] = str(Path(run_dir).resolve())
+    return build_params(values, name=name, source=str(params_file or run_params.source))
+
+
+def subset_cache(cache_dir: str | os.PathLike, out: str | os.PathLike, max_train: int, seed: int = 0) -> Path:
+    """A copy of a cache folder with at most ``max_train`` training films (a seeded sample of those
+    whose lung and disease masks are both known, the films Mask R-CNN learns from), a quarter as
+    many validation films, and every test film; reused when already made with these settings."""
+    from cmtlib.data.cache import open_cache
+    from cmtlib.data.manifest import write_manifest
+    from cmtlib.fileio import atomic_path, write_json
+
+    out = Path(out)
+    key = {"subset_of": str(Path(cache_dir).resolve()), "max_train": int(max_train), "seed": int(seed)}
+    if (out / "meta.json").is_file() and all(json.loads((out / "meta.json").read_text()).get(k) == v for k, v in key.items()):
+        return out
+    index, images, lung, disease, meta = open_cache(cache_dir)
+    rng = np.random.default_rng(seed)
+    split = index["split"].to_numpy()
+    both = (index["has_lung"] == "1").to_numpy() & (index["has_disease"] == "1").to_numpy()
+    keep = [np.flatnonzero(split == "test")]
+    for name, n in (("train", max_train), ("val", max(1, -(-max_train // 4)))):
+        pool = np.flatnonzero((split == name) & both) if name == "train" else np.flatnonzero(split == name)
+        keep.append(rng.choice(pool, size=min(n, len(pool)), replace=False) if n < len(pool) else pool)
+    rows = np.sort(np.concatenate(keep))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "meta.json").unlink(missing_ok=True)  # an interrupted rewrite must not look complete
+    for name, arr in (("images", images), ("lung", lung), ("disease", disease)):
+        with atomic_path(out / f"{name}.npy") as tmp:
+            np.save(tmp, np.asarray(arr[rows]))
+    sub = index.iloc[rows].reset_index(drop=True)
+    sub["cache_row"] = [str(i) for i in range(len(sub))]
+    write_manifest(sub, out / "index.csv")
+    (out / "quarantine.csv").write_text("image_id,path,reason\n", encoding="utf-8")
+    pool = int(((split == "train") & both).sum())
+    write_json(out / "meta.json", {**meta, "n": len(rows), **key, "train_pool": pool})  # last: a folder without it is incomplete
+    return out

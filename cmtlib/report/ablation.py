@@ -5,7 +5,8 @@ run in parallel, and the ablation's budget (30 min on 2 cores) leaves no room fo
 configuration. Layout:
 
     reports/ablation-<date>[-N]/
-        index.html      the comparison table (COVID sensitivity at 99 % specificity, AUC, EER, CIs)
+        index.html      Table V: per task subset (named as the paper does, tasks spelled out) COVID
+                        sensitivity at 99 % specificity, AUC, EER, lung and disease Dice, with CIs
         summary.json    the same numbers, machine-readable
         params/<name>.yaml   each configuration's resolved params
         runs/<name>/    each run folder (checkpoints, metrics.json, predictions.csv, ...)
@@ -25,7 +26,29 @@ from cmtlib.params import Params, dump_params, load_params
 from cmtlib.report.chain import ReportError, unique_dir
 from cmtlib.report.tables import ci_text, get_path
 
-COLUMNS = (("sens", "covid.sens_at_spec99"), ("auc", "covid.auc"), ("eer", "covid.eer"))
+COLUMNS = (("sens", "covid.sens_at_spec99"), ("auc", "covid.auc"), ("eer", "covid.eer"), ("lung_dice", "lung.dice"),
+           ("disease_dice", "disease.dice"))
+# The paper's task numbers (Section V-C) and plain names.
+TASKS = {"lung": (1, "lung outline"), "disease": (2, "disease region"), "healthy": (3, "healthy or not"),
+         "multilabel": (4, "COVID-19 and other-disease labels")}
+NEEDS_TASK = {"lung_dice": "lung", "disease_dice": "disease"}
+PAPER = "the paper: 224 px images, 30 epochs, full width, ImageNet start"
+
+
+def subset_name(tasks: Iterable[str]) -> tuple[str, str]:
+    """(the paper's name of a task subset, its tasks in words): ('Tasks 1, 2 and 4', 'lung outline + ...')."""
+    tasks = sorted(set(tasks), key=lambda t: TASKS[t][0])
+    numbers = [str(TASKS[t][0]) for t in tasks]
+    name = "All 4 tasks" if len(numbers) == 4 else f"Task{'s' if len(numbers) > 1 else ''} " + (
+        ", ".join(numbers[:-1]) + " and " + numbers[-1] if len(numbers) > 1 else numbers[0])
+    return name, " + ".join(TASKS[t][1] for t in tasks)
+
+
+def setting_text(params: Params) -> str:
+    """How a configuration was trained, in a few words."""
+    data = "synthetic phantoms" if params.data.data_kind == "synthetic" else f"{params.data.data_kind} data"
+    return (f"{data}, {params.data.image_size} px, {params.train.epochs} epochs, width {params.model.width:g}, "
+            f"{'ImageNet' if params.model.encoder_weights == 'imagenet' else 'random'} start, seed {params.train.seed}")
 
 
 def load_all(paths: Iterable[str | Path], overrides: Iterable[str] | dict = ()) -> list[Params]:
@@ -47,15 +70,29 @@ def _unique_names(all_params: list[Params]) -> list[str]:
     return names
 
 
-def summary_row(name: str, source: str, metrics: dict[str, Any] | None, status: str, seconds: float | None) -> dict[str, Any]:
-    """One configuration's row: each headline metric as 'value (95 % CI low to high)' text."""
-    row: dict[str, Any] = {"name": name, "source": source, "status": status, "seconds": seconds}
+def summary_row(name: str, source: str, metrics: dict[str, Any] | None, status: str, seconds: float | None,
+                params: Params | None = None) -> dict[str, Any]:
+    """One configuration's row: its task subset as the paper names it, and each metric as
+    'value (95 % CI low to high)' text ('no lung task' where the subset does not train that output)."""
+    tasks = list(params.model.tasks) if params is not None else []
+    subset, words = subset_name(tasks) if tasks and set(tasks) <= set(TASKS) else ("", "")
+    row: dict[str, Any] = {"name": name, "source": source, "status": status, "seconds": seconds, "subset": subset, "tasks": words,
+                           "setting": setting_text(params) if params is not None else ""}
     for col, key in COLUMNS:
         section, metric = key.split(".")
         block = get_path(metrics, section) or {}
         row[col] = ci_text(block.get(metric), block.get(f"{metric}_ci_low"), block.get(f"{metric}_ci_high"))
-        row[f"{col}_value"] = block.get(metric)
+        if tasks and col in NEEDS_TASK and NEEDS_TASK[col] not in tasks:
+            row[col] = f"no {NEEDS_TASK[col]} task"
+        for suffix in ("", "_ci_low", "_ci_high"):
+            row[f"{col}_value{suffix}"] = block.get(metric + suffix)
     return row
+
+
+def common_setting(rows: list[dict[str, Any]]) -> str:
+    """The one setting every row was trained at ('' when they differ: each row then shows its own)."""
+    settings = {r.get("setting", "") for r in rows}
+    return settings.pop() if len(settings) == 1 else ""
 
 
 def write_summary(out: Path, rows: list[dict[str, Any]], failed: str = "", reports_dir: Path | None = None) -> Path:
@@ -70,7 +107,8 @@ def write_summary(out: Path, rows: list[dict[str, Any]], failed: str = "", repor
     now = _dt.datetime.now()
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True)
     html = env.get_template("ablation.html.j2").render(
-        name=out.name, rows=rows, failed=failed, css=report_css(), version=__version__, now=now.strftime("%Y-%m-%d %H:%M"))
+        name=out.name, rows=rows, failed=failed, css=report_css(), version=__version__, now=now.strftime("%Y-%m-%d %H:%M"),
+        setting=common_setting(rows), paper=PAPER)
     check_self_contained(html, f"{out.name}/index.html")
     write_json(out / "summary.json", {"rows": rows, "failed": failed})
     write_json(out / "report.json", {"name": out.name, "kind": "ablation", "date": now.isoformat(timespec="seconds"),
@@ -102,7 +140,7 @@ def run_ablation(paths: Iterable[str | Path], out: str | Path | None = None, ove
     print(f"ablation folder: {folder}", flush=True)
 
     reports_dir = Path(all_params[0].report.reports_dir).resolve()
-    rows = [summary_row(n, str(p), None, "not run", None) for n, p in zip(names, paths)]
+    rows = [summary_row(n, str(p), None, "not run", None, q) for n, p, q in zip(names, paths, all_params)]
     write_summary(folder, rows, reports_dir=reports_dir)
     for i, (name, path, params) in enumerate(zip(names, paths, all_params)):
         run_dir = folder / "runs" / name
@@ -116,12 +154,12 @@ def run_ablation(paths: Iterable[str | Path], out: str | Path | None = None, ove
         except Exception as err:
             seconds = round(time.perf_counter() - t0, 1)
             print(f"failed {seconds:.0f} s", flush=True)
-            rows[i] = summary_row(name, str(path), None, "failed", seconds)
+            rows[i] = summary_row(name, str(path), None, "failed", seconds, params)
             message = f"{name} ({path}) failed: {type(err).__name__}: {err}"
             write_summary(folder, rows, failed=message, reports_dir=reports_dir)
             raise ReportError(f"ablation stopped: {message}; summary: {folder / 'index.html'}") from err
         seconds = round(time.perf_counter() - t0, 1)
-        rows[i] = summary_row(name, str(path), metrics, "ok", seconds)
+        rows[i] = summary_row(name, str(path), metrics, "ok", seconds, params)
         print(f"ok {seconds:.0f} s; COVID AUC {rows[i]['auc']}", flush=True)
         write_summary(folder, rows, reports_dir=reports_dir)
     return folder / "index.html"
