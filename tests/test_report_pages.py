@@ -270,3 +270,14 @@ def test_smoke_chain_renders_every_result_page_with_its_sections(tmp_path, monke
     assert "threshold" in (report / "03_evaluation.html").read_text()
     assert (report / "cam_agreement.csv").is_file()
     assert "The CAMs are those of the" in (report / "08_shortcut_audit.html").read_text()
+
+
+def test_gradcam_columns_put_cmtnet_first_and_name_each_baseline():
+    import numpy as np
+
+    from cmtlib.report.explain_pages import gradcam_columns
+
+    ours, other = np.zeros((2, 4, 4)), np.ones((2, 4, 4))
+    cols = gradcam_columns({"Grad-CAM": ours, "ScoreCAM": other}, {"ResNet18 + FC": other})
+    assert list(cols) == ["CMTNet Grad-CAM", "ResNet18 + FC Grad-CAM"]
+    assert cols["CMTNet Grad-CAM"] is ours

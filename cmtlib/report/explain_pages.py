@@ -140,6 +140,17 @@ def compare_cams(model: Any, data: Any, methods=None):
     return result
 
 
+def gradcam_columns(cmtnet_maps: dict[str, np.ndarray], baseline_maps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """CMTNet's Grad-CAM first, then each baseline's, keyed by figure column titles.
+
+    Shape:
+        every map: (N, H, W) in [0, 1], the same films in the same order.
+    """
+    columns = {"CMTNet Grad-CAM": cmtnet_maps[method_name("gradcam")]}
+    columns.update({f"{label} Grad-CAM": maps for label, maps in baseline_maps.items()})
+    return columns
+
+
 def agreement_table(per_image: pd.DataFrame) -> pd.DataFrame:
     """Mean ± sd (films where defined) of each agreement measure by method, with plain names."""
     from cmtlib.explain.cam import agreement_summary
