@@ -32,18 +32,30 @@ from cmtlib.engine import TrainConfig, fit  # noqa: E402
 from cmtlib.losses import MultiTaskLoss  # noqa: E402
 from cmtlib.models.config import ModelConfig  # noqa: E402
 from cmtlib.models.registry import build_model  # noqa: E402
+from cmtlib.models.segnet import SegNetDecoder  # noqa: E402
 from cmtlib.runtime import autocast, autocast_dtype, describe_device, resolve_device  # noqa: E402
 
 # Dense bf16 tensor-core peaks (NVIDIA datasheets, SXM parts), TFLOP/s.
 BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 
 CONFIGS = {
-    # name: (batch, precision, channels_last, compile)
-    "reference fp32 eager b16": (16, "fp32", False, False),
-    "bf16 channels_last b128": (128, "bf16", True, False),
-    "bf16 channels_last b128 compile": (128, "bf16", True, True),
-    "bf16 channels_last b256 compile": (256, "bf16", True, True),
+    # name: (batch, precision, channels_last, compile, unpool) -- unpool: SegNetDecoder.unpool_impl
+    "reference fp32 eager b16": (16, "fp32", False, False, "scatter"),
+    "bf16 channels_last b128": (128, "bf16", True, False, "scatter"),
+    "bf16 channels_last b128 mask-unpool": (128, "bf16", True, False, "mask"),
+    "bf16 channels_last b128 compile": (128, "bf16", True, True, "scatter"),
+    "bf16 channels_last b128 compile mask-unpool": (128, "bf16", True, True, "mask"),
+    "bf16 channels_last b256 compile mask-unpool": (256, "bf16", True, True, "mask"),
 }
+
+
+def build(width: float, unpool: str) -> torch.nn.Module:
+    """CMTNet at `width`, random init, its SegNet decoders unpooling with `unpool` ("scatter" or "mask")."""
+    model = build_model(ModelConfig(width=width, encoder_weights="none"))
+    for m in model.modules():
+        if isinstance(m, SegNetDecoder):
+            m.unpool_impl = unpool
+    return model
 
 
 def training_flops_per_image(model: torch.nn.Module, size: int, device: torch.device) -> float:
@@ -59,14 +71,15 @@ def training_flops_per_image(model: torch.nn.Module, size: int, device: torch.de
     return counter.get_total_flops() / 2
 
 
-def train_rate(cache, width: float, batch: int, precision: str, channels_last: bool, compile_: bool, device, val_n: int, epochs: int) -> dict:
+def train_rate(cache, width: float, batch: int, precision: str, channels_last: bool, compile_: bool, unpool: str, device, val_n: int,
+               epochs: int) -> dict:
     """`epochs` epochs through engine.fit; images/s over all but the first (warm-up, compilation)."""
     train = load_split(cache, "train", device)
     val = load_split(cache, "val", device)
     val.images, val.lung, val.disease = val.images[:val_n], val.lung[:val_n], val.disease[:val_n]
     val.targets = {k: v[:val_n] for k, v in val.targets.items()}
     torch.manual_seed(0)
-    model = build_model(ModelConfig(width=width, encoder_weights="none"))
+    model = build(width, unpool)
     cfg = TrainConfig(epochs=epochs, batch_size=batch, precision=precision, channels_last=channels_last, compile=compile_, device=str(device))
     batches = TrainBatches(train, batch, seed=0, covid_oversample=cfg.covid_oversample, rotate_deg=cfg.rotate_deg,
                            translate_px=cfg.translate_px * train.size / 224, channels_last=channels_last)
@@ -77,10 +90,10 @@ def train_rate(cache, width: float, batch: int, precision: str, channels_last: b
 
 
 @torch.no_grad()
-def inference_rate(cache, width: float, batch: int, device, iters: int, compile_: bool = False) -> float:
+def inference_rate(cache, width: float, batch: int, device, iters: int, compile_: bool = False, unpool: str = "scatter") -> float:
     """Forward passes (all outputs) in bf16 autocast + channels_last, images/s."""
     data = load_split(cache, None, device)
-    model = build_model(ModelConfig(width=width, encoder_weights="none")).to(device).eval()
+    model = build(width, unpool).to(device).eval()
     model = model.to(memory_format=torch.channels_last)
     if compile_:
         model = torch.compile(model)
@@ -134,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         if a.smoke:
             cache_dir, a.width, a.infer_batch, a.infer_iters, a.epochs = _smoke_cache(Path(tmp)), 0.125, 4, 2, 2
-            configs = {"reference fp32 eager b4": (4, "fp32", False, False), "channels_last b8": (8, "fp32", True, False)}
+            configs = {"reference fp32 eager b4": (4, "fp32", False, False, "scatter"), "channels_last b8": (8, "fp32", True, False, "scatter"),
+                       "channels_last b8 mask-unpool": (8, "fp32", True, False, "mask")}
         elif not a.cache:
             ap.error("--cache is required (or --smoke)")
         else:
@@ -150,13 +164,15 @@ def main(argv: list[str] | None = None) -> int:
         results["inference_images_per_s"] = inference_rate(cache, a.width, a.infer_batch, device, a.infer_iters)
         print(f"infer  bf16 channels_last b{a.infer_batch}: {results['inference_images_per_s']:.0f} images/s", flush=True)
         if a.infer_compile:
-            results["inference_compiled_images_per_s"] = inference_rate(cache, a.width, a.infer_batch, device, a.infer_iters, True)
-            print(f"infer  bf16 channels_last b{a.infer_batch} compiled: {results['inference_compiled_images_per_s']:.0f} images/s", flush=True)
+            for unpool in ("scatter", "mask"):
+                key = "inference_compiled_images_per_s" + ("" if unpool == "scatter" else "_mask_unpool")
+                results[key] = inference_rate(cache, a.width, a.infer_batch, device, a.infer_iters, True, unpool)
+                print(f"infer  bf16 channels_last b{a.infer_batch} compiled, {unpool} unpool: {results[key]:.0f} images/s", flush=True)
         peak = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in results["device"]), None)
-        for name, (batch, precision, cl, comp) in configs.items():
+        for name, (batch, precision, cl, comp, unpool) in configs.items():
             t0 = time.perf_counter()
             try:
-                r = train_rate(cache, a.width, batch, precision, cl, comp, device, a.val_n, a.epochs)
+                r = train_rate(cache, a.width, batch, precision, cl, comp, unpool, device, a.val_n, a.epochs)
             except Exception as err:  # one failed configuration must not hide the others' figures
                 r = {"error": f"{type(err).__name__}: {err}"}
             r["wall_s"] = time.perf_counter() - t0

@@ -15,7 +15,7 @@ from cmtlib.models.config import ALL_TASKS, ModelConfig
 from cmtlib.models.encoder import IMAGENET_MEAN, IMAGENET_STD, ImageNetPreprocess, VGG16BNEncoder
 from cmtlib.models.heads import ClassificationHead
 from cmtlib.models.registry import MODELS, build_model, create_model
-from cmtlib.models.segnet import SegNetDecoder
+from cmtlib.models.segnet import SegNetDecoder, unpool2x2_mask
 from cmtlib.models import weights as weights_mod
 from cmtlib.models.weights import TORCHVISION_FILE, WeightsError, load_encoder_weights
 
@@ -252,6 +252,43 @@ def test_segnet_unpool_puts_values_back_at_argmax_positions():
     kept = back != 0
     assert torch.equal(back[kept], x[kept])
     assert int(kept.sum()) == 8 * 4 * 5
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_mask_unpool_equals_max_unpool_forward_and_backward(channels_last, dtype):
+    """The fusable mask unpool gives max_unpool2d's numbers and gradients, ties and layout included."""
+    torch.manual_seed(0)
+    a = torch.randn(2, 5, 8, 6).to(dtype)
+    a[0, 0] = 0  # whole windows of equal values (as after a ReLU): the argmax index decides
+    if channels_last:
+        a = a.contiguous(memory_format=torch.channels_last)
+    pooled, idx = nn.MaxPool2d(2, 2, return_indices=True)(a)
+    x1, x2 = pooled.detach().clone().requires_grad_(), pooled.detach().clone().requires_grad_()
+    ref = nn.functional.max_unpool2d(x1, idx, 2, 2, output_size=a.shape[-2:])
+    got = unpool2x2_mask(x2, idx, a.shape[-2:])
+    assert torch.equal(got, ref)
+    assert got.is_contiguous(memory_format=torch.channels_last) == channels_last
+    g = torch.randn_like(ref)
+    (ref * g).sum().backward()
+    (got * g).sum().backward()
+    assert torch.equal(x1.grad, x2.grad)
+    # Odd sizes fall back to max_unpool2d (the floored row and column come back as zeros).
+    pooled, idx = nn.MaxPool2d(2, 2, return_indices=True)(torch.randn(1, 3, 9, 7))
+    assert torch.equal(unpool2x2_mask(pooled, idx, (9, 7)), nn.functional.max_unpool2d(pooled, idx, 2, 2, output_size=(9, 7)))
+
+
+def test_cmtnet_outputs_are_the_same_with_either_unpool():
+    torch.manual_seed(0)
+    model = CMTNet(**TINY).eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+        for m in model.modules():
+            if isinstance(m, SegNetDecoder):
+                m.unpool_impl = "mask"
+        got = model(x)
+    assert set(got) == set(ref) and all(torch.equal(got[k], ref[k]) for k in ref)
 
 
 def test_classification_head_is_three_linear_layers_returning_logits():

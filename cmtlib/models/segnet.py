@@ -5,9 +5,38 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cmtlib.models.encoder import VGG16_DEPTHS, EncoderOutput, conv_bn_relu
+
+
+def unpool2x2_mask(x: torch.Tensor, indices: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """``F.max_unpool2d(x, indices, 2, 2, output_size=size)`` as one broadcast multiply, no scatter.
+
+    Each value goes back to the position its 2 x 2 window's maximum came from, the other three get
+    zero: the same numbers as max-unpooling, but an element-wise op that torch.compile can fuse
+    with its neighbours (a scatter cannot be fused). Only for even sizes, where each window is
+    whole; odd sizes fall back to ``F.max_unpool2d``.
+
+    Shape:
+        x, indices: (B, C, h, w), indices flat into (H, W) as ``MaxPool2d(return_indices=True)`` gives.
+        returns: (B, C, H, W) with H, W = size, in x's memory format (channels_last kept).
+    """
+    H, W = int(size[-2]), int(size[-1])
+    h, w = x.shape[-2:]
+    if H != 2 * h or W != 2 * w:
+        return F.max_unpool2d(x, indices, 2, 2, output_size=size)
+    # Window offset of each maximum: 2 * (row parity) + column parity, in {0, 1, 2, 3} (W is even).
+    offset = (indices // W % 2) * 2 + indices % 2
+    slots = torch.arange(4, device=x.device).view(2, 2)  # (row parity, column parity) -> offset
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        # Build (B, h, 2, w, 2, C) so that memory is already (B, H, W, C): channels_last.
+        xs, os_ = x.permute(0, 2, 3, 1), offset.permute(0, 2, 3, 1)
+        out = xs[:, :, None, :, None, :] * (os_[:, :, None, :, None, :] == slots.view(1, 1, 2, 1, 2, 1))
+        return out.reshape(x.shape[0], H, W, x.shape[1]).permute(0, 3, 1, 2)
+    out = x[:, :, :, None, :, None] * (offset[:, :, :, None, :, None] == slots.view(1, 1, 1, 2, 1, 2))
+    return out.reshape(x.shape[0], x.shape[1], H, W)
 
 
 class SegNetDecoder(nn.Module):
@@ -21,6 +50,10 @@ class SegNetDecoder(nn.Module):
         encoder_channels: the encoder's declared ``out_channels``, shallowest first.
         out_channels: logit channels (1: one binary mask, sigmoid outside the model).
         depths: conv layers per encoder block, shallowest first (the encoder's ``depths``).
+
+    Attributes:
+        unpool_impl: "scatter" (``nn.MaxUnpool2d``, the default) or "mask" (`unpool2x2_mask`: the
+            same numbers, fusable under torch.compile; benchmarks/train_throughput.py compares them).
     """
 
     def __init__(self, encoder_channels: Sequence[int], out_channels: int = 1, depths: Sequence[int] = VGG16_DEPTHS) -> None:
@@ -33,6 +66,7 @@ class SegNetDecoder(nn.Module):
         self.encoder_channels = tuple(int(c) for c in encoder_channels)
         self.depths = tuple(int(d) for d in depths)
         self.unpool = nn.MaxUnpool2d(kernel_size=2, stride=2)
+        self.unpool_impl = "scatter"
         stages = []
         # Built deepest first, the order forward runs them.
         for b in reversed(range(len(self.encoder_channels))):
@@ -67,6 +101,9 @@ class SegNetDecoder(nn.Module):
         for i, stage in enumerate(self.stages):
             b = n - 1 - i  # encoder block this stage mirrors
             # (B, C_b, h_b // 2, w_b // 2) -> (B, C_b, h_b, w_b); output_size restores odd sizes.
-            x = self.unpool(x, enc.indices[b], output_size=enc.sizes[b])
+            if self.unpool_impl == "mask":
+                x = unpool2x2_mask(x, enc.indices[b], enc.sizes[b])
+            else:
+                x = self.unpool(x, enc.indices[b], output_size=enc.sizes[b])
             x = stage(x)  # (B, C_{b-1}, h_b, w_b)
         return self.head(x)  # (B, out_channels, H, W)
