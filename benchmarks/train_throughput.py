@@ -46,6 +46,7 @@ CONFIGS = {
     "bf16 channels_last b128 compile": (128, "bf16", True, True, "scatter"),
     "bf16 channels_last b128 compile mask-unpool": (128, "bf16", True, True, "mask"),
     "bf16 channels_last b256 compile mask-unpool": (256, "bf16", True, True, "mask"),
+    "bf16 channels_last b384 compile mask-unpool": (384, "bf16", True, True, "mask"),
 }
 
 
