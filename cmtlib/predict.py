@@ -82,14 +82,26 @@ class Predictor:
         self.threshold, self.threshold_source = _threshold(self.run_dir)
         self.which = which
 
-    @torch.inference_mode()
-    def predict(self, path: Path) -> tuple[dict[str, Any], np.ndarray, dict[str, np.ndarray]]:
-        from cmtlib.data.cache import _resize_image  # the cache's own resize (Lanczos, uint8)
+    def load(self, path: Path) -> tuple[np.ndarray, dict[str, Any], torch.Tensor]:
+        """Read and resize one image as the cache does.
+
+        Returns:
+            (image float (H, W) in [0, 1], read_image's info, model input (1, 3, S, S) channels_last).
+        """
+        from cmtlib.data.cache import resize_image  # the cache's own resize (Lanczos, uint8)
         from cmtlib.data.io import read_image
 
         image, info = read_image(path, target_size=self.size)
-        x = torch.from_numpy(_resize_image(image, self.size)).to(self.device).float().div_(255.0)
-        out = self.model(x.view(1, 1, self.size, self.size).expand(1, 3, -1, -1).contiguous(memory_format=torch.channels_last))
+        x = torch.from_numpy(resize_image(image, self.size)).to(self.device).float().div_(255.0)
+        return image, info, x.view(1, 1, self.size, self.size).expand(1, 3, -1, -1).contiguous(memory_format=torch.channels_last)
+
+    @torch.inference_mode()
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The model's logits for a (1, 3, S, S) input (docs/CONTRACTS.md's output dict)."""
+        return self.model(x)
+
+    def decide(self, path: Path, image: np.ndarray, info: dict[str, Any], out: dict[str, torch.Tensor]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """The JSON result and the lung / disease probability maps (S, S) from the logits."""
         probs: dict[str, float | None] = {"healthy": None, "covid": None, "other_disease": None}
         if "healthy" in out:
             probs["healthy"] = float(torch.softmax(out["healthy"].float(), 1)[0, 1])
@@ -113,6 +125,12 @@ class Predictor:
             "lung_area_fraction": float((maps["lung"] >= 0.5).mean()) if "lung" in maps else None,
             "note": NOTE,
         }
+        return result, maps
+
+    def predict(self, path: Path) -> tuple[dict[str, Any], np.ndarray, dict[str, np.ndarray]]:
+        """(result dict, the image read, lung and disease probability maps) for one file."""
+        image, info, x = self.load(path)
+        result, maps = self.decide(path, image, info, self.forward(x))
         return result, image, maps
 
 
@@ -167,15 +185,36 @@ def _fmt(p: float | None) -> str:
     return "n/a" if p is None or (isinstance(p, float) and math.isnan(p)) else f"{p:.2f}"
 
 
-def predict_files(run_dir: str | os.PathLike, inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *, which: str = "best", device: str = "cpu") -> list[dict[str, Any]]:
+def write_prediction(result: dict[str, Any], image: np.ndarray, maps: dict[str, np.ndarray], json_path: Path, png_path: Path) -> None:
+    """Write one image's JSON and overlay PNG (each atomically)."""
+    probs = result["probabilities"]
+    lines = [
+        f"{result['decision']['text']}  (COVID p={_fmt(probs['covid'])}, threshold {_fmt(result['threshold'])})",
+        f"healthy p={_fmt(probs['healthy'])}  other disease p={_fmt(probs['other_disease'])}  [{result['run']}]",
+        "research use only",
+    ]
+    write_json(json_path, result)
+    with atomic_path(png_path) as tmp:
+        overlay(image, maps, lines).save(tmp, format="PNG", compress_level=1)
+
+
+def predict_files(run_dir: str | os.PathLike, inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *, which: str = "best",
+                  device: str = "cpu", predictor: Predictor | None = None) -> list[dict[str, Any]]:
     """Predict every image in `inputs`; returns one dict per image: 'input', and 'json' and
-    'overlay' paths with the probabilities, or 'error' with the reason it failed."""
+    'overlay' paths with the probabilities, or 'error' with the reason it failed.
+
+    `predictor`: a Predictor already loaded from `run_dir` (a notebook or service predicting again
+    and again), so the checkpoint is not read and the model not rebuilt on every call.
+    """
     from cmtlib.data.io import ImageReadError
 
     files, results = collect_inputs(inputs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    predictor = Predictor(run_dir, which, device)
+    if predictor is None:
+        predictor = Predictor(run_dir, which, device)
+    elif predictor.run_dir.resolve() != Path(run_dir).resolve():
+        raise ValueError(f"the predictor was loaded from {predictor.run_dir}, not {run_dir}")
     used: set[str] = set()
     for path in files:
         try:
@@ -189,16 +228,9 @@ def predict_files(run_dir: str | os.PathLike, inputs: Iterable[str | os.PathLike
             i += 1
             stem = f"{path.stem}-{i}"
         used.add(stem)
-        probs = result["probabilities"]
-        lines = [
-            f"{result['decision']['text']}  (COVID p={_fmt(probs['covid'])}, threshold {_fmt(result['threshold'])})",
-            f"healthy p={_fmt(probs['healthy'])}  other disease p={_fmt(probs['other_disease'])}  [{result['run']}]",
-            "research use only",
-        ]
         json_path, png_path = out / f"{stem}.json", out / f"{stem}_overlay.png"
-        write_json(json_path, result)
-        with atomic_path(png_path) as tmp:
-            overlay(image, maps, lines).save(tmp, format="PNG", compress_level=1)
+        write_prediction(result, image, maps, json_path, png_path)
+        probs = result["probabilities"]
         results.append({"input": str(path), "json": str(json_path), "overlay": str(png_path), **{f"p_{k}": v for k, v in probs.items()},
                         "covid_suspected": result["decision"]["covid_suspected"]})
     return results

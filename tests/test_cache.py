@@ -135,7 +135,7 @@ def test_failed_build_leaves_previous_cache_intact(manifest, tmp_path, monkeypat
     def broken(image, size):
         raise RuntimeError("killed mid-build")
 
-    monkeypatch.setattr(cache_module, "_resize_image", broken)
+    monkeypatch.setattr(cache_module, "resize_image", broken)
     with pytest.raises(RuntimeError, match="killed mid-build"):
         build_cache(manifest, size=S, out=out, workers=1)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -120,7 +120,9 @@ def test_probe_table_reads_resolution_from_the_index():
     t = S.probe_table(emb, pred, index).set_index("target")
     assert t.loc["resolution", "accuracy"] > 0.9 and t.loc["view", "accuracy"] > 0.9
     assert "nothing to predict" in t.loc["source", "note"]
-    assert S.resolution_bucket([800, 1500, 3000, ""], [600, 1000, 900, ""]).tolist() == ["<=1024", "1025-2048", ">2048", ""]
+    assert S.resolution_bucket([64, 800, 1500, 3000, ""], [64, 600, 1000, 900, ""]).tolist() == [
+        "<=256", "257-1024", "1025-2048", ">2048", ""]
+    assert S.resolution_bucket([800, 1500], [600, 1000], edges=(1024, 2048)).tolist() == ["<=1024", "1025-2048"]
 
 
 def test_verdict_wording_follows_the_numbers():
@@ -185,3 +187,27 @@ def test_linear_probe_groups_by_patient():
     assert grouped["n_splits"] == 5 and grouped["accuracy"] > 0.9
     one_patient = S.linear_probe(emb, target, groups=np.where(target == "a", "pa", "pb"))
     assert math.isnan(one_patient["accuracy"]) and "single patient" in one_patient["note"]
+
+
+def test_probes_see_thumbnails_and_source_as_in_cxr_public():
+    """The real-data confound: healthy films are 64-px thumbnails of one collection, COVID-19 films
+    large films of others. Thumbnails get their own resolution bucket (under the old <=1024 bucket
+    they were lumped with 900-px COVID-19 films), and an embedding that encodes the original size
+    is caught by both the source and the resolution probe."""
+    rng = np.random.default_rng(3)
+    n = 60
+    thumb = np.arange(n) % 2 == 0  # 30 thumbnails (nih, 64 px), 30 large films (ieee8023, 300-1000 px)
+    emb = rng.normal(size=(n, 5))
+    emb[:, 2] += 5.0 * thumb
+    side = np.where(thumb, 64, rng.integers(300, 1000, n))
+    pred = pd.DataFrame({"image_id": [f"i{k}" for k in range(n)], "patient_id": [f"p{k // 2}" if not thumb[k] else f"q{k}" for k in range(n)],
+                         "source": np.where(thumb, "nih", "ieee8023"), "view": "PA"})
+    index = pd.DataFrame({"image_id": pred["image_id"], "orig_height": side, "orig_width": side})
+    t = S.probe_table(emb, pred, index).set_index("target")
+    assert t.loc["resolution", "n_classes"] == 2 and t.loc["resolution", "majority_rate"] == 0.5
+    assert t.loc["resolution", "accuracy"] > 0.9 and t.loc["resolution", "auc"] > 0.95
+    assert t.loc["source", "accuracy"] > 0.9
+    old = S.resolution_bucket(index["orig_height"], index["orig_width"], edges=(1024, 2048))
+    assert set(old) == {"<=1024"}  # the old buckets could not see this at all
+    text = S.verdict(0.9, {}, None, t.reset_index())
+    assert "The embedding predicts the resolution (accuracy" in text and "The embedding predicts the source (accuracy" in text

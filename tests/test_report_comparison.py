@@ -44,7 +44,9 @@ def test_every_method_is_trained_beside_cmtnet_at_the_baselines_setting(tiny):
     assert run["cmtnet-run"].setting == "64 px, 1 epoch, width 0.125"
     assert run["vgg19"].setting == run["cmtnet"].setting == run["unet"].setting == "48 px, 1 epoch, width 0.125"
     assert run["unet"].init.startswith("random") and "UNet" in run["unet"].init
-    pool = json.loads((root / "report" / "comparison" / "maskrcnn-cache-48" / "meta.json").read_text())["train_pool"]
+    subset = Path(json.loads((run["maskrcnn"].folder / "run.json").read_text())["data_cache"])
+    assert subset.name.endswith("-maskrcnn-20") and not (root / "report") in subset.parents  # no source file names in the report
+    pool = json.loads((subset / "meta.json").read_text())["train_pool"]
     assert run["maskrcnn"].setting == f"48 px, 1 epoch, width 0.125, 20 training films (of {pool} with both outlines)"
     assert any(n.startswith("Mask R-CNN (ResNet18-FPN) learned from 20 training films") for n in comp.notes)
     # Same data folder and split: the baselines' cache is the run's phantoms at 48 px.

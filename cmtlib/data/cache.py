@@ -35,7 +35,7 @@ from cmtlib.data.manifest import (
 )
 from cmtlib.fileio import atomic_path, write_json
 
-__all__ = ["CacheError", "CacheReport", "build_cache", "open_cache", "box_mask", "mask_or_boxes"]
+__all__ = ["CacheError", "CacheReport", "build_cache", "open_cache", "box_mask", "mask_or_boxes", "resize_image"]
 
 # Bump when reading or resizing changes what a row holds: older caches are then rebuilt whole.
 READER_VERSION = 1
@@ -286,7 +286,7 @@ def _process_row(task: dict) -> dict:
         return _refused(task, str(err))
     del data
     orig_h, orig_w = info["orig_size"]
-    arrays = {"images": _resize_image(image, size)}
+    arrays = {"images": resize_image(image, size)}
     columns = {
         "orig_height": str(orig_h), "orig_width": str(orig_w),
         "read_info": json.dumps({k: v for k, v in info.items() if v not in (None, False)}, separators=(",", ":")),
@@ -321,9 +321,10 @@ def _content_hash(image_bytes: bytes, task: dict) -> str:
     return h.hexdigest()[:16]
 
 
-def _resize_image(image: np.ndarray, size: int) -> np.ndarray:
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
     """float (H, W) in [0, 1] -> uint8 (size, size). Lanczos after a box pre-reduction: as sharp as
-    Lanczos, and the pre-reduction averages areas, so large films do not alias."""
+    Lanczos, and the pre-reduction averages areas, so large films do not alias. `cmt predict` resizes
+    with this same function, so a model sees at prediction what it saw in training."""
     out = Image.fromarray(image).resize((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
     return np.clip(np.rint(np.asarray(out) * 255.0), 0, 255).astype(np.uint8)
 

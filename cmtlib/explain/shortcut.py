@@ -7,8 +7,11 @@
     black shape for the network to see, and nothing of the blanked region leaks in through the fill
     value) or with zero (``fill="zero"``). Blanked images lie off the training data, so a
     drop alone is weak evidence; a high AUC with the lungs gone is strong evidence of a shortcut.
-(b) Linear probes on the embeddings for source, view and original resolution bucket:
-    cross-validated logistic regression accuracy and AUC beside the majority-class rate.
+(b) Linear probes on the embeddings for source, view and original resolution bucket (the long
+    side before caching, from the cache index: thumbnails of 256 px or less, up to 1024, up to
+    2048, larger): cross-validated logistic regression accuracy and AUC beside the majority-class
+    rate. Caching resizes every film to one size, so a network that can still tell the original
+    size (or the collection) has learnt cues that stand in for the label where these differ by class.
 (c) Share of CAM mass outside the lungs (page 7's maps).
 (d) A trivial floor: logistic regression on 32 x 32 thumbnails of the whole image, of the border
     only (a frame of FRAME of the side, lungs excluded) and of the lungs only, trained on the train
@@ -40,7 +43,9 @@ PROBE_MARGIN = 0.15
 CAM_OUTSIDE = 0.5
 FRAME = 0.125  # border width as a share of the image side
 THUMB = 32
-RESOLUTION_EDGES = (1024, 2048)  # long side in original pixels: <=1024, 1025-2048, >2048
+# Long side in original pixels: <=256 (stored as a thumbnail, e.g. ChestX-ray14's 64-px copies, which
+# are nearly all the healthy films of cxr-public), 257-1024, 1025-2048, >2048.
+RESOLUTION_EDGES = (256, 1024, 2048)
 
 
 def blank(images, region, fill: str = "mean") -> np.ndarray:
@@ -139,7 +144,7 @@ def blanking_aucs(model: nn.Module, images, lung, has_lung, y, fill: str = "mean
 
 
 def resolution_bucket(height, width, edges: Sequence[int] = RESOLUTION_EDGES) -> np.ndarray:
-    """Bucket of the original long side (``<=1024``, ``1025-2048``, ``>2048``); '' where unknown.
+    """Bucket of the original long side (``<=256``, ``257-1024``, ``1025-2048``, ``>2048``); '' where unknown.
 
     Shape:
         (N,), (N,) -> (N,) strings.

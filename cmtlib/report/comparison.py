@@ -11,7 +11,10 @@ embedding classifiers on the run's own CMTNet embeddings. What a report folder a
         comparison.json           what was compared: entries, settings, seconds
         <name>-seed<s>/           a run folder (config, checkpoints, metrics.json, predictions.csv)
         embedding/<kind>/         an embedding classifier's predictions.csv, metrics.json, selection.json
-        maskrcnn-cache-<px>/      Mask R-CNN's training subset of the cache (every test film kept)
+
+Mask R-CNN's training subset of the cache (every test film kept) is a data product, not a report
+one: it lies beside the cache it comes from (`<cache>-maskrcnn-<n>`), whose index names the
+original files, so no file name of the source collections lands in the report folder.
 
 Tables and figures take the returned ``Comparison``; images are named by image_id only.
 """
@@ -167,7 +170,9 @@ def ensure_comparison(params, run_dir: str | Path, report_dir: str | Path) -> Co
         subset = p.model.model.startswith("maskrcnn") and rc.baseline_maskrcnn_max_images > 0
         if subset:
             with contextlib.redirect_stdout(io.StringIO()):
-                cache = subset_cache(prepare_data(p), root / f"maskrcnn-cache-{size}", rc.baseline_maskrcnn_max_images, seed=0)
+                source = prepare_data(p)
+                n = rc.baseline_maskrcnn_max_images
+                cache = subset_cache(source, source.with_name(f"{source.name}-maskrcnn-{n}"), n, seed=0)
             p = dataclasses.replace(p, data=dataclasses.replace(p.data, cache_dir=str(cache)))
         seconds = _quiet_run(p, folder)
         role = "cmtnet" if file is None else ("classifier" if "multilabel" in p.model.tasks else "segmentation")
