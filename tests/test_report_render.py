@@ -258,5 +258,21 @@ def test_report_index_shows_headline_facts_and_no_image_paths(tmp_path):
         assert text in html, text
     assert re.search(r"quarantined images[^<]*</th><td>3</td>", html)
     assert "/secret/data" not in html and external_refs(html) == []
+    assert "What this data can and cannot show" not in html  # no caveats recorded, no predictions
     listing = write_reports_index(tmp_path / "reports").read_text()
     assert 'href="smoke/index.html"' in listing and "0.970" in listing and "80.0 %" in listing
+
+
+def test_report_index_lists_the_data_caveats_and_the_within_collection_auc(tmp_path):
+    from cmtlib.report.index import write_report_index
+    from cmtlib.report.session import record_facts
+
+    report = tmp_path / "real"
+    (report / "run").mkdir(parents=True)
+    record_facts(report, caveats=["The COVID-19 label follows the source: 9 of 10 COVID-negative films ..."])
+    pd.DataFrame({"source": ["a"] * 12 + ["b"] * 20, "label_covid": [1] * 6 + [0] * 6 + [0] * 20,
+                  "p_covid": [0.9, 0.8, 0.7, 0.4, 0.3, 0.2] * 2 + [0.01] * 20}).to_csv(report / "run" / "predictions.csv", index=False)
+    html = write_report_index(report, {"run_name": "real", "status": "ok"}).read_text()
+    assert "What this data can and cannot show" in html
+    assert "The COVID-19 label follows the source: 9 of 10" in html
+    assert "(a: 12 films, 6 with COVID-19) the COVID-19 AUC is 0.50, against 0.88 over all 32 test films" in html

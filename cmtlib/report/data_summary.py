@@ -123,3 +123,90 @@ def check_results(index: pd.DataFrame) -> pd.DataFrame:
          "result": "passed" if not others else f"FAILED: {'; '.join(others[:3])}"},
     ]
     return pd.DataFrame(rows)
+
+
+# Thresholds above which data_caveats calls a difference between the classes a confounder.
+SOURCE_ALONE_SHARE = 0.5  # share of a class from collections that hold no film of the other class
+SIZE_RATIO = 2.0  # ratio of the classes' median original long sides
+SHARE_GAP = 0.3  # difference between the classes' shares of thumbnails
+VIEW_GAP = 0.15  # difference between the classes' shares of AP films
+THUMBNAIL_PX = 256  # long side at or under which a film was published as a thumbnail
+MIN_TEST_COVID = 50  # fewer COVID-19 test films than this: intervals are wide
+MIN_NEGATIVES = 100  # fewer validation negatives than this: the 1 % false-alarm threshold cannot be placed
+
+
+def data_caveats(index: pd.DataFrame, quarantine_count: int = 0) -> list[str]:
+    """What this data can and cannot show, in plain sentences computed from the cached rows: where
+    the COVID-19 label follows the source, the original image size or the view; classes too small
+    to judge; files left out. [] when none of these applies.
+
+    index: the cache index (columns label_covid, split, and where present source, view,
+    orig_height, orig_width).
+    """
+    lab = pd.to_numeric(index["label_covid"], errors="coerce") if "label_covid" in index.columns else pd.Series(np.nan, index=index.index)
+    pos, neg = lab == 1, lab == 0
+    n_pos, n_neg = int(pos.sum()), int(neg.sum())
+    out: list[str] = []
+    if n_pos and n_neg and "source" in index.columns:
+        src = index["source"].fillna("").astype(str).replace("", "(unknown)")
+        pos_sources, neg_sources = set(src[pos]), set(src[neg])
+        neg_alone, pos_alone = int((neg & ~src.isin(pos_sources)).sum()), int((pos & ~src.isin(neg_sources)).sum())
+        if len(pos_sources | neg_sources) > 1 and max(neg_alone / n_neg, pos_alone / n_pos) >= SOURCE_ALONE_SHARE:
+            both = ", ".join(sorted(pos_sources & neg_sources)) or "none"
+            out.append(f"The COVID-19 label follows the source: {neg_alone} of {n_neg} COVID-negative films come from collections "
+                       f"with no COVID-19 film, and {pos_alone} of {n_pos} COVID-19 films from collections with no negative one "
+                       f"(collections holding both: {both}). A network can score well here by recognising the collection.")
+    if n_pos and n_neg and {"orig_height", "orig_width"} <= set(index.columns):
+        side = np.fmax(pd.to_numeric(index["orig_height"], errors="coerce"), pd.to_numeric(index["orig_width"], errors="coerce"))
+        med_pos, med_neg = float(np.nanmedian(side[pos])) if side[pos].notna().any() else np.nan, float(np.nanmedian(side[neg])) if side[neg].notna().any() else np.nan
+        thumb_pos, thumb_neg = float((side[pos] <= THUMBNAIL_PX).mean()), float((side[neg] <= THUMBNAIL_PX).mean())
+        if np.isfinite(med_pos) and np.isfinite(med_neg) and (max(med_pos, med_neg) >= SIZE_RATIO * min(med_pos, med_neg) or abs(thumb_pos - thumb_neg) >= SHARE_GAP):
+            out.append(f"The original image size follows the label: COVID-19 films measured a median {med_pos:.0f} px on their long side "
+                       f"before resizing, COVID-negative films {med_neg:.0f} px; {thumb_pos:.0%} and {thumb_neg:.0%} of them were "
+                       f"thumbnails of {THUMBNAIL_PX} px or less. Resizing every film to one size does not remove the difference "
+                       "in sharpness and noise it leaves, which a network can learn instead of the disease.")
+    if n_pos and n_neg and "view" in index.columns:
+        view = index["view"].fillna("").astype(str).str.upper()
+        ap = view.str.startswith("AP")  # AP and AP supine
+        known = ap | (view == "PA")
+        if (pos & known).sum() and (neg & known).sum():
+            ap_pos, ap_neg = float(ap[pos & known].mean()), float(ap[neg & known].mean())
+            if abs(ap_pos - ap_neg) >= VIEW_GAP:
+                out.append(f"The view follows the label: {ap_pos:.0%} of COVID-19 films with a known view are AP (bedside films, "
+                           f"often of sicker patients) against {ap_neg:.0%} of COVID-negative films.")
+    split = index["split"].astype(str) if "split" in index.columns else pd.Series("", index=index.index)
+    test_pos, val_neg = int((pos & (split == "test")).sum()), int((neg & (split == "val")).sum())
+    if n_pos and "test" in set(split) and test_pos < MIN_TEST_COVID:
+        out.append(f"Only {test_pos} COVID-19 films are in the test split: each test figure rests on few films, so its interval is wide "
+                   "and small differences between runs or methods mean nothing.")
+    if n_neg and "val" in set(split) and val_neg < MIN_NEGATIVES:
+        out.append(f"The validation split holds {val_neg} COVID-negative films, fewer than the {MIN_NEGATIVES} needed to place a "
+                   "threshold at a 1 % false-alarm rate: sensitivity at 99 % specificity is not a reliable figure here.")
+    if quarantine_count:
+        out.append(f"{quarantine_count} file(s) could not be read or used and were left out; the data page lists each with its reason.")
+    return out
+
+
+def mixed_source_auc(predictions: pd.DataFrame, min_per_class: int = 5) -> str:
+    """A sentence comparing the COVID-19 AUC over all test films with the AUC within the collections
+    that hold both classes, where other collections hold one class only (so the collection alone
+    could separate them); '' where that does not apply or either class has under `min_per_class`.
+
+    predictions: a run's predictions.csv (columns source, label_covid, p_covid).
+    """
+    from cmtlib.metrics.ranking import roc_auc
+
+    if not {"source", "label_covid", "p_covid"} <= set(predictions.columns):
+        return ""
+    df = predictions.assign(y=pd.to_numeric(predictions["label_covid"], errors="coerce"), p=pd.to_numeric(predictions["p_covid"], errors="coerce"))
+    df = df[df["y"].isin([0, 1]) & df["p"].notna()]
+    classes = df.groupby(df["source"].fillna("").astype(str))["y"].nunique()
+    mixed = sorted(classes.index[classes == 2])
+    inside = df[df["source"].astype(str).isin(mixed)]
+    if not mixed or len(mixed) == len(classes) or min(int((inside["y"] == 1).sum()), int((inside["y"] == 0).sum())) < min_per_class:
+        return ""
+    pooled, within = roc_auc(df["y"].to_numpy(), df["p"].to_numpy()), roc_auc(inside["y"].to_numpy(), inside["p"].to_numpy())
+    return (f"Within the collections that hold both classes in the test split ({', '.join(mixed)}: {len(inside)} films, "
+            f"{int((inside['y'] == 1).sum())} with COVID-19) the COVID-19 AUC is {within:.2f}, against {pooled:.2f} over all "
+            f"{len(df)} test films. Where these differ, the difference is what telling the collections apart gives away, "
+            "not the reading of the lungs.")

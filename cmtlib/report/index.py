@@ -102,8 +102,17 @@ def summarize(report_dir: Path, record: dict[str, Any] | None = None) -> dict[st
         ("images (train / val / test)", facts.get("split_counts", "not recorded")),
         ("quarantined images (could not be read or used)", quarantine if quarantine is not None else "not recorded"),
     ]
+    caveats = list(facts.get("caveats") or [])
+    if (run_dir / "predictions.csv").is_file():
+        import pandas as pd
+
+        from cmtlib.report.data_summary import mixed_source_auc
+
+        within = mixed_source_auc(pd.read_csv(run_dir / "predictions.csv", dtype={"source": str}))
+        caveats += [within] if within else []
     return {
         "headline": headline_cards(metrics),
+        "caveats": caveats,
         "facts": [(k, v) for k, v in rows if v != ""],
         "params_html": to_html(params_table(flat or {}, key_owner()), max_rows=None) if flat else "<p>params.yaml is missing.</p>",
     }
