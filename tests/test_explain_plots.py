@@ -184,3 +184,13 @@ def test_evaluation_figures_entry_point(predictions):
     assert list(out["by_view"]["view"]) == ["AP", "PA"] and len(out["confusion_table_by_source"]) == 2
     y, p = P.known_covid(df.assign(label_covid=np.r_[np.nan, df["label_covid"][1:]]))
     assert len(y) == 49 and len(p) == 49
+
+
+def test_panel_titles_are_cut_in_the_middle_so_ids_do_not_run_into_each_other():
+    from cmtlib.report.figures import fit_title
+
+    long = "ieee8023:1-s2.0-S1341321X20301124-gr3_lrg"
+    cut = fit_title(f"{long}\nhealthy", 26)
+    first, second = cut.split("\n")
+    assert len(first) == 26 and first.startswith("ieee8023:1-s") and first.endswith("-gr3_lrg") and "\u2026" in first
+    assert second == "healthy" and fit_title("nih:00000001_000", 26) == "nih:00000001_000"

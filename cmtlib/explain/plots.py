@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from cmtlib.explain.review import confusion_matrices, group_confusion_table, known_covid
-from cmtlib.report.figures import OKABE_ITO, new_figure, style
+from cmtlib.report.figures import OKABE_ITO, fit_title, new_figure, style
 
 LABEL_COLOURS = {"COVID-19": OKABE_ITO["vermillion"], "non-COVID": OKABE_ITO["blue"], "healthy": OKABE_ITO["green"],
                  "other disease": OKABE_ITO["blue"], "(unknown)": OKABE_ITO["grey"]}
@@ -250,7 +250,7 @@ def overlay_figure(cases, dpi: int = 110):
                 _outline(ax, cases.true[task][k], colour)
             if task in cases.predicted:
                 _outline(ax, cases.predicted[task][k] >= 0.5, colour, ls="--")
-        ax.set_title(f"{r['image_id']}\n{r['class']}, {r['rank']}: {cases.task} Dice {r['dice']:.2f}", fontsize=8)
+        ax.set_title(fit_title(f"{r['image_id']}\n{r['class']}, {r['rank']}: {cases.task} Dice {r['dice']:.2f}", 30), fontsize=8)
     handles = [Line2D([], [], color=LUNG, label="lung, true"), Line2D([], [], color=LUNG, ls="--", label="lung, predicted"),
                Line2D([], [], color=DISEASE, label="disease, true"), Line2D([], [], color=DISEASE, ls="--", label="disease, predicted")]
     fig.legend(handles=handles, loc="outside lower center", ncols=4, frameon=False, fontsize=8)
@@ -300,7 +300,7 @@ def cases_figure(images, titles: Sequence[str], ncols: int = 4, dpi: int = 110):
         ax.set_axis_off()
         if i < n:
             _image(ax, images[i])
-            ax.set_title(titles[i] if i < len(titles) else "", fontsize=8)
+            ax.set_title(fit_title(titles[i], 30) if i < len(titles) else "", fontsize=8)
     return fig
 
 
@@ -333,7 +333,7 @@ def cam_figure(images, maps: dict, lung=None, disease=None, titles: Sequence[str
                       alpha=0.45, vmin=0, vmax=1)
         if lung is not None:
             _outline(ax, lung[i], LUNG)
-        ax.set_title(("ground truth\n" if i == 0 else "") + (titles[i] if i < len(titles) else ""), fontsize=8)
+        ax.set_title(("ground truth\n" if i == 0 else "") + (fit_title(titles[i]) if i < len(titles) else ""), fontsize=8)
     return fig
 
 

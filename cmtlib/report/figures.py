@@ -109,6 +109,17 @@ def bar_figure(counts: pd.Series, title: str, xlabel: str = "images", dpi: int =
     return fig
 
 
+def fit_title(text: str, width: int = 26) -> str:
+    """Each line of a panel title cut to `width` characters, middle elided ("ieee8023:1-s2.0…gr3_lrg"):
+    long image ids would run into the next panel's title."""
+    def fit(line: str) -> str:
+        if len(line) <= width:
+            return line
+        head = (width - 1) // 2
+        return line[:head] + "\u2026" + line[len(line) - (width - 1 - head):]
+    return "\n".join(fit(line) for line in str(text).split("\n"))
+
+
 @_styled
 def sample_grid(images: np.ndarray, lung: np.ndarray | None = None, disease: np.ndarray | None = None,
                 titles: Sequence[str] = (), ncols: int = 4, dpi: int = 110):
@@ -136,7 +147,7 @@ def sample_grid(images: np.ndarray, lung: np.ndarray | None = None, disease: np.
             ax.imshow(shade, cmap=_single_colour(DISEASE_COLOUR), alpha=0.35, vmin=0, vmax=1)
             ax.contour(disease[i].astype(float), levels=[0.5], colors=[DISEASE_COLOUR], linewidths=1.0)
         if i < len(titles):
-            ax.set_title(titles[i], fontsize=9)
+            ax.set_title(fit_title(titles[i]), fontsize=9)
     fig.legend(handles=[Patch(edgecolor=LUNG_COLOUR, facecolor="none", linewidth=1.5, label="lung outline"),
                         Patch(edgecolor=DISEASE_COLOUR, facecolor=DISEASE_COLOUR, alpha=0.5, label="disease region")],
                loc="outside lower center", ncols=2, frameon=False)
