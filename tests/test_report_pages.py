@@ -244,7 +244,7 @@ SECTIONS = {
     "07_cam": ["About this run", "Heat maps beside CMTNet's disease map", "How well the heat maps agree with the outlines",
                "What each map costs", "Baselines' Grad-CAMs beside CMTNet's"],
     "08_shortcut_audit": ["Verdict", "About this run", "The checks at a glance", "1. Blanking the lungs", "2. Trivial floors",
-                          "3. What the embedding knows about source and view", "4. Heat-map mass outside the lungs"],
+                          "3. What the embedding knows about source, view and image size", "4. Heat-map mass outside the lungs"],
 }
 
 
