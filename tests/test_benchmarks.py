@@ -59,3 +59,14 @@ def test_predict_latency_smoke(tmp_path):
     # A 64-px, width-0.125 network predicts in well under the 1.5 s budget even on a loaded CPU.
     assert r["within_budget"] is True and warm["total"]["median_s"] < 1.5
     assert re.search(r"warm predict_files, model loaded: median \d+ ms", out) and "within the 1.5 s budget" in out
+
+
+def test_report_timing_runs_a_one_page_chain_and_reads_it_back(tmp_path):
+    out = run_script("report_timing.py", "--params", "params/smoke.yaml", "--out", str(tmp_path / "r"),
+                     "--set", 'report_notebooks=["01_data"]', timeout=300)
+    row = next(line for line in out.splitlines() if line.startswith("01_data"))
+    name, execute_s, render_s, status = row.split()
+    assert status == "ok" and float(execute_s) > 0 and float(render_s) > 0
+    assert re.search(r"chain total +\d+\.\d", out) and f"{os.cpu_count()} CPUs" in out
+    again = run_script("report_timing.py", "--from", str(tmp_path / "r"))
+    assert row in again.splitlines() and "timings.json" in again
