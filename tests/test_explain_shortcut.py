@@ -141,6 +141,9 @@ def test_verdict_wording_follows_the_numbers():
     assert "carries little class signal" in clean and "falls to 0.55" in clean and "holds its AUC (0.93)" in clean
     assert "No CAM method concentrates outside the lungs" in clean  # 60 % outside, less than a uniform map's 70 %
     assert clean.endswith("Overall: no check points to cues outside the lungs.")
+    inverted = S.verdict(0.95, {}, {"auc_full": 0.95, "auc_lungs_blanked": 0.14, "auc_outside_blanked": 0.33})
+    assert "its AUC turns to 0.14 (full image 0.95), far below chance" in inverted
+    assert inverted.endswith("Overall: 1 of 1 checks point to cues outside the lungs; read the AUC with that in mind.")
     weak = S.verdict(0.3, {"border": 0.7}, {"auc_full": 0.3, "auc_lungs_blanked": 0.8, "auc_outside_blanked": 0.4})
     assert "carries some class signal" in weak and "cannot tell which region" in weak
     assert weak.endswith("Overall: no check points to cues outside the lungs.")  # the weak model's blanking is not counted

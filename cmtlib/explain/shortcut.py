@@ -325,6 +325,9 @@ def _blanking_words(blanking: dict | None) -> tuple[str, bool | None]:
                 f"(lungs blanked {lb:.2f}, only lungs kept {ob:.2f})."), None
     if lb >= HIGH_AUC:
         words, flag = f"With the lungs blanked out the model still reaches AUC {lb:.2f} (full image {full:.2f}): it uses information outside the lungs.", True
+    elif lb <= 1 - HIGH_AUC:
+        words, flag = (f"With the lungs blanked out its AUC turns to {lb:.2f} (full image {full:.2f}), far below chance: the blanked "
+                       "films still separate the classes, in reverse, so what lies outside the lungs moves its score by class."), True
     else:
         words, flag = f"With the lungs blanked out its AUC falls to {lb:.2f} (full image {full:.2f}).", False
     if ob >= full - CLOSE:
@@ -360,7 +363,8 @@ def verdict(model_auc: float | None, floors: dict, blanking: dict | None = None,
 
     A check "points to cues outside the lungs" when: the border floor reaches HIGH_AUC; the model
     keeps HIGH_AUC with the lungs blanked (judged only when its full-image AUC reaches HIGH_AUC);
-    a probe beats the majority rate by PROBE_MARGIN; a CAM method puts at least CAM_OUTSIDE of its
+    or its AUC falls to 1 - HIGH_AUC or below (the blanked films still separate the classes, in
+    reverse); a probe beats the majority rate by PROBE_MARGIN; a CAM method puts at least CAM_OUTSIDE of its
     mass outside the lungs and no less than a uniform map would.
     """
     m = math.nan if model_auc is None else float(model_auc)
