@@ -50,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'notebook':28s} {'execute s':>10s} {'render s':>9s}  status")
     for name, t in timings["notebooks"].items():
         print(f"{name:28s} {t['execute_s'] or 0:10.1f} {t['render_s'] or 0:9.2f}  {t['status']}")
-    print(f"{'chain total':28s} {timings['total_s']:10.1f}\n{'wall (cmt report)':28s} {wall:10.1f}")
+    print(f"{'chain total':28s} {timings['total_s']:10.1f}")
+    if not a.existing:
+        print(f"{'wall (cmt report)':28s} {wall:10.1f}")
     return rc
 
 
