@@ -81,6 +81,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     if origin in (list, tuple):
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]  # `--set report_notebooks=01`: one item (YAML made it the number 1)
         if not isinstance(value, (list, tuple)):
             raise ParamsError(f"{key} must be a list, got {value!r}")
         (item,) = typing.get_args(hint) or (str,)

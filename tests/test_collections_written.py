@@ -135,6 +135,11 @@ def test_csv_kind_with_a_mapping(tmp_path):
     text = report.summary()
     assert "laterals excluded: 1" in text and "file names are DICOM UIDs" in text
     assert read_quarantine(quarantine_path(out))["image_id"].tolist() == ["mycxr:img_missing"]
+    # An images folder given through "..": the manifest stores the plain absolute path.
+    detour = tmp_path / "elsewhere" / ".." / "mycxr"
+    (tmp_path / "elsewhere").mkdir()
+    import_collection("csv", csv.parent, out, column_map={**mapping, "images": str(detour)}, source="mycxr")
+    assert read_manifest(out).set_index("image_id").loc["mycxr:img_a", "path"] == str(csv.parent.resolve() / "img" / "a.png")
 
 
 def test_csv_kind_names_a_missing_column(tmp_path):

@@ -56,3 +56,11 @@ def test_base_loop_is_refused(tmp_path):
     (tmp_path / "b.yaml").write_text("base: a.yaml\n")
     with pytest.raises(ParamsError, match="loop"):
         load_params(tmp_path / "a.yaml")
+
+
+def test_a_page_number_given_alone_becomes_a_one_item_list():
+    """`--set report_notebooks=01`: YAML reads 01 as the number 1; it must not be refused."""
+    p = load_params(overrides=["report_notebooks=01"])
+    assert p.report.report_notebooks == ["1"]
+    assert load_params(overrides=["report_notebooks=[01,08]"]).report.report_notebooks == ["1", "08"]
+    assert load_params(overrides=["report_notebooks=01_data,03_evaluation"]).report.report_notebooks == ["01_data", "03_evaluation"]

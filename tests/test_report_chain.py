@@ -182,6 +182,8 @@ def test_find_notebooks_order_and_subset(tmp_path):
         make_notebook(tmp_path / f"{name}.ipynb")
     assert [p.stem for p in find_notebooks(tmp_path)] == ["01_one", "02_two", "10_ten"]
     assert [p.stem for p in find_notebooks(tmp_path, ["10", "01_one"])] == ["01_one", "10_ten"]
+    # As YAML reads `--set report_notebooks=[01,2]`: numbers, which name the notebooks all the same.
+    assert [p.stem for p in find_notebooks(tmp_path, [1, "2"])] == ["01_one", "02_two"]
     with pytest.raises(ReportError, match="names \\['07'\\].*available: 01_one, 02_two, 10_ten"):
         find_notebooks(tmp_path, ["07"])
     with pytest.raises(ReportError, match="no numbered notebooks"):

@@ -281,3 +281,24 @@ def test_gradcam_columns_put_cmtnet_first_and_name_each_baseline():
     cols = gradcam_columns({"Grad-CAM": ours, "ScoreCAM": other}, {"ResNet18 + FC": other})
     assert list(cols) == ["CMTNet Grad-CAM", "ResNet18 + FC Grad-CAM"]
     assert cols["CMTNet Grad-CAM"] is ours
+
+
+def test_data_page_quarantine_counts_only_the_sources_of_its_own_data(tmp_path):
+    """Per-collection imports beside a joined manifest: their quarantines count, but not one of a
+    collection this data set does not hold (another import that happens to share the folder)."""
+    from cmtlib.data.manifest import write_quarantine
+    from cmtlib.data.synth import make_synthetic
+    from cmtlib.data.cache import build_cache
+    from cmtlib.data.split import split_manifest
+    from cmtlib.report.session import load_data
+
+    manifest = make_synthetic(tmp_path / "synth", n=24, size=32, seed=0, workers=1)
+    split = manifest.with_name("split.csv")
+    split_manifest(manifest, split, val=0.2, test=0.2, seed=0, find_duplicates=False)
+    write_quarantine([{"image_id": "synth:broken", "path": "/x/broken.png", "reason": "truncated"}],
+                     manifest.with_name("mine.quarantine.csv"))
+    write_quarantine([{"image_id": "chexpert:patient1_study1", "path": "/x/c.jpg", "reason": "file not found"}],
+                     manifest.with_name("chexpert.quarantine.csv"))
+    build_cache(split, size=32, out=tmp_path / "cache", workers=1)
+    data = load_data(tmp_path / "cache")
+    assert data.quarantine["image_id"].tolist() == ["synth:broken"]

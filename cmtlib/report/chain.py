@@ -62,7 +62,8 @@ def find_notebooks(folder: str | Path, only: Iterable[str] = ()) -> list[Path]:
     found = sorted(p for p in folder.glob("*.ipynb") if _NUMBERED.match(p.name))
     if not found:
         raise ReportError(f"no numbered notebooks (NN_name.ipynb) in {folder}")
-    only = [str(o).removesuffix(".ipynb") for o in only]
+    # "3", 3 and "03" all name 03_*: YAML reads an unquoted 01 as the number 1.
+    only = [f"{int(o):02d}" if str(o).isdigit() else str(o).removesuffix(".ipynb") for o in only]
     if only:
         keep = [p for p in found if p.stem in only or p.stem[:2] in only]
         unknown = [o for o in only if not any(p.stem == o or p.stem[:2] == o for p in found)]

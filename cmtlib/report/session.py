@@ -231,13 +231,26 @@ def load_data(cache_dir: str | Path) -> DataArtefacts:
     duplicates = None
     if manifest is not None:
         # Unreadable images are quarantined beside the manifest that listed them: the split
-        # manifest, or the imported / synthetic one in a sub-folder (cmtlib/data/prepare.py).
+        # manifest, or the imported / synthetic one in a sub-folder (cmtlib/data/prepare.py), or
+        # the per-collection imports a user joined into this manifest. Another import's file in the
+        # same folder may hold collections this data set does not use: only the collections its own
+        # image ids name (their source prefix) count.
+        prefixes = set(index["image_id"].astype(str).str.partition(":")[0]) if "image_id" in index.columns else set()
         for q in sorted({quarantine_path(manifest), *manifest.parent.glob("*.quarantine.csv"), *manifest.parent.glob("*/*.quarantine.csv")}):
-            frames.append(read_quarantine(q))
+            frames.append(_of_collections(read_quarantine(q), prefixes))
         dup_path = manifest.with_name(f"{manifest.stem}.duplicates.csv")
         duplicates = pd.read_csv(dup_path, dtype=str, keep_default_na=False) if dup_path.is_file() else None
     quarantine = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) else frames[0]
     return DataArtefacts(cache_dir, index, meta, manifest, quarantine.drop_duplicates(subset=["image_id", "reason"]), duplicates)
+
+
+def _of_collections(quarantine: pd.DataFrame, prefixes: set[str]) -> pd.DataFrame:
+    """Quarantine rows whose image_id prefix ("nih" of "nih:000..") is one of `prefixes` (all rows
+    when `prefixes` is empty or an id has no prefix)."""
+    if not prefixes or quarantine.empty:
+        return quarantine
+    prefix = quarantine["image_id"].astype(str).str.partition(":")
+    return quarantine[(prefix[1] == "") | prefix[0].isin(prefixes)]
 
 
 def ensure_data(params: Params) -> DataArtefacts:

@@ -98,6 +98,7 @@ def read(root: Path, ctx: ImportContext, column_map: dict[str, str], source: str
     images = Path(column_map["images"]) if "images" in column_map else csv_path.parent
     if not images.is_absolute():
         images = csv_path.parent / images
+    images = images.resolve()  # "/a/repo/../shared" -> "/a/shared", as the other importers write paths
     pre2020 = column_map.get("pre2020", "no").strip().lower() in _YES
     stats = SourceStats(source, csv_path)
     result = CollectionResult(stats=[stats])
