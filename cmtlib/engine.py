@@ -255,6 +255,13 @@ def _epoch_line(row: Mapping[str, Any], epochs: int, is_best: bool) -> str:
     )
 
 
+def unfinished_start(run_dir: Path) -> bool:
+    """True when `run_dir` holds nothing but train.log: a start that failed before writing
+    config.yaml, run.json or a checkpoint (a cache at another size, an empty split). A rerun may
+    reuse such a folder; a folder holding anything else is a run or the user's, and stays as it is."""
+    return run_dir.is_dir() and [p.name for p in run_dir.iterdir()] == ["train.log"]
+
+
 def train(params, resume: bool = False, overwrite: bool = False) -> Path:
     """Prepare data, build model and loss, `fit`, and write the run folder; returns its path.
 
@@ -282,13 +289,19 @@ def train(params, resume: bool = False, overwrite: bool = False) -> Path:
     started = init_distributed(device, dist)
     run_dir = run_dir_for(params)
     flat = params.flat()
+    # Decided on every rank before rank 0 touches the folder, so all ranks agree on `resume`.
+    reuse = unfinished_start(run_dir) and not (resume and overwrite)
+    if reuse:
+        resume = False  # nothing to resume: no epoch, no config.yaml; start afresh in the same folder
     try:
-        if dist.is_main:
+        if dist.is_main and not reuse:
             claim_run_dir(run_dir, resume, overwrite)
             if resume:
                 check_resume_config(run_dir, flat)
         barrier(dist)
         with RunLogging(run_dir, dist.is_main):
+            if reuse:
+                log.info("%s holds only the train.log of an earlier start that stopped before writing a run; starting afresh in it", run_dir)
             set_threads(cfg.threads)
             seed_everything(cfg.seed)
             cache_dir = prepare_data(params)

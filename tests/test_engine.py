@@ -182,6 +182,30 @@ def test_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path):
     assert (tmp_path / "run" / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.parametrize("flags", [{}, {"overwrite": True}, {"resume": True}])
+def test_a_start_that_failed_early_is_reused_by_the_rerun(tmp_path, flags):
+    with pytest.raises(ValueError, match="holds 64 px images but image_size is 32"):
+        train(toy_params(tmp_path, epochs=1, image_size=32))  # the cache is at 64 px
+    run = tmp_path / "run"
+    assert [p.name for p in run.iterdir()] == ["train.log"]
+    assert train(toy_params(tmp_path, epochs=1), **flags) == run
+    assert (run / "checkpoints" / "best.pt").is_file() and json.loads((run / "run.json").read_text())["status"] == "finished"
+    assert "holds only the train.log of an earlier start" in (run / "train.log").read_text()
+    assert "resumed_at" not in json.loads((run / "run.json").read_text())
+
+
+@pytest.mark.parametrize("flags", [{}, {"overwrite": True}, {"resume": True}])
+def test_a_folder_with_more_than_a_train_log_is_not_reused(tmp_path, flags):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "train.log").write_text("an old log\n")
+    (run / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError if not flags.get("resume") else FileNotFoundError):
+        train(toy_params(tmp_path, epochs=1), **flags)
+    assert sorted(p.name for p in run.iterdir()) == ["notes.txt", "train.log"]
+    assert (run / "notes.txt").read_text() == "mine" and (run / "train.log").read_text() == "an old log\n"
+
+
 def test_resume_refuses_changed_parameters(tmp_path):
     train_toy(tmp_path, epochs=1)
     with pytest.raises(ValueError, match="lr"):
