@@ -7,6 +7,10 @@ import argparse
 import sys
 from pathlib import Path
 
+# The evaluate splits, kept here rather than imported from cmtlib.evaluate (torch) so --help stays fast;
+# tests/test_evaluate.py checks they match evaluate.SPLIT_CHOICES.
+SPLIT_CHOICES = ("train", "val", "test", "all")
+
 
 def _cmd_synth(a: argparse.Namespace) -> int:
     from cmtlib.data.synth import make_synthetic
@@ -68,9 +72,10 @@ def _cmd_train(a: argparse.Namespace) -> int:
 def _cmd_evaluate(a: argparse.Namespace) -> int:
     from cmtlib.evaluate import evaluate_run
 
-    metrics = evaluate_run(Path(a.run), manifest=Path(a.manifest) if a.manifest else None, split=a.split)
+    metrics = evaluate_run(Path(a.run), manifest=Path(a.manifest) if a.manifest else None, split=a.split, out_dir=Path(a.out) if a.out else None)
     c = metrics["covid"]
     print(f"COVID AUC {c['auc']}, EER {c['eer']}, sensitivity at 99% specificity {c['sens_at_spec99']}; lung Dice {metrics['lung']['dice']}")
+    print(f"wrote predictions.csv and metrics.json into {metrics['evaluation']['out_dir']}")
     return 0
 
 
@@ -157,10 +162,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("evaluate", help="predictions.csv and metrics.json for a trained run")
-    p.add_argument("run")
+    p = sub.add_parser(
+        "evaluate", help="predictions.csv and metrics.json for a trained run",
+        description="Evaluate a trained run. Without --manifest: the run's own test split, written into RUN "
+                    "(the report reads it there). With --manifest (an external test set): written into "
+                    "RUN/external/<manifest stem>/ unless --out says otherwise, so the run's own results stay. "
+                    "The COVID threshold is always the one chosen on the run's validation split.")
+    p.add_argument("run", help="run folder (from `cmt train`)")
     p.add_argument("--manifest", default="", help="manifest to evaluate (default: the run's own data)")
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", default="test", choices=SPLIT_CHOICES,
+                   help="rows to evaluate (default: test); `all` = every row, e.g. an external manifest without a split column")
+    p.add_argument("--out", default="", metavar="DIR",
+                   help="output folder (default: RUN for the run's own data, RUN/external/<manifest stem>/ with --manifest)")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("predict", help="predict images, folders or DICOM files with a trained run")
@@ -189,13 +202,14 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from cmtlib.data.cache import CacheError
     from cmtlib.data.io import ImageReadError
     from cmtlib.data.manifest import ManifestError
+    from cmtlib.evaluate import EvaluateError
     from cmtlib.models.weights import WeightsError
     from cmtlib.params import ParamsError
     from cmtlib.report.chain import ReportError
     from cmtlib.report.kernel import KernelError
     from cmtlib.report.session import RunMismatchError
 
-    return (ManifestError, ParamsError, CacheError, ImageReadError, CheckpointError, WeightsError, ReportError,
+    return (ManifestError, ParamsError, CacheError, ImageReadError, CheckpointError, EvaluateError, WeightsError, ReportError,
             KernelError, RunMismatchError, FileNotFoundError, FileExistsError, KeyError)
 
 

@@ -6,7 +6,12 @@ the run's own test split by default, or the `split` rows of another manifest (an
 set), which is cached at the run's image size into `<run>/eval_cache/`. When the run's own cache is
 not on this machine (a run trained elsewhere on a carried cache), the stored threshold.json is used.
 
-Written (into the run folder unless out_dir says otherwise):
+Where the files go: the run folder itself when the run's own data is evaluated (the report chain
+reads them there); for another manifest, `out_dir` or by default `<run>/external/<manifest stem>/`,
+so an external test set never replaces the run's own predictions and metrics (`output_dir`).
+threshold.json always stays in the run folder: it belongs to the run, not to one evaluation.
+
+Written:
     predictions.csv        docs/CONTRACTS.md columns (+ cache_row), one row per evaluated image
     predictions_val.csv    the same for the validation split the threshold came from
     embeddings.npy         (N, D) float32 embeddings, rows in predictions.csv order, and
@@ -40,6 +45,12 @@ log = logging.getLogger("cmtlib.evaluate")
 META_COLUMNS = ("image_id", "patient_id", "source", "view", "offset_days", "sex", "age", "finding", "label_healthy", "label_covid", "label_other")
 PRED_COLUMNS = ("p_healthy", "p_covid", "p_other", "pred_healthy", "pred_covid", "pred_other", "lung_dice", "lung_iou", "disease_dice", "disease_iou")
 SPECIFICITY = 0.99
+SPLIT_CHOICES = ("train", "val", "test", "all")
+
+
+class EvaluateError(ValueError):
+    """An evaluation the inputs cannot give (no rows in the split, a cache at another size); the
+    message says what to pass instead."""
 
 
 @torch.no_grad()
@@ -159,6 +170,15 @@ def _manifest_cache(run_dir: Path, manifest: Path, size: int, own: Path | None) 
     return out
 
 
+def output_dir(run_dir: str | os.PathLike, manifest: str | os.PathLike | None = None, out_dir: str | os.PathLike | None = None) -> Path:
+    """Where evaluate_run writes: `out_dir` when given, else the run folder for its own data and
+    `<run>/external/<manifest stem>/` for another manifest (never over the run's own results)."""
+    if out_dir:
+        return Path(out_dir)
+    run_dir = Path(run_dir)
+    return run_dir / "external" / Path(manifest).stem if manifest else run_dir
+
+
 def evaluate_run(
     run_dir: str | os.PathLike,
     manifest: str | os.PathLike | None = None,
@@ -170,11 +190,14 @@ def evaluate_run(
     out_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run's `which` checkpoint on `split` (`all` = every row) of its own data or of
-    `manifest`; write the files of the module docstring and return the metrics dict."""
+    `manifest`; write the files of the module docstring into `output_dir(run_dir, manifest,
+    out_dir)` and return the metrics dict (its `evaluation.out_dir` says where they went)."""
     from cmtlib.metrics import metrics_from_predictions
 
+    if split not in SPLIT_CHOICES:
+        raise EvaluateError(f"split must be one of {', '.join(SPLIT_CHOICES)}; got {split!r}")
     run_dir = Path(run_dir)
-    out = Path(out_dir) if out_dir else run_dir
+    out = output_dir(run_dir, manifest, out_dir)
     dev = resolve_device(device)
     model, meta = load_model(run_dir, which, dev)
     config = meta["config"]
@@ -206,11 +229,16 @@ def evaluate_run(
         raise FileNotFoundError(f"{run_dir}: the run's data cache is not on this machine; pass --manifest to evaluate another manifest")
     cache = open_cache_folder(cache_dir)
     if cache.size != size:
-        raise ValueError(f"cache {cache_dir} is {cache.size} px but the model was trained at {size} px")
+        raise EvaluateError(f"cache {cache_dir} is {cache.size} px but the model was trained at {size} px; evaluate a cache at {size} px")
     data = load_split(cache, None if split == "all" else split, dev)
     if len(data) == 0:
-        splits = sorted(set(cache.index["split"])) if "split" in cache.index.columns else []
-        raise ValueError(f"no rows with split={split!r} in {cache_dir} (its splits: {splits}); pass --split with one of them, or --split all")
+        splits = sorted(set(cache.index["split"]) - {""}) if "split" in cache.index.columns else []
+        has = f"its splits: {', '.join(splits)}" if splits else "no row has a split"
+        other = f"--split with one of {', '.join(splits)}" if splits else ""
+        if manifest:
+            fix = "pass --split all to evaluate every row of an external manifest" + (f", or {other}" if other else "")
+            raise EvaluateError(f"no rows with split={split!r} in manifest {manifest} ({has}); {fix}")
+        raise EvaluateError(f"no rows with split={split!r} in the run's cache {cache_dir} ({has}); pass {other or '--split all'}")
     cols, embeddings = predict_split(model, data, batch_size, amp)
     df = predictions_frame(data.index, cols, threshold)
     write_csv(df, out / "predictions.csv")
@@ -223,7 +251,7 @@ def evaluate_run(
         "run": str(run_dir), "checkpoint": which, "epoch": meta["epoch"], "model": meta["model"].get("name", config.get("model")),
         "split": split, "manifest": str(manifest) if manifest else cache.meta.get("manifest", ""), "cache": str(cache_dir),
         "threshold": threshold, "threshold_source": "validation split of the run's own data" if own is not None else "stored threshold.json",
-        "outputs": meta["model"].get("outputs", []),
+        "outputs": meta["model"].get("outputs", []), "out_dir": str(out),
     }
     write_json(out / "metrics.json", metrics)
     log.info("evaluated %d images of %s: COVID AUC %s, lung Dice %s", len(df), split, metrics["covid"]["auc"], metrics["lung"]["dice"])

@@ -11,7 +11,9 @@ import pandas as pd
 import pytest
 import torch
 
-from cmtlib.evaluate import META_COLUMNS, PRED_COLUMNS, choose_threshold, evaluate_run, predict_split
+from cmtlib import cli
+from cmtlib.cli import main
+from cmtlib.evaluate import META_COLUMNS, PRED_COLUMNS, SPLIT_CHOICES, EvaluateError, choose_threshold, evaluate_run, output_dir, predict_split
 from cmtlib.data.loader import load_split, open_cache_folder
 from cmtlib.data.manifest import write_manifest
 from cmtlib.metrics import threshold_at_specificity
@@ -97,16 +99,21 @@ def test_choose_threshold_without_negatives_gives_no_threshold():
     assert math.isnan(chosen["covid_threshold"]) and "no COVID-negative" in chosen["note"]
 
 
-def test_another_manifest_is_cached_into_the_run_and_evaluated(run, evaluated, tmp_path):
+def external_manifest(folder, splits):
+    """A 12-image manifest of other toy images (ids ext:0..11) with the given split per row."""
     from PIL import Image
 
     rows = toy_rows(12, seed=3)
     images, _, _ = toy_arrays(rows, 80, seed=3)
-    (tmp_path / "images").mkdir()
+    (folder / "images").mkdir(parents=True)
     for i, r in enumerate(rows):
-        Image.fromarray(images[i]).save(tmp_path / r["path"])
-        r["image_id"], r["split"] = f"ext:{i}", "test" if i < 8 else ""
-    manifest = write_manifest(pd.DataFrame(rows).drop(columns="kind"), tmp_path / "external.csv")
+        Image.fromarray(images[i]).save(folder / r["path"])
+        r["image_id"], r["split"] = f"ext:{i}", splits[i]
+    return write_manifest(pd.DataFrame(rows).drop(columns="kind"), folder / "external.csv")
+
+
+def test_another_manifest_is_cached_into_the_run_and_evaluated(run, evaluated, tmp_path):
+    manifest = external_manifest(tmp_path, ["test" if i < 8 else "" for i in range(12)])
     threshold = json.loads((run / "threshold.json").read_text())["covid_threshold"]
     out = tmp_path / "eval_out"
     m = evaluate_run(run, manifest=manifest, split="test", n_boot=0, out_dir=out)
@@ -116,5 +123,54 @@ def test_another_manifest_is_cached_into_the_run_and_evaluated(run, evaluated, t
     assert math.isnan(m["lung"]["dice"]) or m["lung"]["dice"] is None  # no lung masks in that manifest
     caches = list((run / "eval_cache").iterdir())
     assert len(caches) == 1 and caches[0].name.startswith("external-")
-    with pytest.raises(ValueError, match="split='val'"):
+    with pytest.raises(EvaluateError, match="split='val'.*--split all"):
         evaluate_run(run, manifest=manifest, split="val", n_boot=0, out_dir=out)
+
+
+OWN_FILES = ("predictions.csv", "predictions_val.csv", "metrics.json", "embeddings.npy", "embeddings_index.csv")
+
+
+def test_cli_external_manifest_without_test_rows_is_a_user_error(run, evaluated, tmp_path, capsys):
+    manifest = external_manifest(tmp_path, [""] * 12)
+    own = {name: (run / name).read_bytes() for name in OWN_FILES}
+    assert main(["evaluate", str(run), "--manifest", str(manifest)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("cmt: error: no rows with split='test' in manifest")
+    assert "pass --split all to evaluate every row of an external manifest" in err
+    assert {name: (run / name).read_bytes() for name in OWN_FILES} == own
+
+
+def test_cli_external_manifest_writes_beside_the_run_not_over_it(run, evaluated, tmp_path, capsys):
+    manifest = external_manifest(tmp_path / "m", [""] * 12)
+    own = {name: (run / name).read_bytes() for name in OWN_FILES}
+    assert main(["evaluate", str(run), "--manifest", str(manifest), "--split", "all"]) == 0
+    default = run / "external" / "external"
+    assert f"into {default}" in capsys.readouterr().out
+    assert {name: (run / name).read_bytes() for name in OWN_FILES} == own  # the run's own results stay
+    df = pd.read_csv(default / "predictions.csv")
+    assert df["image_id"].tolist() == [f"ext:{i}" for i in range(12)]
+    m = json.loads((default / "metrics.json").read_text())
+    assert m["evaluation"]["split"] == "all" and m["evaluation"]["out_dir"] == str(default)
+    assert np.load(default / "embeddings.npy").shape[0] == 12
+
+    out = tmp_path / "chosen"
+    assert main(["evaluate", str(run), "--manifest", str(manifest), "--split", "all", "--out", str(out)]) == 0
+    assert f"into {out}" in capsys.readouterr().out
+    assert pd.read_csv(out / "predictions.csv")["image_id"].tolist() == df["image_id"].tolist()
+    assert {name: (run / name).read_bytes() for name in OWN_FILES} == own
+
+
+def test_own_data_is_still_written_into_the_run(run, evaluated, tmp_path):
+    assert output_dir(run) == run and output_dir(run, out_dir=tmp_path) == tmp_path
+    assert output_dir(run, manifest=tmp_path / "site_b.csv") == run / "external" / "site_b"
+    assert evaluated["evaluation"]["out_dir"] == str(run)
+
+
+def test_evaluate_help_documents_split_and_out(capsys):
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "{train,val,test,all}" in text and "--out DIR" in text and "RUN/external/<manifest stem>/" in text
+    assert cli.SPLIT_CHOICES == SPLIT_CHOICES
+    with pytest.raises(SystemExit):
+        main(["evaluate", "runs/x", "--split", "tset"])
