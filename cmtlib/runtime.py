@@ -228,7 +228,13 @@ class RunLogging:
             self.logger.addHandler(h)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None and self.handlers:
+            # The error reaches the console through the caller; train.log must say why the run
+            # stopped too, or a folder left by a failed start reads as an unexplained empty log.
+            record = self.logger.makeRecord(self.logger.name, logging.ERROR, __file__, 0, "stopped: %s: %s",
+                                            (exc_type.__name__, exc), None)
+            self.handlers[0].handle(record)
         for h in self.handlers:
             self.logger.removeHandler(h)
             h.close()

@@ -188,6 +188,7 @@ def test_a_start_that_failed_early_is_reused_by_the_rerun(tmp_path, flags):
         train(toy_params(tmp_path, epochs=1, image_size=32))  # the cache is at 64 px
     run = tmp_path / "run"
     assert [p.name for p in run.iterdir()] == ["train.log"]
+    assert "ERROR cmtlib: stopped: CacheError: cache_dir" in (run / "train.log").read_text()  # the log says why
     assert train(toy_params(tmp_path, epochs=1), **flags) == run
     assert (run / "checkpoints" / "best.pt").is_file() and json.loads((run / "run.json").read_text())["status"] == "finished"
     assert "holds only the train.log of an earlier start" in (run / "train.log").read_text()
