@@ -5,13 +5,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+# Class order of each two-logit head (index 0, 1), as the models describe themselves.
+CLASS_NAMES: dict[str, list[str]] = {"healthy": ["unhealthy", "healthy"], "multilabel": ["covid", "other"]}
+
 
 class ContractModel(nn.Module):
     """Base of the registry's models (DESIGN.md, Model contract).
 
     Subclasses set ``tasks``, ``width``, ``encoder_weights`` and ``head_hidden`` and, when they
     classify, ``healthy_head`` / ``multilabel_head`` modules; ``forward_features(x).features`` is
-    the last encoder block's output (what CAM explains).
+    the last encoder block's output (what CAM explains). Each sets ``name``, ``embedding_dim``,
+    ``encoder_weights_source`` and ``preprocess`` and says what is its own in ``describe_own``.
     """
 
     def classify(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -29,6 +33,32 @@ class ContractModel(nn.Module):
             if head is not None:
                 out[key] = head(emb)
         return out
+
+    @property
+    def output_keys(self) -> tuple[str, ...]:
+        """The keys ``forward`` returns, in order (models that order them otherwise override this)."""
+        return self.tasks + ("embedding",)
+
+    def describe(self) -> dict:
+        """Plain-data description for self-describing checkpoints and reports: what every model
+        has, then ``describe_own()`` (``arch`` in words and the model's own entries, which win)."""
+        return {
+            "name": self.name,
+            "tasks": list(self.tasks),
+            "width": self.width,
+            "config": self.config(),
+            "outputs": list(self.output_keys),
+            "class_names": {k: v for k, v in CLASS_NAMES.items() if k in self.tasks},
+            "embedding_dim": self.embedding_dim,
+            "parameters": sum(p.numel() for p in self.parameters()),
+            "encoder_weights_source": self.encoder_weights_source,
+            "preprocessing": self.preprocess.describe(),
+            **self.describe_own(),
+        }
+
+    def describe_own(self) -> dict:
+        """``describe``'s entries particular to a model: at least ``arch``."""
+        raise NotImplementedError
 
     def config(self) -> dict:
         """Keyword arguments that rebuild this architecture with ``create_model(name, **config)``."""

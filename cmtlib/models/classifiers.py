@@ -29,7 +29,6 @@ from cmtlib.models.encoder import EncoderOutput, ImageNetPreprocess
 from cmtlib.models.heads import ClassificationHead
 from cmtlib.models.weights import load_torchvision_weights
 
-CLASS_NAMES: dict[str, list[str]] = {"healthy": ["unhealthy", "healthy"], "multilabel": ["covid", "other"]}
 CLASSIFICATION_TASKS = ("healthy", "multilabel")
 MIN_CHANNELS = 8
 # torchvision's DenseNet files use pre-2018 names (norm.1 for norm1); torchvision renames them the same way.
@@ -131,23 +130,8 @@ class TorchvisionClassifier(ContractModel):
     def output_keys(self) -> tuple[str, ...]:
         return ("embedding",) + self.tasks
 
-
-    def describe(self) -> dict:
-        """Plain-data description for self-describing checkpoints and reports."""
-        return {
-            "name": self.name,
-            "arch": f"torchvision {self.arch} + GAP + 3-layer FC heads",
-            "tasks": list(self.tasks),
-            "width": self.width,
-            "width_note": self.width_note,
-            "config": self.config(),
-            "outputs": list(self.output_keys),
-            "class_names": {k: v for k, v in CLASS_NAMES.items() if k in self.tasks},
-            "embedding_dim": self.embedding_dim,
-            "parameters": sum(p.numel() for p in self.parameters()),
-            "encoder_weights_source": self.encoder_weights_source,
-            "preprocessing": self.preprocess.describe(),
-        }
+    def describe_own(self) -> dict:
+        return {"arch": f"torchvision {self.arch} + GAP + 3-layer FC heads", "width_note": self.width_note}
 
 
 class DenseNet121(TorchvisionClassifier):

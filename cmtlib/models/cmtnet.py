@@ -15,7 +15,6 @@ from cmtlib.models.weights import load_encoder_weights
 
 SEGMENTATION_TASKS = ("lung", "disease")
 # Healthy head: index 1 = healthy; multilabel head: index 0 = COVID, 1 = other disease (DESIGN.md).
-CLASS_NAMES: dict[str, list[str]] = {"healthy": ["unhealthy", "healthy"], "multilabel": ["covid", "other"]}
 
 
 def validate_tasks(tasks: Sequence[str]) -> tuple[str, ...]:
@@ -113,18 +112,6 @@ class CMTNet(ContractModel):
         return tuple(keys + ["embedding"] + [t for t in ("healthy", "multilabel") if t in self.tasks])
 
 
-    def describe(self) -> dict:
-        """Plain-data description for self-describing checkpoints and reports."""
-        return {
-            "name": self.name,
-            "tasks": list(self.tasks),
-            "width": self.width,
-            "config": self.config(),
-            "outputs": list(self.output_keys),
-            "class_names": {k: v for k, v in CLASS_NAMES.items() if k in self.tasks},
-            "embedding_dim": self.embedding_dim,
-            "encoder_channels": list(self.encoder.out_channels),
-            "parameters": sum(p.numel() for p in self.parameters()),
-            "encoder_weights_source": self.encoder_weights_source,
-            "preprocessing": self.preprocess.describe(),
-        }
+    def describe_own(self) -> dict:
+        return {"arch": "CMTNet: VGG16-BN encoder, two SegNet decoders (lung, disease), two 3-layer FC heads after GAP",
+                "encoder_channels": list(self.encoder.out_channels)}

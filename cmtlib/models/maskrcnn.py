@@ -208,26 +208,10 @@ class MaskRCNNAdapter(ContractModel):
         """The loss the engine trains this model with (``cmtlib.models.losses_for.loss_for``)."""
         return MaskRCNNLoss(self, MultiTaskLoss.from_config(train_cfg) if train_cfg is not None else MultiTaskLoss())
 
-    @property
-    def output_keys(self) -> tuple[str, ...]:
-        """The keys of the eval-mode ``forward`` (the contract's), in order."""
-        return self.tasks + ("embedding",)
-
-
-    def describe(self) -> dict:
-        """Plain-data description for self-describing checkpoints and reports."""
+    def describe_own(self) -> dict:
         return {
-            "name": self.name,
             "arch": f"torchvision Mask R-CNN, {self.backbone_name}-FPN backbone; instance masks -> per-class logit maps",
-            "tasks": list(self.tasks),
             "labels": dict(self.labels),
-            "width": self.width,
-            "config": self.config(),
-            "outputs": list(self.output_keys),
-            "class_names": {},
-            "embedding_dim": self.embedding_dim,
-            "parameters": sum(p.numel() for p in self.parameters()),
-            "encoder_weights_source": self.encoder_weights_source,
             "preprocessing": {**self.preprocess.describe(), "resize": "none: padded to a multiple of 32"},
             "training": "own loss: MaskRCNNLoss (model.make_loss), instance targets from connected components of the masks",
         }

@@ -91,24 +91,6 @@ class SegNet(ContractModel):
         out.update(self.classify(enc.features))
         return out
 
-    @property
-    def output_keys(self) -> tuple[str, ...]:
-        return self.tasks + ("embedding",)
-
-
-    def describe(self) -> dict:
-        """Plain-data description for self-describing checkpoints and reports."""
-        return {
-            "name": self.name,
-            "arch": "SegNet: VGG16-BN encoder with pooling indices, one SegNet decoder per task",
-            "tasks": list(self.tasks),
-            "width": self.width,
-            "config": self.config(),
-            "outputs": list(self.output_keys),
-            "class_names": {},
-            "embedding_dim": self.embedding_dim,
-            "encoder_channels": list(self.encoder.out_channels),
-            "parameters": sum(p.numel() for p in self.parameters()),
-            "encoder_weights_source": self.encoder_weights_source,
-            "preprocessing": self.preprocess.describe(),
-        }
+    def describe_own(self) -> dict:
+        return {"arch": "SegNet: VGG16-BN encoder with pooling indices, one SegNet decoder per task",
+                "encoder_channels": list(self.encoder.out_channels)}

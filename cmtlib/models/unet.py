@@ -127,24 +127,6 @@ class UNet(ContractModel):
         out.update(self.classify(enc.features))
         return out
 
-    @property
-    def output_keys(self) -> tuple[str, ...]:
-        return self.tasks + ("embedding",)
-
-
-    def describe(self) -> dict:
-        """Plain-data description for self-describing checkpoints and reports."""
-        return {
-            "name": self.name,
-            "arch": "UNet (padded convs + BN, transposed-conv upsampling), one output channel per task",
-            "tasks": list(self.tasks),
-            "width": self.width,
-            "channels": list(self.channels),
-            "config": self.config(),
-            "outputs": list(self.output_keys),
-            "class_names": {},
-            "embedding_dim": self.embedding_dim,
-            "parameters": sum(p.numel() for p in self.parameters()),
-            "encoder_weights_source": self.encoder_weights_source,
-            "preprocessing": self.preprocess.describe(),
-        }
+    def describe_own(self) -> dict:
+        return {"arch": "UNet (padded convs + BN, transposed-conv upsampling), one output channel per task",
+                "channels": list(self.channels)}
