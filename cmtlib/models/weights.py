@@ -96,12 +96,17 @@ def _load_imagenet(encoder: VGG16BNEncoder) -> str:
     return f"random init (ImageNet weights not found in {looked})"
 
 
-def load_state_dict_file(encoder: VGG16BNEncoder, path: Path) -> None:
-    """Load a state_dict file (torch.load with weights_only=True) into the encoder, strictly."""
+def read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
+    """A state_dict file (torch.load with weights_only=True); WeightsError if it holds anything else."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{path} does not hold a state_dict (a mapping of names to tensors)")
-    encoder.load_state_dict(map_to_encoder(encoder, state, source=str(path)), strict=True)
+    return state
+
+
+def load_state_dict_file(encoder: VGG16BNEncoder, path: Path) -> None:
+    """Load a state_dict file into the encoder, strictly."""
+    encoder.load_state_dict(map_to_encoder(encoder, read_state_dict(path), source=str(path)), strict=True)
 
 
 def map_to_encoder(encoder: VGG16BNEncoder, state: Mapping[str, torch.Tensor], source: str = "state_dict") -> dict[str, torch.Tensor]:
@@ -137,22 +142,7 @@ def map_to_encoder(encoder: VGG16BNEncoder, state: Mapping[str, torch.Tensor], s
         mapped = dict(state)
         unexpected = [k for k in mapped if k not in target]
         kind = "encoder"
-    for key, value in target.items():
-        if key.endswith("num_batches_tracked") and key not in mapped:
-            mapped[key] = torch.zeros_like(value)
-    missing = [k for k in target if k not in mapped]
-    wrong = [
-        f"{k}: file {tuple(mapped[k].shape)} vs encoder {tuple(v.shape)}"
-        for k, v in target.items()
-        if k in mapped and mapped[k].shape != v.shape
-    ]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} encoder tensors missing (first: {', '.join(missing[:3])})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected tensors (first: {', '.join(unexpected[:3])})")
-    if wrong:
-        problems.append(f"{len(wrong)} shape mismatches (first: {'; '.join(wrong[:3])})")
+    problems = _fit_problems(mapped, target, unexpected, "encoder")
     if problems:
         raise WeightsError(
             f"{source} ({kind} keys) does not fit a VGG16-BN encoder of width {encoder.width}: "
@@ -160,6 +150,26 @@ def map_to_encoder(encoder: VGG16BNEncoder, state: Mapping[str, torch.Tensor], s
             + ". ImageNet-style files need width 1.0; our own files need the width they were saved with."
         )
     return {k: mapped[k] for k in target}
+
+
+def _fit_problems(mapped: dict[str, torch.Tensor], target: Mapping[str, torch.Tensor], unexpected: list[str], what: str) -> list[str]:
+    """What keeps `mapped` from loading into a module whose state_dict is `target`: missing,
+    unexpected (as given) and wrongly shaped tensors, in words ([] = it fits). A missing
+    ``num_batches_tracked`` is filled into `mapped` with 0 first: older torchvision files predate it.
+    """
+    for key, value in target.items():
+        if key.endswith("num_batches_tracked") and key not in mapped:
+            mapped[key] = torch.zeros_like(value)
+    missing = [k for k in target if k not in mapped]
+    wrong = [f"{k}: file {tuple(mapped[k].shape)} vs {what} {tuple(v.shape)}" for k, v in target.items() if k in mapped and mapped[k].shape != v.shape]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} {what} tensors missing (first: {', '.join(missing[:3])})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected tensors (first: {', '.join(unexpected[:3])})")
+    if wrong:
+        problems.append(f"{len(wrong)} shape mismatches (first: {'; '.join(wrong[:3])})")
+    return problems
 
 
 # ---- any torchvision network (the baselines) -------------------------------------------------
@@ -238,9 +248,7 @@ def load_torchvision_weights(
 
 
 def _load_into(module: torch.nn.Module, path: Path, prefix: str, skip: tuple[str, ...], remap, arch: str) -> None:
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsError(f"{path} does not hold a state_dict (a mapping of names to tensors)")
+    state = read_state_dict(path)
     target = module.state_dict()
     if any(k.startswith(ENCODER_PREFIX) for k in state):  # a cmtlib model's whole state_dict
         kind, mapped = "cmtlib model (encoder.*)", {k[len(ENCODER_PREFIX):]: v for k, v in state.items() if k.startswith(ENCODER_PREFIX)}
@@ -250,19 +258,7 @@ def _load_into(module: torch.nn.Module, path: Path, prefix: str, skip: tuple[str
         kind = f"torchvision {arch}"
         state = remap(dict(state)) if remap is not None else state
         mapped = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and not k.startswith(skip)}
-    for key, value in target.items():
-        if key.endswith("num_batches_tracked") and key not in mapped:
-            mapped[key] = torch.zeros_like(value)  # older torchvision files predate this buffer
-    missing = [k for k in target if k not in mapped]
-    unexpected = [k for k in mapped if k not in target]
-    wrong = [f"{k}: file {tuple(mapped[k].shape)} vs model {tuple(v.shape)}" for k, v in target.items() if k in mapped and mapped[k].shape != v.shape]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} tensors missing (first: {', '.join(missing[:3])})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected tensors (first: {', '.join(unexpected[:3])})")
-    if wrong:
-        problems.append(f"{len(wrong)} shape mismatches (first: {'; '.join(wrong[:3])})")
+    problems = _fit_problems(mapped, target, [k for k in mapped if k not in target], "model")
     if problems:
         raise WeightsError(f"{path} ({kind} keys) does not fit this {arch}: " + "; ".join(problems)
                            + ". ImageNet files need width 1.0; our own files need the width they were saved with.")
