@@ -6,7 +6,6 @@ Images are titled by image_id only, never by file path or file name.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 
@@ -14,19 +13,11 @@ import numpy as np
 import pandas as pd
 
 from cmtlib.explain.review import confusion_matrices, group_confusion_table, known_covid
-from cmtlib.report.figures import OKABE_ITO, fit_title, new_figure, style
+from cmtlib.report.figures import OKABE_ITO, fit_title, new_figure, styled
 
 LABEL_COLOURS = {"COVID-19": OKABE_ITO["vermillion"], "non-COVID": OKABE_ITO["blue"], "healthy": OKABE_ITO["green"],
                  "other disease": OKABE_ITO["blue"], "(unknown)": OKABE_ITO["grey"]}
 LUNG, DISEASE = OKABE_ITO["sky"], OKABE_ITO["vermillion"]
-
-
-def _styled(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        with style(kwargs.get("dpi", 110)):
-            return fn(*args, **kwargs)
-    return wrapper
 
 
 def _image(ax, img) -> None:
@@ -37,7 +28,7 @@ def _image(ax, img) -> None:
 
 # ---- page 3: evaluation ----------------------------------------------------------------------
 
-@_styled
+@styled
 def roc_figure(y, scores, threshold: float | None = None, name: str = "model", others: dict | None = None, dpi: int = 110):
     """ROC (left) and the same with a log false-positive axis (right, where 99 % specificity lives),
     the operating point at ``threshold`` marked with its sensitivity and specificity.
@@ -72,7 +63,7 @@ def roc_figure(y, scores, threshold: float | None = None, name: str = "model", o
     return fig
 
 
-@_styled
+@styled
 def confusion_figure(matrices: dict, labels=("negative", "positive"), ncols: int = 4, dpi: int = 110):
     """One 2 x 2 count table per entry ([[tn, fp], [fn, tp]]: rows truth, columns prediction).
 
@@ -135,7 +126,7 @@ def group_table(metrics: dict, by: str = "view", keys=GROUP_KEYS, formatted: boo
     return pd.DataFrame(rows)
 
 
-@_styled
+@styled
 def reliability_figure(curve, ece: float, dpi: int = 110):
     """Reliability diagram (mean predicted vs observed COVID-19 rate per bin) above the bin counts.
 
@@ -188,7 +179,7 @@ def evaluation_figures(predictions: pd.DataFrame, metrics: dict, threshold: floa
 
 # ---- page 4: embeddings ----------------------------------------------------------------------
 
-@_styled
+@styled
 def embedding_figure(frame: pd.DataFrame, dpi: int = 110):
     """The paper's Fig. 10: t-SNE (and UMAP when present) coloured by true and by predicted label.
 
@@ -223,7 +214,7 @@ def _outline(ax, mask, colour, ls="-", lw=1.4) -> None:
         ax.contour(np.asarray(mask, dtype=float), levels=[0.5], colors=[colour], linestyles=[ls], linewidths=lw)
 
 
-@_styled
+@styled
 def overlay_figure(cases, dpi: int = 110):
     """Page 5: rows = class, columns = best / median / worst; true masks solid (disease shaded),
     predictions (p >= 0.5) dashed. Titles: image_id, rank and Dice.
@@ -265,7 +256,7 @@ def _one(colour):
 
 # ---- page 6: review --------------------------------------------------------------------------
 
-@_styled
+@styled
 def error_rate_figure(tables: dict, dpi: int = 110):
     """Bars of error rate per group, one panel per table, each bar labelled errors/n.
 
@@ -286,7 +277,7 @@ def error_rate_figure(tables: dict, dpi: int = 110):
     return fig
 
 
-@_styled
+@styled
 def cases_figure(images, titles: Sequence[str], ncols: int = 4, dpi: int = 110):
     """A grid of films (the paper's Fig. 9), titled by image_id and metadata (review.case_titles).
 
@@ -306,7 +297,7 @@ def cases_figure(images, titles: Sequence[str], ncols: int = 4, dpi: int = 110):
 
 # ---- page 7: CAMs ----------------------------------------------------------------------------
 
-@_styled
+@styled
 def cam_figure(images, maps: dict, lung=None, disease=None, titles: Sequence[str] = (), alpha: float = 0.45, dpi: int = 110):
     """Rows of images; a column per map (CAM methods, the model's disease map) over the image, and
     a last ground-truth column (disease shaded, lung outlined). Maps are drawn as given on a 0-1
@@ -337,7 +328,7 @@ def cam_figure(images, maps: dict, lung=None, disease=None, titles: Sequence[str
     return fig
 
 
-@_styled
+@styled
 def agreement_figure(summary: pd.DataFrame, dpi: int = 110):
     """Mean ± sd of each agreement measure by method (``cam.agreement_summary`` numeric output)."""
     from cmtlib.explain.cam import MEASURES
@@ -356,7 +347,7 @@ def agreement_figure(summary: pd.DataFrame, dpi: int = 110):
 
 # ---- page 8: shortcut audit ------------------------------------------------------------------
 
-@_styled
+@styled
 def shortcut_figure(audit, dpi: int = 110):
     """Left: COVID-19 AUCs (model, blanked, thumbnail floors) against chance; right: probe accuracy
     beside the majority-class rate.

@@ -49,7 +49,7 @@ def style(dpi: int = 110) -> Iterator[None]:
         yield
 
 
-def _styled(fn):
+def styled(fn):
     """Run a figure function inside `style(dpi)` so every title, tick and line gets the style."""
 
     @functools.wraps(fn)
@@ -68,7 +68,7 @@ def new_figure(nrows: int = 1, ncols: int = 1, width: float = 4.0, height: float
     return fig, fig.subplots(nrows, ncols, squeeze=False, **kw)
 
 
-@_styled
+@styled
 def counts_figure(df: pd.DataFrame, columns: Sequence[str] = ("source", "view", "class"), dpi: int = 110):
     """One horizontal bar chart per column (e.g. source, view, class), bars stacked by split.
 
@@ -96,7 +96,7 @@ def _max_levels(df: pd.DataFrame, columns: Sequence[str]) -> int:
     return max((counts_table(df, c).shape[0] - 1 for c in columns), default=1)
 
 
-@_styled
+@styled
 def bar_figure(counts: pd.Series, title: str, xlabel: str = "images", dpi: int = 110):
     """A horizontal bar chart of one count per label (e.g. images per licence)."""
     fig, axes = new_figure(1, 1, width=6.0, height=max(2.0, 0.35 * len(counts) + 1.0), dpi=dpi)
@@ -120,7 +120,7 @@ def fit_title(text: str, width: int = 26) -> str:
     return "\n".join(fit(line) for line in str(text).split("\n"))
 
 
-@_styled
+@styled
 def sample_grid(images: np.ndarray, lung: np.ndarray | None = None, disease: np.ndarray | None = None,
                 titles: Sequence[str] = (), ncols: int = 4, dpi: int = 110):
     """Chest X-rays with the lung outline (sky blue) and disease region (vermillion, shaded).
@@ -213,7 +213,7 @@ def _epochs(history: pd.DataFrame) -> np.ndarray:
     return history["epoch"].to_numpy() if "epoch" in history.columns else np.arange(1, len(history) + 1)
 
 
-@_styled
+@styled
 def curves_figure(history: pd.DataFrame, kind: str = "loss", ncols: int = 3, dpi: int = 110):
     """One small chart per loss term (kind='loss', train and validation lines) or per validation
     metric (kind='metric'), against the epoch. Returns None when history has no such columns."""
