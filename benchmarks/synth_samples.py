@@ -10,12 +10,14 @@ that film publishes the mask in the manifest, and a caption: finding, view, sour
 from __future__ import annotations
 
 import argparse
+import io
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from PIL import Image
 
 from cmtlib.data.synth.cohort import Case, make_cohort
 from cmtlib.data.synth.render import render
@@ -57,7 +59,7 @@ def main(argv: list[str] | None = None) -> Path:
     a = parser.parse_args(argv)
 
     cases = pick_cases(make_cohort(a.n, a.seed))
-    fig, axes = plt.subplots(3, 4, figsize=(12, 10.2), dpi=110)
+    fig, axes = plt.subplots(3, 4, figsize=(12, 10.2), dpi=90)
     for ax, case in zip(axes.flat, cases, strict=True):
         film = render(case, a.size, a.seed)
         ax.imshow(film.image, cmap="gray", vmin=0, vmax=255, interpolation="bilinear")
@@ -70,9 +72,13 @@ def main(argv: list[str] | None = None) -> Path:
     fig.suptitle("cmtlib synthetic chest films (cyan: lung mask; red: disease mask outline)", fontsize=11)
     fig.tight_layout()
     out = Path(a.out)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
     plt.close(fig)
+    # 256 colours hold the grey films and the two outline colours: a third of the RGBA file's size.
+    picture = Image.open(buf).convert("RGB").quantize(256, dither=Image.Dither.NONE)
+    with atomic_path(out) as tmp:
+        picture.save(tmp, format="PNG", optimize=True)
     print(f"wrote {out}")
     return out
 
