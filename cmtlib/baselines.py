@@ -31,6 +31,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cmtlib.errors import MissingInputError, UnknownNameError
+
 log = logging.getLogger("cmtlib.baselines")
 
 KERNEL_NOTE = (
@@ -101,7 +103,7 @@ def run_embeddings(run_dir: str | os.PathLike, splits: Iterable[str] = ("train",
         info = json.loads((run_dir / "run.json").read_text(encoding="utf-8")) if (run_dir / "run.json").is_file() else {}
         cache_dir = info.get("data_cache") or ""
         if not cache_dir or not (Path(cache_dir) / "meta.json").is_file():
-            raise FileNotFoundError(f"{run_dir}: its data cache ({cache_dir or 'not in run.json'}) is not here; pass cache_dir")
+            raise MissingInputError(f"{run_dir}: its data cache ({cache_dir or 'not in run.json'}) is not here; pass cache_dir")
     model, _ = load_model(run_dir, which, device)
     return {s: EmbeddingSplit(*extract_embeddings(model, cache_dir, s, device, batch_size)) for s in splits}
 
@@ -135,7 +137,7 @@ def _labels(index: pd.DataFrame, label: str) -> np.ndarray:
 def make_estimator(kind: str, params: Mapping[str, Any], seed: int = 0):
     """A scikit-learn estimator for ``kind`` (a key of EMBEDDING_CLASSIFIERS) with ``params``."""
     if kind not in EMBEDDING_CLASSIFIERS:
-        raise KeyError(f"unknown embedding classifier {kind!r}; valid: {', '.join(EMBEDDING_CLASSIFIERS)}")
+        raise UnknownNameError(f"unknown embedding classifier {kind!r}; valid: {', '.join(EMBEDDING_CLASSIFIERS)}")
     if kind == "random_forest":
         from sklearn.ensemble import RandomForestClassifier
 
@@ -291,7 +293,7 @@ def comparison_table(runs: Mapping[str, str | os.PathLike]) -> pd.DataFrame:
     for name, folder in runs.items():
         folder = Path(folder)
         if not (folder / "metrics.json").is_file():
-            raise FileNotFoundError(f"{folder}: no metrics.json; evaluate the run first (cmt evaluate {folder})")
+            raise MissingInputError(f"{folder}: no metrics.json; evaluate the run first (cmt evaluate {folder})")
         metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
         info = json.loads((folder / "run.json").read_text(encoding="utf-8")) if (folder / "run.json").is_file() else {}
         config = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8")) if (folder / "config.yaml").is_file() else {}

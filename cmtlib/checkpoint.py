@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cmtlib.errors import CmtError, MissingInputError
 from cmtlib.fileio import atomic_path
 
 FORMAT = "cmtlib-checkpoint"
@@ -35,7 +36,7 @@ CLASS_NAMES = {"healthy": ["unhealthy", "healthy"], "multilabel": ["COVID", "oth
 CHECKPOINT_DIR = "checkpoints"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(CmtError, ValueError):
     """A checkpoint that is missing or cannot be used; the message says what to do."""
 
 
@@ -147,8 +148,8 @@ def checkpoint_path(run_or_ckpt: str | os.PathLike, which: str = "best") -> Path
     path = p / CHECKPOINT_DIR / f"{which}.pt"
     if not path.is_file():
         if not p.exists():
-            raise FileNotFoundError(f"run folder not found: {p}; train one with `cmt train --params YAML`")
-        raise FileNotFoundError(f"{path} not found; is {p} a run folder whose training finished at least one epoch?")
+            raise MissingInputError(f"run folder not found: {p}; train one with `cmt train --params YAML`")
+        raise MissingInputError(f"{path} not found; is {p} a run folder whose training finished at least one epoch?")
     return path
 
 

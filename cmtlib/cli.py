@@ -116,6 +116,7 @@ def _pixels(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cmt", description="CMTNet: explainable multi-task COVID-19 chest X-ray screening (research use only).")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error the command explains in one line")
     sub = parser.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="build, check, split and cache image manifests").add_subparsers(dest="data_command", required=True)
@@ -196,33 +197,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Errors a user can fix: print the message, not a traceback.
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from cmtlib.checkpoint import CheckpointError
-    from cmtlib.data.cache import CacheError
-    from cmtlib.data.io import ImageReadError
-    from cmtlib.data.manifest import ManifestError
-    from cmtlib.evaluate import EvaluateError
-    from cmtlib.models.weights import WeightsError
-    from cmtlib.params import ParamsError
-    from cmtlib.report.chain import ReportError
-    from cmtlib.report.kernel import KernelError
-    from cmtlib.report.session import RunMismatchError
-
-    return (ManifestError, ParamsError, CacheError, ImageReadError, CheckpointError, EvaluateError, WeightsError, ReportError,
-            KernelError, RunMismatchError, FileNotFoundError, FileExistsError, KeyError)
-
-
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. A CmtError (bad input, a missing file, a setting to change) is printed in
+    one line with exit status 2, or with its traceback under --debug; any other exception is a
+    bug and propagates with its traceback."""
+    from cmtlib.errors import CmtError  # light: no torch, so `cmt --help` stays fast
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except BrokenPipeError:  # `cmt ... | head` closed the pipe: not an error of the command
         sys.stderr.close()
         return 0
-    except _user_errors() as err:
-        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"cmt: error: {msg}", file=sys.stderr)
+    except CmtError as err:
+        if args.debug:
+            raise
+        print(f"cmt: error: {err}", file=sys.stderr)
         return 2
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cmtlib.errors import ConfigError
 from cmtlib.runtime import DistInfo, autocast, autocast_dtype, mix_seed
 from cmtlib.train_config import BEST_BY, LR_SCHEDULES, TrainConfig
 
@@ -33,11 +34,11 @@ log = logging.getLogger("cmtlib.train")
 
 def _check(cfg: TrainConfig) -> None:
     if cfg.best_by not in BEST_BY:
-        raise ValueError(f"best_by must be one of {', '.join(BEST_BY)}, got {cfg.best_by!r}")
+        raise ConfigError(f"best_by must be one of {', '.join(BEST_BY)}, got {cfg.best_by!r}")
     if cfg.lr_schedule not in LR_SCHEDULES:
-        raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {cfg.lr_schedule!r}")
+        raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {cfg.lr_schedule!r}")
     if cfg.epochs < 1 or cfg.lr <= 0 or cfg.log_every < 1:
-        raise ValueError(f"need epochs >= 1, lr > 0 and log_every >= 1; got {cfg.epochs}, {cfg.lr}, {cfg.log_every}")
+        raise ConfigError(f"need epochs >= 1, lr > 0 and log_every >= 1; got {cfg.epochs}, {cfg.lr}, {cfg.log_every}")
 
 
 def _improved(value: float, best: float | None, mode: str) -> bool:
@@ -98,7 +99,7 @@ def validate(model: nn.Module, loss_fn: Callable, batches: Iterable[Mapping[str,
                 use = batch[f"has_{task}"] & (gt.flatten(1).sum(1) > 0)
                 dice[task] += torch.stack([(2 * inter / size.clamp_min(1))[use].sum(), use.sum().float()])
     if n_images == 0:
-        raise ValueError("the validation split is empty; the run needs rows with split=val")
+        raise ConfigError("the validation split is empty; the run needs rows with split=val")
     out = {"val_loss": float(total.item() / n_images)}
     for key, s, c in zip(keys or [], (sums / counts.clamp_min(1)).tolist(), counts.tolist()):
         out[f"val_{key}"] = s if c > 0 else math.nan
@@ -199,7 +200,7 @@ def fit(
             bar.update(1)
         bar.close()
         if acc is None:
-            raise ValueError("the training epoch had no batches; lower batch_size or add training images")
+            raise ConfigError("the training epoch had no batches; lower batch_size or add training images")
         if dist.enabled:
             import torch.distributed as tdist
 
@@ -307,10 +308,10 @@ def train(params, resume: bool = False, overwrite: bool = False) -> Path:
             cache_dir = prepare_data(params)
             cache = open_cache_folder(cache_dir)
             if cache.size != params.data.image_size:
-                raise ValueError(f"cache {cache_dir} is {cache.size} px but image_size is {params.data.image_size}")
+                raise ConfigError(f"cache {cache_dir} is {cache.size} px but image_size is {params.data.image_size}")
             train_data, val_data = load_split(cache, "train", device), load_split(cache, "val", device)
             if len(val_data) == 0:
-                raise ValueError(f"cache {cache_dir} has no rows with split=val; the best checkpoint and the COVID threshold need a validation split")
+                raise ConfigError(f"cache {cache_dir} has no rows with split=val; the best checkpoint and the COVID threshold need a validation split")
             torch.manual_seed(cfg.seed)
             model = build_model(params.model)
             loss_fn = loss_for(model, cfg)  # the model's own loss when it has one (Mask R-CNN), else MultiTaskLoss

@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cmtlib.errors import CmtError, MissingInputError
 from cmtlib.checkpoint import load_model
 from cmtlib.data.loader import EvalBatches, SplitData, load_split, open_cache_folder
 from cmtlib.fileio import atomic_path, write_json
@@ -48,7 +49,7 @@ SPECIFICITY = 0.99
 SPLIT_CHOICES = ("train", "val", "test", "all")
 
 
-class EvaluateError(ValueError):
+class EvaluateError(CmtError, ValueError):
     """An evaluation the inputs cannot give (no rows in the split, a cache at another size); the
     message says what to pass instead."""
 
@@ -222,11 +223,11 @@ def evaluate_run(
         val_df = None
         log.info("the run's cache is not here; using the stored threshold %s", threshold)
     else:
-        raise FileNotFoundError(f"{run_dir}: the run's data cache (run.json data_cache) is not on this machine and there is no threshold.json; evaluate where the cache is, or copy it")
+        raise MissingInputError(f"{run_dir}: the run's data cache (run.json data_cache) is not on this machine and there is no threshold.json; evaluate where the cache is, or copy it")
 
     cache_dir = _manifest_cache(run_dir, Path(manifest).resolve(), size, own) if manifest else own
     if cache_dir is None:
-        raise FileNotFoundError(f"{run_dir}: the run's data cache is not on this machine; pass --manifest to evaluate another manifest")
+        raise MissingInputError(f"{run_dir}: the run's data cache is not on this machine; pass --manifest to evaluate another manifest")
     cache = open_cache_folder(cache_dir)
     if cache.size != size:
         raise EvaluateError(f"cache {cache_dir} is {cache.size} px but the model was trained at {size} px; evaluate a cache at {size} px")

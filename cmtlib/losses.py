@@ -19,6 +19,8 @@ from typing import Mapping
 import torch
 import torch.nn.functional as F
 
+from cmtlib.errors import ConfigError
+
 TERMS: tuple[str, ...] = ("lung", "disease", "healthy", "covid", "other")
 # Which model output each term reads (covid and other are the two columns of multilabel).
 OUTPUT_OF: dict[str, str] = {"lung": "lung", "disease": "disease", "healthy": "healthy", "covid": "multilabel", "other": "multilabel"}
@@ -64,7 +66,7 @@ class MultiTaskLoss:
         for term in TERMS:
             w = getattr(self, f"w_{term}")
             if not (isinstance(w, (int, float)) and w >= 0):
-                raise ValueError(f"loss weight w_{term} must be a number >= 0, got {w!r}")
+                raise ConfigError(f"loss weight w_{term} must be a number >= 0, got {w!r}")
 
     @classmethod
     def from_config(cls, cfg) -> "MultiTaskLoss":

@@ -17,6 +17,7 @@ from typing import Any, Iterable
 
 import yaml
 
+from cmtlib.errors import CmtError
 from cmtlib.data.config import DataConfig
 from cmtlib.train_config import TrainConfig
 from cmtlib.models.config import ModelConfig
@@ -35,7 +36,7 @@ BASE_KEY = "base"
 PATH_KEYS = frozenset({"data_root", "cache_dir", "run_dir", "reports_dir"})
 
 
-class ParamsError(ValueError):
+class ParamsError(CmtError, ValueError):
     """A params file or override that cannot be used; the message says what to change."""
 
 

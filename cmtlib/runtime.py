@@ -17,6 +17,8 @@ from typing import Any, Iterator
 
 import torch
 
+from cmtlib.errors import ConfigError, MissingInputError, RunFolderError
+
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
@@ -28,11 +30,11 @@ def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise RuntimeError(f"device={name} asked for, but torch sees no CUDA device; use device=cpu or device=auto")
+            raise ConfigError(f"device={name} asked for, but torch sees no CUDA device; use device=cpu or device=auto")
         if name == "cuda":
             name = f"cuda:{local_rank}"
     elif name != "cpu":
-        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
     return torch.device(name)
 
 
@@ -41,11 +43,11 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     autocast is slow on most CPUs and would make CPU runs differ from the reference)."""
     precision = (precision or "auto").lower()
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
         return None
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise RuntimeError(f"precision={precision} needs bf16, which {torch.cuda.get_device_name(device)} lacks; use precision=fp32")
+        raise ConfigError(f"precision={precision} needs bf16, which {torch.cuda.get_device_name(device)} lacks; use precision=fp32")
     return torch.bfloat16
 
 
@@ -92,7 +94,7 @@ def seed_everything(seed: int) -> None:
 def set_threads(n: int) -> None:
     """CPU threads for torch; 0 keeps torch's default (all cores)."""
     if n < 0:
-        raise ValueError(f"threads must be >= 0 (0 = torch's default), got {n}")
+        raise ConfigError(f"threads must be >= 0 (0 = torch's default), got {n}")
     if n:
         torch.set_num_threads(int(n))
 
@@ -185,16 +187,16 @@ def claim_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     import shutil
 
     if resume and overwrite:
-        raise ValueError("--resume continues a run and --overwrite replaces it; give one of them")
+        raise ConfigError("--resume continues a run and --overwrite replaces it; give one of them")
     if resume:
         if not (run_dir / "config.yaml").is_file():
-            raise FileNotFoundError(f"nothing to resume: {run_dir} holds no run (no config.yaml); start the run without --resume")
+            raise MissingInputError(f"nothing to resume: {run_dir} holds no run (no config.yaml); start the run without --resume")
         return
     if run_dir.exists() and any(run_dir.iterdir()):
         if not overwrite:
-            raise FileExistsError(f"run folder {run_dir} already exists; use --resume to continue it or --overwrite to replace it")
+            raise RunFolderError(f"run folder {run_dir} already exists; use --resume to continue it or --overwrite to replace it")
         if not any((run_dir / name).exists() for name in ("config.yaml", "run.json", "checkpoints")):
-            raise FileExistsError(f"{run_dir} is not a cmtlib run folder (no config.yaml, run.json or checkpoints/); remove or rename it yourself")
+            raise RunFolderError(f"{run_dir} is not a cmtlib run folder (no config.yaml, run.json or checkpoints/); remove or rename it yourself")
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -206,7 +208,7 @@ def check_resume_config(run_dir: Path, flat: dict[str, Any]) -> None:
     changed = sorted(k for k in set(stored) | set(flat) if stored.get(k) != flat.get(k) and k not in RESUMABLE_CHANGES)
     if changed:
         diffs = "; ".join(f"{k}: {stored.get(k)!r} -> {flat.get(k)!r}" for k in changed[:8])
-        raise ValueError(f"cannot resume {run_dir} with different parameters ({diffs}); resume with the run's own config.yaml or start a new run")
+        raise ConfigError(f"cannot resume {run_dir} with different parameters ({diffs}); resume with the run's own config.yaml or start a new run")
 
 
 class RunLogging:

@@ -20,6 +20,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from cmtlib.errors import ConfigError
+
 # The paper states shifts in pixels at 224 x 224; shifts are scaled to the training size.
 PAPER_SIZE = 224
 
@@ -35,7 +37,7 @@ def draw_affine(n: int, rotate_deg: float, translate_px: float, generator: torch
     at S px, i.e. 2 * translate_px / 224 in normalised units.
     """
     if rotate_deg < 0 or translate_px < 0:
-        raise ValueError(f"rotate_deg and translate_px must be >= 0, got {rotate_deg}, {translate_px}")
+        raise ConfigError(f"rotate_deg and translate_px must be >= 0, got {rotate_deg}, {translate_px}")
     u = torch.rand(n, 3, generator=generator, device=generator.device) * 2 - 1  # uniform in [-1, 1)
     scale = torch.tensor([rotate_deg, 2 * translate_px / PAPER_SIZE, 2 * translate_px / PAPER_SIZE], device=u.device)
     return u * scale

@@ -29,6 +29,7 @@ import pandas as pd
 from PIL import Image
 
 import cmtlib
+from cmtlib.errors import CmtError, ConfigError, MissingInputError
 from cmtlib.data.io import MIN_SIDE, ImageReadError, decode_image, read_bytes, read_mask
 from cmtlib.data.manifest import (
     ManifestError, manifest_hash, parse_boxes, read_manifest, read_quarantine, resolve_path, write_manifest, write_quarantine,
@@ -44,7 +45,7 @@ CACHE_COLUMNS = ("cache_row", "content_hash", "orig_height", "orig_width", "has_
 MASK_COLUMNS = ("lung_mask", "disease_mask", "lung_boxes", "disease_boxes")
 
 
-class CacheError(ValueError):
+class CacheError(CmtError, ValueError):
     """A cache folder that cannot be used as it is; the message says how to rebuild it."""
 
 
@@ -105,7 +106,7 @@ def build_cache(manifest: Path, size: int, out: Path, workers: int = 0) -> Cache
         ValueError: size below the smallest readable image side.
     """
     if not isinstance(size, int) or size < MIN_SIDE:
-        raise ValueError(f"cache size must be an integer of at least {MIN_SIDE} px, got {size!r}")
+        raise ConfigError(f"cache size must be an integer of at least {MIN_SIDE} px, got {size!r}")
     manifest, out = Path(manifest), Path(out)
     df = _checked_manifest(manifest)
     start = time.perf_counter()
@@ -181,7 +182,7 @@ def open_cache(directory: str | os.PathLike) -> tuple[pd.DataFrame, np.ndarray, 
     directory = Path(directory)
     for name in ("meta.json", "index.csv", *(f"{a}.npy" for a in ARRAYS)):
         if not (directory / name).is_file():
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"{directory} is not a complete cache: {name} is missing; "
                 f"build it with `cmt data cache MANIFEST --size S --out {directory}`"
             )

@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from cmtlib.errors import CmtError
+
 # A chest X-ray is never this small; a 1 x 1 file is a placeholder or a failed export.
 MIN_SIDE = 16
 # Below Pillow's own limit (about 89 M pixels), so an image we pass on never trips its warning;
@@ -45,7 +47,7 @@ _PIL_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBo
 _OTHER_SIGNATURES = {b"GIF8": "GIF", b"BM": "BMP", b"II*\x00": "TIFF", b"MM\x00*": "TIFF", b"RIFF": "WebP", b"%PDF": "PDF"}
 
 
-class ImageReadError(ValueError):
+class ImageReadError(CmtError, ValueError):
     """An image or mask that cannot be used; the message says why and how to fix it."""
 
 

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cmtlib.errors import ConfigError
 from cmtlib.data.augment import apply_affine, draw_affine
 from cmtlib.data.cache import CacheError, open_cache
 from cmtlib.runtime import DistInfo, generator
@@ -170,9 +171,9 @@ class TrainBatches:
         channels_last: bool = False,
     ):
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         if covid_oversample < 1:
-            raise ValueError(f"covid_oversample must be >= 1 (1 = no oversampling, 6 = the paper), got {covid_oversample}")
+            raise ConfigError(f"covid_oversample must be >= 1 (1 = no oversampling, 6 = the paper), got {covid_oversample}")
         if len(data) == 0:
             raise CacheError("the training split is empty; split the manifest (cmt data split) so that some rows have split=train")
         self.data, self.batch_size, self.seed, self.dist = data, int(batch_size), int(seed), dist
@@ -185,7 +186,7 @@ class TrainBatches:
         self.epoch_size = len(data) + (whole - 1) * len(self.covid_positions) + self.n_extra
         self.global_batch = self.batch_size * dist.world_size
         if self.epoch_size < self.global_batch:
-            raise ValueError(f"an epoch has {self.epoch_size} draws, fewer than one batch of {self.global_batch}; lower batch_size")
+            raise ConfigError(f"an epoch has {self.epoch_size} draws, fewer than one batch of {self.global_batch}; lower batch_size")
 
     def __len__(self) -> int:
         """Steps per epoch (drop_last)."""
@@ -222,7 +223,7 @@ class EvalBatches:
 
     def __init__(self, data: SplitData, batch_size: int, channels_last: bool = False):
         if batch_size < 1:
-            raise ValueError(f"eval_batch_size must be >= 1, got {batch_size}")
+            raise ConfigError(f"eval_batch_size must be >= 1, got {batch_size}")
         self.data, self.batch_size, self.channels_last = data, int(batch_size), channels_last
 
     def __len__(self) -> int:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cmtlib.errors import CmtError, MissingInputError
 from cmtlib.fileio import atomic_path
 
 COLUMNS: tuple[str, ...] = (
@@ -34,7 +35,7 @@ PATH_COLUMNS: tuple[str, ...] = ("path", "lung_mask", "disease_mask", "lung_poly
 QUARANTINE_COLUMNS: tuple[str, ...] = ("image_id", "path", "reason")
 
 
-class ManifestError(ValueError):
+class ManifestError(CmtError, ValueError):
     """A manifest that breaks the contract; the message names the rows and how to fix them."""
 
 
@@ -46,7 +47,7 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
     """Read a manifest with every cell as a string ('' = unknown)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"manifest not found: {path}")
+        raise MissingInputError(f"manifest not found: {path}")
     return pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
 
 

@@ -30,6 +30,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
+from cmtlib.errors import ConfigError
 from cmtlib.data.manifest import manifest_hash, read_manifest, resolve_path, write_manifest
 from cmtlib.fileio import write_json
 
@@ -82,9 +83,9 @@ def prepare_data(params) -> Path:
     if data.cache_dir:
         return _given_cache(Path(data.cache_dir), data.image_size)
     if data.data_kind != "synthetic" and data.data_kind != "manifest" and data.data_kind not in IMPORT_KINDS:
-        raise ValueError(f"data_kind must be synthetic, manifest or one of {', '.join(IMPORT_KINDS)}; got {data.data_kind!r}")
+        raise ConfigError(f"data_kind must be synthetic, manifest or one of {', '.join(IMPORT_KINDS)}; got {data.data_kind!r}")
     if data.data_kind != "synthetic" and not data.data_root:
-        raise ValueError(f"data_kind={data.data_kind} needs data_root (a manifest or a collection folder)")
+        raise ConfigError(f"data_kind={data.data_kind} needs data_root (a manifest or a collection folder)")
     folder = data_folder(data)
     with _locked(folder):
         source = _source_manifest(data, folder)

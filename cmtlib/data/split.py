@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cmtlib.errors import ConfigError
 from cmtlib.data.manifest import DUPLICATE_GROUP, absolute_paths, ManifestError, check_manifest, read_manifest, resolve_path, write_manifest
 
 __all__ = ["SplitReport", "split_manifest", "evidence_path", "image_class"]
@@ -107,7 +108,7 @@ def split_manifest(manifest: Path, out: Path, val: float = 0.15, test: float = 0
             contract (other than an old split, which is replaced).
     """
     if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
-        raise ValueError(f"val={val} and test={test} must be fractions in [0, 1) that sum to less than 1 (train gets the rest)")
+        raise ConfigError(f"val={val} and test={test} must be fractions in [0, 1) that sum to less than 1 (train gets the rest)")
     manifest, out = Path(manifest), Path(out)
     df = read_manifest(manifest)
     if df.empty:

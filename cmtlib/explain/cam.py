@@ -33,6 +33,8 @@ import pandas as pd
 import torch
 from torch import nn
 
+from cmtlib.errors import UnknownNameError
+
 # Method name -> pytorch_grad_cam class name (imported lazily: a bare GPU machine lacks grad-cam).
 CAM_METHODS = {
     "gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "eigencam": "EigenCAM", "layercam": "LayerCAM",
@@ -159,7 +161,7 @@ def compute_cams(model: nn.Module, images, methods: Sequence[str] = DEFAULT_METH
 
     unknown = [m for m in methods if m not in CAM_METHODS]
     if unknown:
-        raise KeyError(f"unknown CAM method(s) {unknown}; valid: {', '.join(CAM_METHODS)}")
+        raise UnknownNameError(f"unknown CAM method(s) {unknown}; valid: {', '.join(CAM_METHODS)}")
     wrapper = HeadLogits(model, head)
     device = next(model.parameters()).device
     x = as_batch(images, device)

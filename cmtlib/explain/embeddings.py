@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cmtlib.errors import MissingInputError
+
 UNKNOWN = "(unknown)"
 
 
@@ -104,7 +106,7 @@ def load_run_embeddings(run_dir: str | os.PathLike, split: str | None = None) ->
     run = Path(run_dir)
     for name in ("embeddings.npy", "predictions.csv"):
         if not (run / name).is_file():
-            raise FileNotFoundError(f"{run / name} is missing; run `cmt evaluate {run}` first (a model without an "
+            raise MissingInputError(f"{run / name} is missing; run `cmt evaluate {run}` first (a model without an "
                                     "`embedding` output writes no embeddings.npy)")
     emb = np.load(run / "embeddings.npy")
     pred = pd.read_csv(run / "predictions.csv", dtype={"image_id": str, "source": str, "view": str}, keep_default_na=False,

@@ -8,6 +8,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 import pandas as pd
 
+from cmtlib.errors import UnknownNameError
 from cmtlib.metrics._kernels import _binary, _ranked, _scores, _w_auc, _w_ece, _w_eer, _w_mean
 from cmtlib.metrics.masks import _probabilities
 
@@ -90,7 +91,7 @@ def bootstrap_ci(statistic, arrays, groups, n_boot: int = 1000, seed: int = 0, a
         raise ValueError(f"groups has {codes.size} ids; expected {n}, one per image")
     if isinstance(statistic, str):
         if statistic not in WEIGHTED_STATISTICS:
-            raise KeyError(f"unknown statistic {statistic!r}; valid: {sorted(WEIGHTED_STATISTICS)} or a callable")
+            raise UnknownNameError(f"unknown statistic {statistic!r}; valid: {sorted(WEIGHTED_STATISTICS)} or a callable")
         fn = WEIGHTED_STATISTICS[statistic](*arrays)
         with np.errstate(all="ignore"):
             estimate = float(fn(np.ones((1, n)))[0])

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from torch import nn
 
+from cmtlib.errors import UnknownNameError
 from cmtlib.models.classifiers import VGG19, DenseNet121, MobileNetV2, ResNet18
 from cmtlib.models.cmtnet import CMTNet
 from cmtlib.models.config import ModelConfig
@@ -42,7 +43,7 @@ def create_model(name: str, **cfg: Any) -> nn.Module:
         KeyError: ``name`` is not registered; the message lists the valid names.
     """
     if name not in MODELS:
-        raise KeyError(f"unknown model {name!r}; registered models: {', '.join(sorted(MODELS))}")
+        raise UnknownNameError(f"unknown model {name!r}; registered models: {', '.join(sorted(MODELS))}")
     return MODELS[name](**cfg)
 
 

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cmtlib.errors import MissingInputError
 from cmtlib.models.base import ContractModel
 from cmtlib.models.encoder import EncoderOutput, ImageNetPreprocess
 from cmtlib.models.segnet_single import segmentation_tasks
@@ -84,7 +85,7 @@ class UNet(ContractModel):
             return "random init (UNet has no ImageNet weights)"
         path = Path(spec).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"encoder_weights={spec!r} is neither 'imagenet', 'none' nor an existing state_dict file")
+            raise MissingInputError(f"encoder_weights={spec!r} is neither 'imagenet', 'none' nor an existing state_dict file")
         self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
         return f"state_dict ({path})"
 

@@ -15,6 +15,7 @@ from typing import Mapping
 
 import torch
 
+from cmtlib.errors import CmtError, MissingInputError
 from cmtlib.models.encoder import VGG16BNEncoder
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ TORCHVISION_FILE = "vgg16_bn-6c64b313.pth"
 ENCODER_PREFIX = "encoder."
 
 
-class WeightsError(ValueError):
+class WeightsError(CmtError, ValueError):
     """A weights file that cannot be mapped onto the encoder; the message says why."""
 
 
@@ -65,7 +66,7 @@ def load_encoder_weights(encoder: VGG16BNEncoder, spec: str) -> str:
         return _load_imagenet(encoder)
     path = Path(spec).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"encoder_weights={spec!r} is neither 'imagenet', 'none' nor an existing state_dict file"
         )
     load_state_dict_file(encoder, path)
@@ -242,7 +243,7 @@ def load_torchvision_weights(
         return f"random init (ImageNet weights not found in {looked})"
     path = Path(spec).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"encoder_weights={spec!r} is neither 'imagenet', 'none' nor an existing state_dict file")
+        raise MissingInputError(f"encoder_weights={spec!r} is neither 'imagenet', 'none' nor an existing state_dict file")
     _load_into(module, path, prefix, skip, remap, arch)
     return f"state_dict ({path})"
 

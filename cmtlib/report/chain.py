@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from cmtlib.errors import CmtError
 from cmtlib.fileio import write_json
 from cmtlib.params import Params, dump_params, load_params
 
@@ -39,7 +40,7 @@ _NUMBERED = re.compile(r"^(\d{2})_[\w-]+\.ipynb$")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
-class ReportError(RuntimeError):
+class ReportError(CmtError, RuntimeError):
     """The chain could not run or a notebook failed; the message names the notebook and its page."""
 
 

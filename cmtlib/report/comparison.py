@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cmtlib.errors import ConfigError
 from cmtlib.baselines import (
     DEEP_BASELINES,
     EMBEDDING_CLASSIFIERS,
@@ -136,7 +137,7 @@ def plan(params) -> list[tuple[str, Path | None, int]]:
     files = {f.stem: f for f in baseline_params_files()}
     unknown = [b for b in rc.report_baselines if b not in files]
     if unknown:
-        raise ValueError(f"report_baselines names {unknown}; params/baselines holds {', '.join(files)}")
+        raise ConfigError(f"report_baselines names {unknown}; params/baselines holds {', '.join(files)}")
     seeds = list(rc.report_seeds) or [params.train.seed]
     size, epochs = _baseline_size(params), rc.baseline_epochs or params.train.epochs
     same = (size, epochs) == (params.data.image_size, params.train.epochs)

@@ -14,12 +14,14 @@ import hashlib
 import sys
 from pathlib import Path
 
+from cmtlib.errors import CmtError
+
 PREFERRED = ("cmtlib", "python3")
 # jupyter_client replaces these argv[0] values with sys.executable when it starts a kernel.
 _BARE_PYTHONS = {"python", f"python{sys.version_info[0]}", "python{}.{}".format(*sys.version_info[:2])}
 
 
-class KernelError(RuntimeError):
+class KernelError(CmtError, RuntimeError):
     """No usable kernel; the message says how to register one."""
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cmtlib.errors import ConfigError, MissingInputError
 from cmtlib.report import page
 from cmtlib.report.tables import as_number, get_path, safe_table
 
@@ -61,7 +62,7 @@ def set_threads(n: int) -> None:
     other jobs, fight for the cores otherwise. The limit stays in force for the kernel's life.
     """
     if n < 0:
-        raise ValueError(f"threads must be >= 0 (0 = the libraries' defaults), got {n}")
+        raise ConfigError(f"threads must be >= 0 (0 = the libraries' defaults), got {n}")
     if n == 0:
         return
     import torch
@@ -75,7 +76,7 @@ def cache_dir(run: Any) -> Path:
     """The data cache the run was trained and evaluated on (run.json `data_cache`)."""
     path = run.info_value("data_cache", default="")
     if not path or not (Path(path) / "index.csv").is_file():
-        raise FileNotFoundError(f"the data cache of {run.run_dir} ({path or 'not recorded in run.json'}) is not on this "
+        raise MissingInputError(f"the data cache of {run.run_dir} ({path or 'not recorded in run.json'}) is not on this "
                                 "machine; these pages draw the films from it: run where the cache is, or rebuild it "
                                 "with the run's params (cmt train --params ... prepares it)")
     return Path(path)

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from cmtlib.errors import CmtError, MissingInputError
 from cmtlib.fileio import write_json
 from cmtlib.params import Params, key_owner
 
@@ -32,7 +33,7 @@ from cmtlib.params import Params, key_owner
 _NOT_RESULT_KEYS = frozenset({"run_dir", "threads", "eval_batch_size", "device", "compile", "log_every", "cache_dir"})
 
 
-class RunMismatchError(ValueError):
+class RunMismatchError(CmtError, ValueError):
     """run_dir holds a run made with other params; the message lists the keys that differ."""
 
 
@@ -121,7 +122,7 @@ def load_run(run_dir: str | Path) -> RunArtefacts:
     """Load whatever the run folder holds (missing artefacts are None)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise FileNotFoundError(f"run folder not found: {run_dir}; train it with `cmt train --params ...` or call ensure_run(params, run_dir)")
+        raise MissingInputError(f"run folder not found: {run_dir}; train it with `cmt train --params ...` or call ensure_run(params, run_dir)")
     return RunArtefacts(
         run_dir=run_dir,
         info=_read_json(run_dir / "run.json") or {},
@@ -221,7 +222,7 @@ def load_data(cache_dir: str | Path) -> DataArtefacts:
     cache_dir = Path(cache_dir)
     index_path = cache_dir / "index.csv"
     if not index_path.is_file():
-        raise FileNotFoundError(f"{cache_dir} is not a data cache (no index.csv); build one with `cmt data cache`")
+        raise MissingInputError(f"{cache_dir} is not a data cache (no index.csv); build one with `cmt data cache`")
     from cmtlib.data.manifest import quarantine_path, read_manifest, read_quarantine
 
     index = read_manifest(index_path)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from cmtlib.errors import MissingInputError, UnknownNameError
 from cmtlib.data.collections import auto, chexpert, covidx, generic_csv, ieee8023, nih, tbx11k
 from cmtlib.data.collections.common import LATERAL, CollectionResult, ImportContext, SourceStats
 from cmtlib.data.manifest import DUPLICATE_GROUP, ManifestError, check_manifest, quarantine_path, write_manifest, write_quarantine
@@ -118,12 +119,12 @@ def import_collection(kind: str, root: str | os.PathLike, out: str | os.PathLike
         uncertain: chexpert (also through auto): how to read -1 labels: unknown, positive, negative.
     """
     if kind not in KINDS:
-        raise KeyError(f"unknown collection kind {kind!r}; valid: {', '.join(KINDS)}")
+        raise UnknownNameError(f"unknown collection kind {kind!r}; valid: {', '.join(KINDS)}")
     # Image paths are written absolute: a root given relative to the shell's folder would not
     # resolve against the manifest's folder, which is how DESIGN.md reads relative paths.
     root, out = Path(root).resolve(), Path(out)
     if not root.exists():
-        raise FileNotFoundError(f"collection folder not found: {root}")
+        raise MissingInputError(f"collection folder not found: {root}")
     if column_map and kind != "csv":
         raise ManifestError(f"--map is for the csv kind only; {kind} knows its own columns")
     if source and kind != "csv":

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from cmtlib.errors import MissingInputError
 from cmtlib.data.collections.common import (
     LATERAL, CollectionResult, ImportContext, SourceStats, base_row, clean_number, clean_sex, labels_for_finding,
     looks_like_uid, normalise_view, prefixed, probe_image, quarantine_entry, read_table,
@@ -51,7 +52,7 @@ def _csv_file(root: Path, name: str) -> Path:
         return root
     if name:
         if not (root / name).is_file():
-            raise FileNotFoundError(f"--map csv={name}: no such file in {root}")
+            raise MissingInputError(f"--map csv={name}: no such file in {root}")
         return root / name
     found = sorted(root.glob("*.csv")) + sorted(root.glob("*.csv.gz"))
     if len(found) != 1:

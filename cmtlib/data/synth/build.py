@@ -14,6 +14,7 @@ import pandas as pd
 from PIL import Image
 from scipy import ndimage
 
+from cmtlib.errors import ConfigError
 from cmtlib.data.manifest import format_boxes, write_manifest
 from cmtlib.data.synth.anatomy import box_of
 from cmtlib.data.synth.cohort import LICENSE, Case, make_cohort
@@ -42,11 +43,11 @@ def make_synthetic(out_dir: Path, n: int = 2000, size: int = 256, seed: int = 0,
         progress: show a tqdm bar; default: when stderr is a terminal.
     """
     if not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n must be a positive number of images, got {n!r}")
+        raise ConfigError(f"n must be a positive number of images, got {n!r}")
     if not isinstance(size, (int, np.integer)) or size < MIN_SIZE:
-        raise ValueError(f"size must be an integer of at least {MIN_SIZE} px, got {size!r}")
+        raise ConfigError(f"size must be an integer of at least {MIN_SIZE} px, got {size!r}")
     if not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
     out_dir = Path(out_dir)
     manifest = out_dir / "manifest.csv"
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
