@@ -118,8 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cmt", description="CMTNet: explainable multi-task COVID-19 chest X-ray screening (research use only).")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error the command explains in one line")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_data_commands(sub.add_parser("data", help="build, check, split and cache image manifests").add_subparsers(dest="data_command", required=True))
+    _add_run_commands(sub)
+    return parser
 
-    data = sub.add_parser("data", help="build, check, split and cache image manifests").add_subparsers(dest="data_command", required=True)
+
+def _add_data_commands(data) -> None:
+    """`cmt data synth | import | check | split | cache`."""
     p = data.add_parser("synth", help="make synthetic chest X-ray phantoms with masks and labels")
     p.add_argument("--out", required=True, help="output folder (manifest.csv, images/, masks/)")
     p.add_argument("--n", type=int, default=2000, help="number of images")
@@ -156,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0, help="parallel readers (0 = number of CPUs)")
     p.set_defaults(func=_cmd_cache)
 
+
+def _add_run_commands(sub) -> None:
+    """`cmt train | evaluate | predict | report | ablation`."""
     p = sub.add_parser("train", help="train a model from a params YAML")
     p.add_argument("--params", required=True)
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a parameter (repeat)")
@@ -194,7 +202,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="")
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
     p.set_defaults(func=_cmd_ablation)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
