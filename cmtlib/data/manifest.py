@@ -33,6 +33,10 @@ DUPLICATE_GROUP = "duplicate_group"
 PATH_COLUMNS: tuple[str, ...] = ("path", "lung_mask", "disease_mask", "lung_polygon_mask")
 
 QUARANTINE_COLUMNS: tuple[str, ...] = ("image_id", "path", "reason")
+# Fields an import (or split) left unknown, or rows it listed once, and why (docs/CONTRACTS.md).
+NOTES_COLUMNS: tuple[str, ...] = ("image_id", "column", "value", "reason")
+# Collections `cmt data import` found (or folders it looked at) but did not import, and why.
+NOT_IMPORTED_COLUMNS: tuple[str, ...] = ("collection", "folder", "reason")
 
 
 class ManifestError(CmtError, ValueError):
@@ -44,11 +48,19 @@ def empty_manifest() -> pd.DataFrame:
 
 
 def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a manifest with every cell as a string ('' = unknown)."""
+    """Read a manifest with every cell as a string ('' = unknown).
+
+    Raises:
+        MissingInputError: no file there. ManifestError: a file that is not a readable CSV.
+    """
     path = Path(path)
     if not path.is_file():
         raise MissingInputError(f"manifest not found: {path}")
-    return pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as err:
+        raise ManifestError(f"{path} cannot be read as a manifest CSV ({err}); was it cut short or edited by hand? "
+                            "Write it again (cmt data import) or fix the line named") from err
 
 
 def write_manifest(df: pd.DataFrame, path: str | os.PathLike) -> Path:
@@ -89,9 +101,14 @@ def parse_boxes(cell: str) -> list[list[float]] | None:
     """`lung_boxes` / `disease_boxes` cell -> list of [x0, y0, x1, y1]; None when unknown ('')."""
     if cell == "":
         return None
-    boxes = json.loads(cell)
-    if not isinstance(boxes, list) or any(len(b) != 4 for b in boxes):
-        raise ManifestError(f"boxes must be a JSON list of [x0, y0, x1, y1], got {cell!r}")
+    try:
+        boxes = json.loads(cell)
+    except (ValueError, RecursionError) as err:
+        raise ManifestError(f"boxes must be a JSON list of [x0, y0, x1, y1], got {cell[:80]!r} ({err})") from err
+    if not isinstance(boxes, list) or not all(
+            isinstance(b, list) and len(b) == 4 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in b)
+            for b in boxes):
+        raise ManifestError(f"boxes must be a JSON list of [x0, y0, x1, y1] numbers, got {cell[:80]!r}")
     return [[float(v) for v in b] for b in boxes]
 
 
@@ -114,17 +131,71 @@ def quarantine_path(manifest_path: str | os.PathLike) -> Path:
 
 def write_quarantine(entries: list[dict], path: str | os.PathLike) -> Path:
     """Write quarantine entries (image_id, path, reason) atomically; an empty list writes a header."""
-    df = pd.DataFrame(entries, columns=list(QUARANTINE_COLUMNS)).fillna("")
+    return write_listing(entries, path, QUARANTINE_COLUMNS)
+
+
+def read_quarantine(path: str | os.PathLike) -> pd.DataFrame:
+    return _read_listing(path, QUARANTINE_COLUMNS)
+
+
+def notes_path(manifest_path: str | os.PathLike) -> Path:
+    """`<manifest stem>.notes.csv`: fields left unknown at import, with the reason."""
+    p = Path(manifest_path)
+    return p.with_name(f"{p.stem}.notes.csv")
+
+
+def not_imported_path(manifest_path: str | os.PathLike) -> Path:
+    """`<manifest stem>.not_imported.csv`: collections found under ROOT but not imported, and why."""
+    p = Path(manifest_path)
+    return p.with_name(f"{p.stem}.not_imported.csv")
+
+
+def write_listing(entries: list[dict] | pd.DataFrame, path: str | os.PathLike, columns: tuple[str, ...]) -> Path:
+    """Write a quarantine, notes or not-imported listing atomically; empty writes the header only."""
+    df = pd.DataFrame(entries, columns=list(columns)).fillna("").astype(str)
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False)
     return Path(path)
 
 
-def read_quarantine(path: str | os.PathLike) -> pd.DataFrame:
+def _read_listing(path: str | os.PathLike, columns: tuple[str, ...]) -> pd.DataFrame:
+    """A listing as strings; absent (an import from before these files) reads as empty."""
     path = Path(path)
     if not path.is_file():
-        return pd.DataFrame(columns=list(QUARANTINE_COLUMNS))
-    return pd.read_csv(path, dtype=str, keep_default_na=False)
+        return pd.DataFrame(columns=list(columns), dtype=str)
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as err:
+        raise ManifestError(f"{path} cannot be read ({err}); import the collection again to rewrite it") from err
+    for col in columns:
+        if col not in df.columns:
+            df[col] = ""
+    return df
+
+
+def import_findings(manifest_path: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """What the import behind a manifest left out or left unknown, for reports.
+
+    Returns:
+        (quarantine, notes, not_imported), read from `<stem>.quarantine.csv` (image_id, path,
+        reason), `<stem>.notes.csv` (image_id, column, value, reason; image_id `<source>:*` = every
+        image of that source) and `<stem>.not_imported.csv` (collection, folder, reason) beside the
+        manifest; each empty (with its columns) when its file is absent.
+    """
+    return (_read_listing(quarantine_path(manifest_path), QUARANTINE_COLUMNS),
+            _read_listing(notes_path(manifest_path), NOTES_COLUMNS),
+            _read_listing(not_imported_path(manifest_path), NOT_IMPORTED_COLUMNS))
+
+
+def carry_findings(source: str | os.PathLike, target: str | os.PathLike, notes: list[dict] | None = None) -> None:
+    """Write `source`'s findings beside `target` (a derived manifest: its absolute-path copy, its
+    split), adding `notes`, so that whoever reads `target` sees what its import left out."""
+    if Path(source).resolve() == Path(target).resolve() and not notes:
+        return
+    quarantine, old_notes, not_imported = import_findings(source)
+    write_listing(quarantine, quarantine_path(target), QUARANTINE_COLUMNS)
+    write_listing(pd.concat([old_notes, pd.DataFrame(notes or [], columns=list(NOTES_COLUMNS))]), notes_path(target), NOTES_COLUMNS)
+    write_listing(not_imported, not_imported_path(target), NOT_IMPORTED_COLUMNS)
 
 
 def _rows(df: pd.DataFrame, mask: pd.Series, limit: int = 8) -> str:

@@ -2,8 +2,14 @@
 
 `import_collection(kind, root, out)` finds the collection(s) of `kind` under `root`, maps each
 row to the manifest contract (labels per the DESIGN.md table, views normalised, laterals left
-out and counted, source-prefixed ids), writes `out` and `<out stem>.quarantine.csv` atomically,
-and returns an `ImportReport` whose `summary()` says what was imported and what was left out.
+out and counted, source-prefixed ids), writes `out` and beside it, atomically,
+`<out stem>.quarantine.csv` (rows left out, and why), `<out stem>.notes.csv` (fields left
+unknown, and why) and `<out stem>.not_imported.csv` (collections found but not imported, and
+why), and returns an `ImportReport` whose `summary()` says what was imported and what was left out.
+
+A broken row, box or annotation costs only itself (rows.py, validate.py); a collection that
+cannot be imported at all (a user error: a `CmtError`) is listed as not imported while the
+others of the same import go on; only when nothing at all is imported does the import stop.
 
 Kinds: ieee8023, covidx (Figure1 + Actualmed), nih (ChestX-ray14), chexpert, tbx11k, csv (any
 other collection through a column mapping; see generic_csv.py) and auto (every known collection
@@ -19,10 +25,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from cmtlib.errors import MissingInputError, UnknownNameError
+from cmtlib.errors import CmtError, MissingInputError, UnknownNameError
 from cmtlib.data.collections import auto, chexpert, covidx, generic_csv, ieee8023, nih, tbx11k
 from cmtlib.data.collections.common import LATERAL, CollectionResult, ImportContext, SourceStats
-from cmtlib.data.manifest import DUPLICATE_GROUP, ManifestError, check_manifest, quarantine_path, write_manifest, write_quarantine
+from cmtlib.data.collections.validate import finalise
+from cmtlib.data.manifest import (
+    DUPLICATE_GROUP, NOT_IMPORTED_COLUMNS, NOTES_COLUMNS, ManifestError, check_manifest, not_imported_path, notes_path,
+    quarantine_path, write_listing, write_manifest, write_quarantine,
+)
 
 # kind -> module with find(root) -> [folders] and read(folder, ctx) -> CollectionResult.
 ADAPTERS = {"ieee8023": ieee8023, "covidx": covidx, "nih": nih, "chexpert": chexpert, "tbx11k": tbx11k}
@@ -44,6 +54,7 @@ class ImportReport:
     stats: list[SourceStats]
     quarantined: list[dict]
     not_imported: list[tuple[str, str]] = field(default_factory=list)  # (folder, why)
+    notes: list[dict] = field(default_factory=list)  # NOTES_COLUMNS
 
     def count_by_source(self) -> dict[str, int]:
         return {k: int(v) for k, v in self.rows["source"].value_counts().sort_index().items()}
@@ -58,7 +69,9 @@ class ImportReport:
     def summary(self) -> str:
         df = self.rows
         lines = [f"wrote {self.manifest}: {len(df)} images of {df['patient_id'].nunique()} patients from "
-                 f"{df['source'].nunique()} source(s); quarantined {len(self.quarantined)} -> {self.quarantine}"]
+                 f"{df['source'].nunique()} source(s); quarantined {len(self.quarantined)} -> {self.quarantine}",
+                 f"fields left unknown: {len(self.notes)} note(s) -> {notes_path(self.manifest)}; "
+                 f"collections not imported: {len(self.not_imported)} -> {not_imported_path(self.manifest)}"]
         for st in self.stats:
             part = df[df["source"] == st.source]
             lines.append(f"{st.source} ({st.folder}): {len(part)} images, {part['patient_id'].nunique()} patients")
@@ -68,6 +81,9 @@ class ImportReport:
             q = sum(1 for e in self.quarantined if e["image_id"].startswith(f"{st.source}:"))
             if q:
                 lines.append(f"  quarantined: {q} (see {self.quarantine.name})")
+            n = Counter(e["column"] for e in self.notes if e["image_id"].startswith(f"{st.source}:"))
+            if n:
+                lines.append(f"  left unknown: {_fmt(n)} (see {notes_path(self.manifest).name})")
             lines.append(f"  laterals excluded: {st.skipped.get(LATERAL, 0)}")
             for reason, n in sorted(st.skipped.items()):
                 if reason != LATERAL:
@@ -107,16 +123,23 @@ def _annotation_counts(df: pd.DataFrame) -> Counter:
 
 
 def import_collection(kind: str, root: str | os.PathLike, out: str | os.PathLike, column_map: dict[str, str] | None = None,
-                      source: str = "", uncertain: str = "unknown") -> ImportReport:
+                      source: str = "", uncertain: str = "unknown", constants: dict[str, str] | None = None,
+                      allow_outside_root: bool = False) -> ImportReport:
     """Import the collection(s) of `kind` under `root` into the manifest `out`.
 
     Args:
         kind: one of KINDS.
         root: the collection's folder, or a folder above it (searched two levels down).
         out: manifest CSV to write; masks composed at import go to `<out stem>_masks/` beside it.
-        column_map: csv kind only: manifest column (or option) -> your CSV's column (generic_csv.py).
+        column_map: csv kind only: manifest column (or option) -> your CSV's column, or a template
+            of your columns such as 'png/{image_id}.png' (generic_csv.py).
         source: csv kind only: the source name that prefixes ids.
         uncertain: chexpert (also through auto): how to read -1 labels: unknown, positive, negative.
+        constants: csv kind only: manifest column -> one value for every row (--const).
+        allow_outside_root: keep rows whose image path leaves the collection's folder (quarantined otherwise).
+
+    Raises:
+        CmtError: bad options, or nothing importable (the message lists why for each collection).
     """
     if kind not in KINDS:
         raise UnknownNameError(f"unknown collection kind {kind!r}; valid: {', '.join(KINDS)}")
@@ -125,29 +148,53 @@ def import_collection(kind: str, root: str | os.PathLike, out: str | os.PathLike
     root, out = Path(root).resolve(), Path(out)
     if not root.exists():
         raise MissingInputError(f"collection folder not found: {root}")
+    _check_options(kind, column_map, source, uncertain, constants)
+    ctx = ImportContext(out=out, uncertain=uncertain, allow_outside_root=allow_outside_root)
+    not_imported: list[tuple[str, str]] = []
+    if kind == "csv":
+        result = generic_csv.read(root, ctx, column_map or {}, source, constants)
+    elif kind == "auto":
+        result, not_imported = auto.read(root, ctx, ADAPTERS)
+    else:
+        result, not_imported = _read_kind(kind, root, ctx)
+    finalise(result)
+    df = result.frame()
+    if df.empty:
+        raise ManifestError(f"no images imported from {root} as {kind}; nothing written"
+                            + "".join(f"\n  {f}: {why}" for f, why in not_imported)
+                            + "".join(f"\n  {e['image_id']}: {e['reason']}" for e in result.quarantine[:10]))
+    problems = check_manifest(df)
+    if problems:  # validate.py should have made every row fit the contract
+        raise ManifestError(f"import of {root} as {kind} broke the manifest contract: " + "; ".join(problems))
+    write_manifest(df, out)
+    qpath = write_quarantine(result.quarantine, quarantine_path(out))
+    write_listing(result.notes, notes_path(out), NOTES_COLUMNS)
+    write_listing([_not_imported_entry(f, why) for f, why in not_imported], not_imported_path(out), NOT_IMPORTED_COLUMNS)
+    return ImportReport(kind, root, out, qpath, df, result.stats, result.quarantine, not_imported, result.notes)
+
+
+def _check_options(kind: str, column_map: dict | None, source: str, uncertain: str, constants: dict | None) -> None:
     if column_map and kind != "csv":
         raise ManifestError(f"--map is for the csv kind only; {kind} knows its own columns")
+    if constants and kind != "csv":
+        raise ManifestError(f"--const is for the csv kind only; {kind} knows its own columns")
     if source and kind != "csv":
         raise ManifestError(f"--source is for the csv kind only; {kind} prefixes ids with its own source name")
     if uncertain not in UNCERTAIN:
         raise ManifestError(f"uncertain must be one of {', '.join(UNCERTAIN)}, got {uncertain!r}")
-    ctx = ImportContext(out=out, uncertain=uncertain)
-    not_imported: list[tuple[str, str]] = []
-    if kind == "csv":
-        result = generic_csv.read(root, ctx, column_map or {}, source)
-    elif kind == "auto":
-        result, not_imported = auto.read(root, ctx, ADAPTERS)
-    else:
-        result = CollectionResult()
-        for folder in ADAPTERS[kind].find(root):
+
+
+def _read_kind(kind: str, root: Path, ctx: ImportContext) -> tuple[CollectionResult, list[tuple[str, str]]]:
+    """Every collection of `kind` under `root`; one that fails with a user error is listed, not fatal."""
+    result, not_imported = CollectionResult(), []
+    for folder in ADAPTERS[kind].find(root):
+        try:
             result.extend(ADAPTERS[kind].read(folder, ctx))
-    df = result.frame()
-    if df.empty:
-        raise ManifestError(f"no images imported from {root} as {kind}; nothing written"
-                            + "".join(f"\n  {f}: {why}" for f, why in not_imported))
-    problems = check_manifest(df)
-    if problems:
-        raise ManifestError(f"import of {root} as {kind} broke the manifest contract: " + "; ".join(problems))
-    write_manifest(df, out)
-    qpath = write_quarantine(result.quarantine, quarantine_path(out))
-    return ImportReport(kind, root, out, qpath, df, result.stats, result.quarantine, not_imported)
+        except CmtError as err:
+            not_imported.append((auto.rel(folder, root), f"{kind} collection, import failed: {err}"))
+    return result, not_imported
+
+
+def _not_imported_entry(folder: str, why: str) -> dict:
+    collection = why.split(" ", 1)[0] if why.split(" ", 1)[0] in ADAPTERS else ""
+    return {"collection": collection, "folder": folder, "reason": why}

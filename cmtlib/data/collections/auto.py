@@ -6,7 +6,9 @@ train.csv / valid.csv with Frontal/Lateral; TBX11K: imgs/ + annotations/json/TBX
 Annotation folders read by the ieee8023 adapter (GeneralBlockchain segmentations, V7 polygons,
 severity scores) count as used. Every other folder directly under ROOT is named in the summary
 with why it was not imported, as is a collection that failed or whose ids clash with one already
-imported (the same collection twice).
+imported (the same collection twice). A collection fails only with a user error (a `CmtError`:
+a metadata file that cannot be read, a missing column); every other exception is a bug and stops
+the import with its traceback.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 from types import ModuleType
 
+from cmtlib.errors import CmtError
 from cmtlib.data.collections import chexpert, covidx, ieee8023, nih, tbx11k
 from cmtlib.data.collections.common import CollectionResult, ImportContext, walk_dirs
-from cmtlib.data.manifest import ManifestError
 
 MAX_DEPTH = 3
 
@@ -58,24 +60,25 @@ def read(root: Path, ctx: ImportContext, adapters: dict[str, ModuleType]) -> tup
             used += [p if p.is_dir() else p.parent for p in (comp.segmentations, comp.v7_zip, comp.severity) if p]
         try:
             part = adapters[kind].read(folder, ctx)
-        except (ManifestError, FileNotFoundError) as err:
-            not_imported.append((_rel(folder, root), f"{kind} collection, import failed: {err}"))
+        except CmtError as err:
+            not_imported.append((rel(folder, root), f"{kind} collection, import failed: {err}"))
             continue
         new = {row["image_id"] for row in part.rows}
         clash = sorted(new & ids)
         if clash:
-            not_imported.append((_rel(folder, root), f"{kind} ids already imported from another folder "
+            not_imported.append((rel(folder, root), f"{kind} ids already imported from another folder "
                                  f"(e.g. {', '.join(clash[:3])}): the same collection twice?"))
             continue
         ids |= new
         result.extend(part)
     for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if not _inside(d, used) and not any(d in u.parents for u in used):
-            not_imported.append((_rel(d, root), f"no known collection marker ({_describe(d)})"))
+            not_imported.append((rel(d, root), f"no known collection marker ({_describe(d)})"))
     return result, not_imported
 
 
-def _rel(path: Path, root: Path) -> str:
+def rel(path: Path, root: Path) -> str:
+    """The folder as the summary names it: relative to ROOT, or ROOT itself."""
     return str(path.relative_to(root)) if path != root else str(root)
 
 

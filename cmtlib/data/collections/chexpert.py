@@ -21,10 +21,12 @@ import re
 from pathlib import Path
 
 from cmtlib.data.collections.common import (
-    LATERAL, HEALTHY, OTHER, UNKNOWN_PRE2020, CollectionResult, ImportContext, SourceStats, base_row, clean_number,
-    clean_sex, normalise_view, prefixed, probe_image, quarantine_entry, read_table, require_columns, walk_dirs,
+    LATERAL, HEALTHY, OTHER, UNKNOWN_PRE2020, CollectionResult, ImportContext, SourceStats, base_row, header_of,
+    normalise_view, prefixed, require_columns, walk_dirs,
 )
+from cmtlib.data.collections.rows import RowError, admit_image, cell, line_of, quarantine_bad_lines, row_guard
 from cmtlib.data.manifest import ManifestError
+from cmtlib.data.tables import read_table
 
 SOURCE = "chexpert"
 CSV_NAMES = ("train.csv", "valid.csv")
@@ -35,12 +37,7 @@ _PATIENT = re.compile(r"patient\d+")
 
 
 def tables(folder: Path) -> list[Path]:
-    out = []
-    for name in CSV_NAMES:
-        p = folder / name
-        if p.is_file() and "Frontal/Lateral" in p.open(encoding="utf-8", errors="replace").readline():
-            out.append(p)
-    return out
+    return [folder / name for name in CSV_NAMES if (folder / name).is_file() and "Frontal/Lateral" in header_of(folder / name)]
 
 
 def find(root: Path) -> list[Path]:
@@ -50,17 +47,16 @@ def find(root: Path) -> list[Path]:
     return found
 
 
-def _value(cell: str, where: str) -> int | None:
-    cell = cell.strip()
-    if cell == "":
+def _value(text: str) -> int | None | str:
+    """1, 0, -1, None (blank = not mentioned), or the text itself when it is none of these."""
+    text = cell(text)
+    if text == "":
         return None
     try:
-        v = int(float(cell))
+        v = float(text)
     except ValueError:
-        v = 99
-    if v not in (1, 0, -1):
-        raise ManifestError(f"{where}: value {cell!r}; CheXpert labels are 1, 0, -1 or blank")
-    return v
+        return text
+    return int(v) if v in (1, 0, -1) else text
 
 
 def labels_for_row(values: dict[str, int | None], uncertain: str) -> tuple[str, str, str]:
@@ -91,36 +87,48 @@ def read(folder: Path, ctx: ImportContext) -> CollectionResult:
     result = CollectionResult(stats=[stats])
     for table_path in tables(folder):
         table = read_table(table_path)
-        require_columns(table, REQUIRED, table_path, "; is this CheXpert's train.csv / valid.csv?")
-        observations = [c for c in table.columns if c not in KNOWN]
-        for i, r in table.iterrows():
-            where = f"{table_path.name} line {i + 2}"
-            if r["Frontal/Lateral"].strip().lower() == "lateral":
-                stats.skip(LATERAL)
-                continue
-            kind, view = normalise_view(r.get("AP/PA", ""))
-            if kind in ("lateral", "other"):
-                stats.skip(LATERAL if kind == "lateral" else f"AP/PA {r['AP/PA'].strip()!r} (not PA/AP)")
-                continue
-            parts = Path(r["Path"].strip()).with_suffix("").parts
-            at = next((k for k, part in enumerate(parts) if _PATIENT.fullmatch(part)), None)
-            if at is None:
-                raise ManifestError(f"{where}: Path {r['Path']!r} has no patientNNNNN folder to take the patient from")
-            # patient00001_study1_view1_frontal: unique within CheXpert, no file-name extension.
-            image_id = prefixed(SOURCE, "_".join(parts[at:]))
-            path = _resolve(folder, r["Path"].strip())
-            size, problem = probe_image(path)
-            if size is None:
-                result.quarantine.append(quarantine_entry(image_id, path, problem))
-                continue
-            values = {c: _value(r[c], f"{where}, {c}") for c in observations}
-            labels = labels_for_row(values, ctx.uncertain)
-            row = base_row(SOURCE, image_id, path, prefixed(SOURCE, parts[at]), _finding(values), labels)
-            row.update(view=view, sex=clean_sex(r.get("Sex", "")), age=clean_number(r.get("Age", "")))
-            result.rows.append(row)
+        require_columns(table.frame, REQUIRED, table_path, "; is this CheXpert's train.csv / valid.csv?")
+        quarantine_bad_lines(table, result, SOURCE)
+        observations = [c for c in table.frame.columns if c not in KNOWN]
+        for line, r in table.frame.iterrows():
+            with row_guard(result, SOURCE, line_of(table, line)) as guard:
+                row = _row(folder, r, observations, guard, ctx, result)
+                if row is not None:
+                    result.rows.append(row)
     if ctx.uncertain != "unknown":
         stats.notes.append(f"uncertain (-1) observations read as {ctx.uncertain}")
     return result
+
+
+def _row(folder: Path, r, observations: list[str], guard, ctx: ImportContext, result: CollectionResult) -> dict | None:
+    stats = result.stats[0]
+    if cell(r["Frontal/Lateral"]).lower() == "lateral":
+        stats.skip(LATERAL)
+        return None
+    kind, view = normalise_view(r.get("AP/PA", ""))
+    if kind in ("lateral", "other"):
+        stats.skip(LATERAL if kind == "lateral" else f"AP/PA {cell(r['AP/PA'])!r} (not PA/AP)")
+        return None
+    parts = Path(cell(r["Path"])).with_suffix("").parts if cell(r["Path"]) else ()
+    at = next((k for k, part in enumerate(parts) if _PATIENT.fullmatch(part)), None)
+    if at is None:
+        raise RowError(f"Path {cell(r['Path'])!r} has no patientNNNNN folder to take the patient from")
+    # patient00001_study1_view1_frontal: unique within CheXpert, no file-name extension.
+    guard.image_id = image_id = prefixed(SOURCE, "_".join(parts[at:]))
+    path = _resolve(folder, cell(r["Path"]))
+    guard.path = str(path)
+    # The upstream layout puts the CSV inside CheXpert-v1.0-small/ and paths start with that name.
+    size = admit_image(result, ctx, image_id, path, folder, guard.where)
+    if size is None:
+        return None
+    values = {c: _value(r[c]) for c in observations}
+    unreadable = {c: v for c, v in values.items() if isinstance(v, str)}
+    labels = labels_for_row(values, ctx.uncertain) if not unreadable else UNKNOWN_PRE2020
+    for c, v in unreadable.items():
+        result.note(image_id, "label_healthy", v, f"observation {c} is {v!r}, not 1, 0, -1 or blank: labels left unknown")
+    row = base_row(SOURCE, image_id, path, prefixed(SOURCE, parts[at]), _finding(values), labels)
+    row.update(view=view, sex=cell(r.get("Sex", "")), age=cell(r.get("Age", "")), _size=size, _where=guard.where)
+    return row
 
 
 def _finding(values: dict[str, int | None]) -> str:

@@ -1,6 +1,7 @@
 """Rules every collection adapter shares: finding -> labels (DESIGN.md, Manifest table), view
-normalisation, source-prefixed ids, number cleaning, image probing and the per-source record that
-the import summary is built from.
+normalisation, source-prefixed ids, number cleaning, and the per-source record that the import
+summary is built from. Per-row reading (bad lines, paths, image headers) is in rows.py; value
+rules shared with `cmt data check` are in cmtlib/data/rules.py.
 
 Box coordinate frame: every `lung_boxes` / `disease_boxes` cell is written in the pixels of the
 file that the row's `path` points at (x to the right, y down, [x0, y0, x1, y1]). The cache scales
@@ -16,9 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
 
 from cmtlib.data.manifest import COLUMNS, ManifestError, format_boxes
+# probe_image lives with the rules `cmt data check` shares; importers reach it through here.
+from cmtlib.data.rules import format_number, normalise_text, parse_number, probe_image  # noqa: F401
 
 # (label_healthy, label_covid, label_other); '' = unknown.
 HEALTHY = ("1", "0", "0")
@@ -30,20 +32,29 @@ UNKNOWN = ("", "", "")
 UNKNOWN_PRE2020 = ("", "0", "")
 
 _NORMAL = {"no finding", "no findings", "normal", "healthy"}
-_UNKNOWN = {"", "todo", "unknown", "uncertain", "nan", "?", "n/a", "na"}
+_UNKNOWN = {"", "todo", "unknown", "uncertain", "nan", "?", "n/a", "na", "none"}
 _COVID = re.compile(r"covid|sars-cov-2|sars cov 2|2019-ncov")
 _NOT_COVID = re.compile(r"non[- ]?covid|not covid|covid(-19)? negative")
+
+
+def garbled_finding(finding: str) -> bool:
+    """A finding that holds text but no word: numbers or symbols only ('3', '??', '--'). It is read
+    as unknown, and the import notes it, since a column shift or a stray code may have put it there."""
+    text = normalise_text(finding)
+    return text not in _UNKNOWN and not any(ch.isalpha() for ch in text)
 
 
 def labels_for_finding(finding: str, pre2020: bool = False) -> tuple[str, str, str]:
     """Map a collection's raw finding text to the three labels of the DESIGN.md table.
 
-    COVID-19 wins over anything it is combined with ("COVID-19, ARDS", "Pneumonia/Viral/COVID-19");
-    any other named disease is "other"; blank, todo and uncertain are unknown, except that
-    pre-2020 collections know the image is not COVID-19.
+    The text is normalised first (rules.normalise_text: Unicode NFKC, any whitespace, case), so a
+    non-breaking space in "No finding" is still healthy. COVID-19 wins over anything it is combined
+    with ("COVID-19, ARDS", "Pneumonia/Viral/COVID-19"); any other named disease is "other"; blank,
+    todo, uncertain, and text without a word (numbers, symbols) are unknown, except that pre-2020
+    collections know the image is not COVID-19.
     """
-    text = str(finding).strip().lower()
-    if text in _UNKNOWN:
+    text = normalise_text(finding)
+    if text in _UNKNOWN or garbled_finding(text):
         return UNKNOWN_PRE2020 if pre2020 else UNKNOWN
     if text in _NORMAL:
         return HEALTHY
@@ -69,7 +80,7 @@ _LATERAL = {"l", "ll", "rl", "lateral", "lat", "left lateral", "right lateral"}
 def normalise_view(raw: str) -> tuple[str, str]:
     """Return (kind, view): kind is 'frontal' (view = PA, AP, AP Supine), 'blank' (view = ''),
     'lateral' (to exclude) or 'other' (to exclude: axial, coronal, '?', ...)."""
-    text = " ".join(str(raw).strip().lower().split())
+    text = normalise_text(raw).replace("_", " ")
     if text == "":
         return "blank", ""
     if text in _VIEWS:
@@ -104,44 +115,14 @@ def safe_name(image_id: str) -> str:
 
 
 def clean_number(text: str) -> str:
-    """A numeric cell as a plain string ('5.0' -> '5'); '' when blank or not a number."""
-    text = str(text).strip()
-    if text == "":
-        return ""
-    try:
-        value = float(text)
-    except ValueError:
-        return ""
-    if value != value:  # NaN
-        return ""
-    return str(int(value)) if value.is_integer() else f"{value:g}"
+    """A numeric cell as a plain string ('5.0' -> '5'); '' when blank, not a number or not finite.
+    Ages and offsets are cleaned with range checks where rows are finalised (validate.py)."""
+    value, _ = parse_number(text)
+    return "" if value is None else format_number(value)
 
 
 def clean_sex(text: str) -> str:
-    t = str(text).strip().upper()
-    return {"M": "M", "MALE": "M", "F": "F", "FEMALE": "F"}.get(t, "")
-
-
-def probe_image(path: Path) -> tuple[tuple[int, int] | None, str]:
-    """(width, height) from the file's header, or (None, reason). The cache decodes fully later;
-    this only catches files that are missing or not images at all, before they enter a manifest."""
-    if not path.is_file():
-        return None, "file not found"
-    if path.suffix.lower() in (".dcm", ".dicom"):
-        try:
-            import pydicom
-        except ImportError:
-            return None, "DICOM file but pydicom is not installed (pip install 'cmtlib[data]')"
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-            return (int(ds.Columns), int(ds.Rows)), ""
-        except (pydicom.errors.InvalidDicomError, AttributeError, OSError) as err:
-            return None, f"unreadable DICOM: {err}"
-    try:
-        with Image.open(path) as im:
-            return im.size, ""
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        return None, f"unreadable image: {err}"
+    return {"m": "M", "male": "M", "f": "F", "female": "F"}.get(normalise_text(text), "")
 
 
 def scale_boxes(boxes: list[list[float]], frame: tuple[int, int], size: tuple[int, int]) -> list[list[float]]:
@@ -176,14 +157,17 @@ class SourceStats:
 
 @dataclass
 class CollectionResult:
-    """Rows (manifest columns, plus extras), quarantine entries and stats of one or more sources."""
+    """Rows (manifest columns, plus extras), quarantine entries, field notes and stats of one or
+    more sources. A row may carry private keys (`_size`: the file's (width, height); `_where`: the
+    metadata line it came from) that validate.py reads and `frame()` drops."""
 
     rows: list[dict] = field(default_factory=list)
     quarantine: list[dict] = field(default_factory=list)
     stats: list[SourceStats] = field(default_factory=list)
+    notes: list[dict] = field(default_factory=list)  # NOTES_COLUMNS: a field left unknown and why
 
     def frame(self) -> pd.DataFrame:
-        df = pd.DataFrame(self.rows)
+        df = pd.DataFrame([{k: v for k, v in row.items() if not k.startswith("_")} for row in self.rows])
         for col in COLUMNS:
             if col not in df.columns:
                 df[col] = ""
@@ -193,6 +177,15 @@ class CollectionResult:
         self.rows += other.rows
         self.quarantine += other.quarantine
         self.stats += other.stats
+        self.notes += other.notes
+
+    def note(self, image_id: str, column: str, value: object, reason: str) -> None:
+        """Record that `column` of `image_id` was left unknown (or the row dropped) and why.
+        image_id '<source>:*' stands for every image of that source."""
+        self.notes.append({"image_id": image_id, "column": column, "value": str(value)[:200], "reason": reason})
+
+    def source_stats(self, source: str) -> SourceStats | None:
+        return next((s for s in self.stats if s.source == source), None)
 
 
 def base_row(source: str, image_id: str, path: Path, patient_id: str, finding: str, labels: tuple[str, str, str]) -> dict:
@@ -209,17 +202,6 @@ def quarantine_entry(image_id: str, path: Path | str, reason: str) -> dict:
     return {"image_id": image_id, "path": str(path), "reason": reason}
 
 
-def read_table(path: Path, encodings: tuple[str, ...] = ("utf-8",), **kwargs) -> pd.DataFrame:
-    """A metadata CSV with every cell a string ('' = blank). Names the encoding to use on failure."""
-    last: UnicodeDecodeError | None = None
-    for enc in encodings:
-        try:
-            return pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, encoding=enc, **kwargs)
-        except UnicodeDecodeError as err:
-            last = err
-    raise ManifestError(f"{path} is not {' or '.join(encodings)} text ({last}); re-save it as UTF-8")
-
-
 def require_columns(df: pd.DataFrame, columns: list[str] | tuple[str, ...], where: Path, hint: str = "") -> None:
     missing = [c for c in columns if c not in df.columns]
     if missing:
@@ -227,21 +209,43 @@ def require_columns(df: pd.DataFrame, columns: list[str] | tuple[str, ...], wher
 
 
 def walk_dirs(root: Path, max_depth: int = 3) -> list[Path]:
-    """root and the folders below it, breadth first, hidden folders left out, sorted for stable ids."""
+    """root and the folders below it, breadth first, hidden folders left out, sorted for stable ids.
+    A folder that cannot be listed (permissions) is passed over."""
     out, level = [root], [root]
     for _ in range(max_depth):
-        level = sorted(d for p in level for d in p.iterdir() if d.is_dir() and not d.name.startswith("."))
+        level = sorted(d for p in level for d in _subdirs(p))
         out += level
     return out
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    try:
+        return [d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    except OSError:
+        return []
+
+
+def header_of(path: Path, encoding: str = "utf-8") -> set[str]:
+    """The column names on a CSV's first line (stripped), or an empty set when it cannot be read:
+    collection detection must not stop at a file it only peeks into."""
+    try:
+        with path.open(encoding=encoding, errors="replace") as f:
+            line = f.readline(1 << 16)
+    except OSError:
+        return set()
+    return {c.strip().strip('"').lstrip("\ufeff") for c in line.strip().split(",")}
 
 
 @dataclass
 class ImportContext:
     """Where derived files go: masks composed at import live in `<out stem>_masks/` beside the
-    manifest, referenced relative to the manifest's folder (DESIGN.md: path relative to it)."""
+    manifest, referenced relative to the manifest's folder (DESIGN.md: path relative to it).
+    `allow_outside_root`: image paths may leave the collection's folder (the csv kind's
+    --allow-outside-root); otherwise such a row is quarantined."""
 
     out: Path
     uncertain: str = "unknown"
+    allow_outside_root: bool = False
 
     def mask_path(self, source: str, image_id: str, kind: str) -> tuple[Path, str]:
         rel = f"{self.out.stem}_masks/{source}/{safe_name(image_id)}_{kind}.png"

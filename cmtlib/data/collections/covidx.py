@@ -19,10 +19,12 @@ import re
 from pathlib import Path
 
 from cmtlib.data.collections.common import (
-    LATERAL, CollectionResult, ImportContext, SourceStats, base_row, clean_number, clean_sex, labels_for_finding,
-    normalise_view, prefixed, probe_image, quarantine_entry, read_table, require_columns, walk_dirs,
+    LATERAL, CollectionResult, ImportContext, SourceStats, base_row, header_of, labels_for_finding, normalise_view,
+    prefixed, require_columns, walk_dirs,
 )
+from cmtlib.data.collections.rows import RowError, admit_image, cell, line_of, quarantine_bad_lines, row_guard
 from cmtlib.data.manifest import ManifestError
+from cmtlib.data.tables import read_table
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".dcm")
 _PATIENT = re.compile(r"^(.*\d)[a-z]$")
@@ -32,7 +34,7 @@ def _header(folder: Path) -> set[str]:
     meta = folder / "metadata.csv"
     if not meta.is_file() or not (folder / "images").is_dir():
         return set()
-    return {c.strip() for c in meta.open(encoding="latin-1").readline().strip().split(",")}
+    return header_of(meta, encoding="latin-1")
 
 
 def is_figure1(folder: Path) -> bool:
@@ -54,7 +56,7 @@ def find(root: Path) -> list[Path]:
 
 
 def read(folder: Path, ctx: ImportContext) -> CollectionResult:
-    return read_actualmed(folder) if is_actualmed(folder) else read_figure1(folder)
+    return read_actualmed(folder, ctx) if is_actualmed(folder) else read_figure1(folder, ctx)
 
 
 def _frontal_view(raw: str, stats: SourceStats) -> str | None:
@@ -63,87 +65,85 @@ def _frontal_view(raw: str, stats: SourceStats) -> str | None:
         stats.skip(LATERAL)
         return None
     if kind == "other":
-        stats.skip(f"view {raw.strip()!r} is not a frontal film")
+        stats.skip(f"view {cell(raw)!r} is not a frontal film")
         return None
     return view
 
 
-def _fill(row: dict, r, view: str) -> dict:
-    row.update(view=view, sex=clean_sex(r.get("sex", "")), age=clean_number(r.get("age", "")),
-               offset_days=clean_number(r.get("offset", "")))
+def _fill(row: dict, r, view: str, size: tuple[int, int], where: str) -> dict:
+    # Raw text: validate.py cleans age, offset and sex, and notes what it has to leave unknown.
+    row.update(view=view, sex=cell(r.get("sex", "")), age=cell(r.get("age", "")), offset_days=cell(r.get("offset", "")),
+               _size=size, _where=where)
     return row
 
 
-def _note_ages(meta, stats: SourceStats) -> None:
-    odd = sorted({a.strip() for a in meta.get("age", []) if a.strip() and clean_number(a) == ""})
-    if odd:
-        stats.notes.append(f"age not a number, left empty: {', '.join(odd)}")
-
-
-def read_figure1(folder: Path) -> CollectionResult:
+def read_figure1(folder: Path, ctx: ImportContext) -> CollectionResult:
     source = "figure1"
-    meta_path = folder / "metadata.csv"
     # The upstream file is latin-1 (e.g. "38°" in the notes); reading it as UTF-8 fails.
-    meta = read_table(meta_path, encodings=("utf-8", "latin-1"))
-    require_columns(meta, ["patientid", "finding", "view"], meta_path)
+    table = read_table(folder / "metadata.csv", encodings=("utf-8", "latin-1"))
+    require_columns(table.frame, ["patientid", "finding", "view"], table.path)
     stats = SourceStats(source, folder)
     result = CollectionResult(stats=[stats])
+    quarantine_bad_lines(table, result, source)
     files: dict[str, list[Path]] = {}
     for p in sorted((folder / "images").iterdir()):
         if p.suffix.lower() in IMAGE_SUFFIXES:
             files.setdefault(p.stem, []).append(p)
     used: set[str] = set()
-    for _, r in meta.iterrows():
-        local = r["patientid"].strip()
-        view = _frontal_view(r["view"], stats)
-        if view is None:
-            continue
-        image_id = prefixed(source, local)
-        matches = files.get(local, [])
-        if not matches:
-            result.quarantine.append(quarantine_entry(image_id, folder / "images" / f"{local}.*", "file not found: no images/<patientid>.* for this row"))
-            continue
-        if len(matches) > 1:
-            stats.keep(f"rows with several files of one name, first kept ({', '.join(p.name for p in matches)})")
-        used.add(local)
-        path = matches[0]
-        size, problem = probe_image(path)
-        if size is None:
-            result.quarantine.append(quarantine_entry(image_id, path, problem))
-            continue
-        m = _PATIENT.match(local)
-        patient = prefixed(source, m.group(1) if m else local)
-        row = base_row(source, image_id, path, patient, r["finding"], labels_for_finding(r["finding"]))
-        result.rows.append(_fill(row, r, view))
+    for line, r in table.frame.iterrows():
+        with row_guard(result, source, line_of(table, line)) as guard:
+            local = cell(r["patientid"])
+            if not local:
+                raise RowError("patientid is blank: it names the image file, so there is no image to import")
+            view = _frontal_view(r["view"], stats)
+            if view is None:
+                continue
+            guard.image_id = image_id = prefixed(source, local)
+            guard.path = str(folder / "images" / f"{local}.*")
+            matches = files.get(local, [])
+            if not matches:
+                raise RowError("file not found: no images/<patientid>.* for this row")
+            if len(matches) > 1:
+                stats.keep(f"rows with several files of one name, first kept ({', '.join(p.name for p in matches)})")
+            used.add(local)
+            size = admit_image(result, ctx, image_id, matches[0], folder, guard.where)
+            if size is None:
+                continue
+            m = _PATIENT.match(local)
+            patient = prefixed(source, m.group(1) if m else local)
+            row = base_row(source, image_id, matches[0], patient, r["finding"], labels_for_finding(r["finding"]))
+            result.rows.append(_fill(row, r, view, size, guard.where))
     stats.skip("image files without a metadata row", len(set(files) - used))
-    _note_ages(meta, stats)
     return result
 
 
-def read_actualmed(folder: Path) -> CollectionResult:
+def read_actualmed(folder: Path, ctx: ImportContext) -> CollectionResult:
     source = "actualmed"
-    meta_path = folder / "metadata.csv"
-    meta = read_table(meta_path, encodings=("utf-8", "latin-1"))
-    require_columns(meta, ["patientid", "finding", "imagename"], meta_path)
+    table = read_table(folder / "metadata.csv", encodings=("utf-8", "latin-1"))
+    require_columns(table.frame, ["patientid", "finding", "imagename"], table.path)
     stats = SourceStats(source, folder)
     result = CollectionResult(stats=[stats])
+    quarantine_bad_lines(table, result, source)
     seen: dict[str, int] = {}
-    for i, r in meta.iterrows():
-        view = _frontal_view(r.get("view", ""), stats)
-        if view is None:
-            continue
-        patient_local = r["patientid"].strip() or f"row{i + 2}"
-        seen[patient_local] = seen.get(patient_local, 0) + 1
-        k = seen[patient_local]
-        image_id = prefixed(source, patient_local if k == 1 else f"{patient_local}-{k}")
-        path = folder / "images" / r["imagename"].strip()
-        size, problem = probe_image(path)
-        if size is None:
-            result.quarantine.append(quarantine_entry(image_id, path, problem))
-            continue
-        row = base_row(source, image_id, path, prefixed(source, patient_local), r["finding"], labels_for_finding(r["finding"]))
-        result.rows.append(_fill(row, r, view))
-    listed = {n.strip() for n in meta["imagename"]}
+    for line, r in table.frame.iterrows():
+        with row_guard(result, source, line_of(table, line)) as guard:
+            view = _frontal_view(r.get("view", ""), stats)
+            if view is None:
+                continue
+            patient_local = cell(r["patientid"]) or f"row{line}"
+            seen[patient_local] = seen.get(patient_local, 0) + 1
+            k = seen[patient_local]
+            guard.image_id = image_id = prefixed(source, patient_local if k == 1 else f"{patient_local}-{k}")
+            name = cell(r["imagename"])
+            if not name:
+                raise RowError("imagename is blank: no image to import")
+            path = folder / "images" / name
+            guard.path = str(path)
+            size = admit_image(result, ctx, image_id, path, folder / "images", guard.where)
+            if size is None:
+                continue
+            row = base_row(source, image_id, path, prefixed(source, patient_local), r["finding"], labels_for_finding(r["finding"]))
+            result.rows.append(_fill(row, r, view, size, guard.where))
+    listed = {cell(n) for n in table.frame["imagename"]}
     stats.skip("image files without a metadata row", sum(1 for p in (folder / "images").iterdir() if p.name not in listed))
-    _note_ages(meta, stats)
     return result

@@ -16,13 +16,20 @@ Options given the same way (not columns):
     encoding=NAME     the CSV's text encoding (default utf-8; e.g. latin-1)
     pre2020=yes       images taken before COVID-19: label_covid 0 where otherwise unknown
 
+Instead of a column, `--map` may give a template of your columns in braces: with a CSV that lists
+ids rather than files, `--map path=png/{image_id}.png` (where `image_id` is one of your CSV's
+columns) builds each path. `--const COLUMN=VALUE` sets a manifest column to one value for every row,
+e.g. `--const finding=COVID-19` for a collection of one class.
+
 `--source NAME` (required) prefixes every id (`NAME:...`). Labels come from `finding` by the
 DESIGN.md table; a mapped label column (1/0/blank; also yes/no, true/false; -1 = unknown)
-overrides it where it is not blank. Views are normalised (AP erect -> AP) and laterals left out
-and counted; a blank view is kept as '' (map a view column if the collection holds laterals).
-Without image_id the id is the image's path below the image folder (or the CSV line number when
-the file name is a DICOM UID); without patient_id each image is its own patient. Boxes are JSON
-lists of [x0, y0, x1, y1] in the image file's pixels.
+overrides it where it is not blank (a value that is none of these leaves that label unknown, with
+a note). Views are normalised (AP erect -> AP) and laterals left out and counted; a blank view is
+kept as '' (map a view column if the collection holds laterals). Without image_id the id is the
+image's path below the image folder (or the CSV line number when the file name is a DICOM UID);
+without patient_id each image is its own patient. Boxes are JSON lists of [x0, y0, x1, y1] in the
+image file's pixels. A relative path that leads out of the image folder ('../') is quarantined
+unless `--allow-outside-root` says it is meant; absolute paths are taken as they are (DESIGN.md).
 """
 
 from __future__ import annotations
@@ -30,18 +37,21 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pandas as pd
-
 from cmtlib.errors import MissingInputError
 from cmtlib.data.collections.common import (
-    LATERAL, CollectionResult, ImportContext, SourceStats, base_row, clean_number, clean_sex, labels_for_finding,
-    looks_like_uid, normalise_view, prefixed, probe_image, quarantine_entry, read_table,
+    LATERAL, CollectionResult, ImportContext, SourceStats, base_row, labels_for_finding, looks_like_uid,
+    normalise_view, prefixed,
 )
+from cmtlib.data.collections.rows import RowError, admit_image, cell, inside, line_of, quarantine_bad_lines, row_guard
 from cmtlib.data.manifest import COLUMNS, LABEL_COLUMNS, ManifestError, format_boxes, parse_boxes
+from cmtlib.data.rules import normalise_text
+from cmtlib.data.tables import Table, read_table
 
 MAPPABLE = tuple(c for c in COLUMNS if c != "source")
+CONSTANT = tuple(c for c in MAPPABLE if c not in ("image_id", "path"))  # one value for every row
 OPTIONS = ("csv", "images", "encoding", "pre2020")
 _SOURCE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _YES = {"1", "1.0", "true", "yes", "y", "positive", "pos"}
 _NO = {"0", "0.0", "false", "no", "n", "negative", "neg"}
 _BLANK = {"", "nan", "-1", "-1.0", "uncertain", "unknown"}
@@ -61,97 +71,158 @@ def _csv_file(root: Path, name: str) -> Path:
     return found[0]
 
 
-def _check_map(column_map: dict[str, str], source: str) -> None:
+def _check_map(column_map: dict[str, str], constants: dict[str, str], source: str) -> None:
     unknown = sorted(set(column_map) - set(MAPPABLE) - set(OPTIONS))
     if unknown:
         raise ManifestError(f"--map {', '.join(unknown)}: not a manifest column or option; columns: "
                             f"{', '.join(MAPPABLE)}; options: {', '.join(OPTIONS)}")
+    wrong = sorted(set(constants) - set(CONSTANT))
+    if wrong:
+        raise ManifestError(f"--const {', '.join(wrong)}: not a column one value can fill; use one of {', '.join(CONSTANT)}"
+                            " (image_id and path differ per row: --map them, e.g. --map path=png/{id}.png)")
+    both = sorted(set(constants) & set(column_map))
+    if both:
+        raise ManifestError(f"{', '.join(both)} given both by --map and --const; keep one")
     if not source:
         raise ManifestError("the csv kind needs --source NAME (lower-case letters, digits, - or _) to prefix ids")
     if not _SOURCE.match(source):
         raise ManifestError(f"--source {source!r}: use lower-case letters, digits, - or _ (e.g. mycxr)")
     if "path" not in column_map:
-        raise ManifestError("the csv kind needs --map path=COLUMN: the column holding each image's file path")
-    if "finding" not in column_map and not set(LABEL_COLUMNS) & set(column_map):
-        raise ManifestError("the csv kind needs --map finding=COLUMN or at least one of "
+        raise ManifestError("the csv kind needs --map path=COLUMN (or a template such as --map path=png/{id}.png): "
+                            "each image's file path")
+    given = set(column_map) | set(constants)
+    if "finding" not in given and not set(LABEL_COLUMNS) & given:
+        raise ManifestError("the csv kind needs --map finding=COLUMN, --const finding=TEXT or at least one of "
                             f"{', '.join(f'--map {c}=COLUMN' for c in LABEL_COLUMNS)}")
 
 
-def _label(cell: str, column: str, line: int) -> str:
-    t = cell.strip().lower()
+def _label(text: str) -> tuple[str, str]:
+    """('1' / '0' / '', '') or ('', why) for a label cell."""
+    t = normalise_text(text)
     if t in _YES:
-        return "1"
+        return "1", ""
     if t in _NO:
-        return "0"
+        return "0", ""
     if t in _BLANK:
-        return ""
-    raise ManifestError(f"line {line}, column {column}: label value {cell!r}; use 1, 0 or blank (also yes/no, true/false, -1)")
+        return "", ""
+    return "", f"label value {cell(text)!r} is not 1, 0 or blank (also yes/no, true/false, -1)"
 
 
-def read(root: Path, ctx: ImportContext, column_map: dict[str, str], source: str) -> CollectionResult:
-    _check_map(column_map, source)
+class Getter:
+    """A manifest column's text on one CSV row: a column, a {column} template, or a constant."""
+
+    def __init__(self, key: str, spec: str, columns: list[str], constant: bool = False) -> None:
+        self.key, self.spec, self.constant = key, spec, constant
+        self.fields = [] if constant else _PLACEHOLDER.findall(spec) if "{" in spec else None
+        if self.fields is not None and not constant:
+            missing = [f for f in self.fields if f not in columns] or ([] if self.fields else ["(none)"])
+            if missing:
+                raise ManifestError(f"--map {key}={spec}: template placeholder(s) {', '.join('{' + m + '}' for m in missing)} "
+                                    f"name no column of your CSV; its columns are: {', '.join(columns)}")
+
+    def __call__(self, r) -> str:
+        if self.constant:
+            return self.spec
+        if self.fields is None:
+            return cell(r[self.spec])
+        blank = [f for f in self.fields if cell(r[f]) == ""]
+        if blank:
+            raise RowError(f"--map {self.key}={self.spec} needs {', '.join(blank)}, blank on this line")
+        return _PLACEHOLDER.sub(lambda m: cell(r[m.group(1)]), self.spec)
+
+
+def _getters(table: Table, column_map: dict[str, str], constants: dict[str, str]) -> dict[str, Getter]:
+    columns = list(table.frame.columns)
+    cols = {k: v for k, v in column_map.items() if k in MAPPABLE}
+    missing = sorted(f"{v!r} (for {k})" for k, v in cols.items() if "{" not in v and v not in columns)
+    if missing:
+        raise ManifestError(f"{table.path.name} has no column {', '.join(missing)}; its columns are: {', '.join(columns)}")
+    getters = {k: Getter(k, v, columns) for k, v in cols.items()}
+    getters.update({k: Getter(k, v, columns, constant=True) for k, v in constants.items()})
+    return getters
+
+
+def read(root: Path, ctx: ImportContext, column_map: dict[str, str], source: str, constants: dict[str, str] | None = None) -> CollectionResult:
+    constants = constants or {}
+    _check_map(column_map, constants, source)
     csv_path = _csv_file(root, column_map.get("csv", ""))
     table = read_table(csv_path, encodings=(column_map.get("encoding", "utf-8"),))
-    cols = {k: v for k, v in column_map.items() if k in MAPPABLE}
-    missing = sorted(f"{v!r} (for {k})" for k, v in cols.items() if v not in table.columns)
-    if missing:
-        raise ManifestError(f"{csv_path.name} has no column {', '.join(missing)}; its columns are: {', '.join(table.columns)}")
+    getters = _getters(table, column_map, constants)
     images = Path(column_map["images"]) if "images" in column_map else csv_path.parent
     if not images.is_absolute():
         images = csv_path.parent / images
     images = images.resolve()  # "/a/repo/../shared" -> "/a/shared", as the other importers write paths
-    pre2020 = column_map.get("pre2020", "no").strip().lower() in _YES
+    pre2020 = normalise_text(column_map.get("pre2020", "no")) in _YES
     stats = SourceStats(source, csv_path)
     result = CollectionResult(stats=[stats])
-    for i, r in table.iterrows():
-        line = i + 2
-        get = (lambda key: str(r[cols[key]]).strip() if key in cols else "")
-        kind, view = normalise_view(get("view"))
-        if kind in ("lateral", "other"):
-            stats.skip(LATERAL if kind == "lateral" else f"view {get('view')!r} (not PA/AP)")
-            continue
-        if kind == "blank":
-            stats.keep("blank view kept as '' (assumed frontal)")
-        rel = get("path")
-        if rel == "":
-            stats.skip("rows with a blank path")
-            continue
-        path = Path(rel) if Path(rel).is_absolute() else images / rel
-        image_id = _image_id(source, get("image_id"), rel, line, stats)
-        size, problem = probe_image(path)
-        if size is None:
-            result.quarantine.append(quarantine_entry(image_id, path, problem))
-            continue
-        labels = list(labels_for_finding(get("finding"), pre2020=pre2020))
-        for j, col in enumerate(LABEL_COLUMNS):
-            explicit = _label(get(col), cols.get(col, col), line) if col in cols else ""
-            labels[j] = explicit or labels[j]
-        patient = prefixed(source, get("patient_id"))
-        if not patient:
-            stats.keep("no patient id: the image is its own patient")
-        row = base_row(source, image_id, path, patient or image_id, get("finding"), tuple(labels))
-        row.update(view=view, sex=clean_sex(get("sex")), age=clean_number(get("age")),
-                   offset_days=clean_number(get("offset_days")), license=get("license"), split=get("split"))
-        for col in ("lung_boxes", "disease_boxes"):
-            if col in cols and get(col):
-                row[col] = _boxes(get(col), col, line)
-        for col in ("lung_mask", "disease_mask"):
-            if get(col):
-                mask = Path(get(col)) if Path(get(col)).is_absolute() else images / get(col)
-                if mask.is_file():
-                    row[col] = str(mask)
-                else:
-                    stats.keep(f"{col} file not found: left unknown")
-        result.rows.append(row)
-    ids = pd.Series([row["image_id"] for row in result.rows], dtype=str)
-    dup = sorted(set(ids[ids.duplicated()]))
-    if dup:
-        raise ManifestError(f"{len(dup)} image id(s) occur twice in {csv_path.name} (e.g. {', '.join(dup[:5])}); "
-                            "--map image_id=COLUMN with a unique id column")
+    quarantine_bad_lines(table, result, source)
+    for line, r in table.frame.iterrows():
+        with row_guard(result, source, line_of(table, line)) as guard:
+            get = (lambda key: getters[key](r) if key in getters else "")
+            row = _row(get, line, source, images, pre2020, guard, ctx, result)
+            if row is not None:
+                result.rows.append(row)
     return result
 
 
+def _row(get, line: int, source: str, images: Path, pre2020: bool, guard, ctx: ImportContext, result: CollectionResult) -> dict | None:
+    stats = result.stats[0]
+    kind, view = normalise_view(get("view"))
+    if kind in ("lateral", "other"):
+        stats.skip(LATERAL if kind == "lateral" else f"view {get('view')!r} (not PA/AP)")
+        return None
+    if kind == "blank":
+        stats.keep("blank view kept as '' (assumed frontal)")
+    rel = get("path")
+    if rel == "":
+        stats.skip("rows with a blank path")
+        return None
+    absolute = Path(rel).is_absolute()
+    path = Path(rel) if absolute else images / rel
+    guard.image_id = image_id = _image_id(source, get("image_id"), rel, line, stats)
+    guard.path = str(path)
+    # Absolute paths are the user's explicit choice (DESIGN.md); relative ones stay in the image folder.
+    size = admit_image(result, ctx, image_id, path, None if absolute else images, guard.where)
+    if size is None:
+        return None
+    labels = list(labels_for_finding(get("finding"), pre2020=pre2020))
+    for j, col in enumerate(LABEL_COLUMNS):
+        value, why = _label(get(col))
+        if why:
+            result.note(image_id, col, get(col), f"{why}; left unknown")
+            labels[j] = ""
+        elif value:
+            labels[j] = value
+    patient = prefixed(source, get("patient_id"))
+    if not patient:
+        stats.keep("no patient id: the image is its own patient")
+    row = base_row(source, image_id, path, patient or image_id, get("finding"), tuple(labels))
+    row.update(view=view, sex=get("sex"), age=get("age"), offset_days=get("offset_days"), license=get("license"),
+               split=get("split"), _size=size, _where=guard.where)
+    for col in ("lung_boxes", "disease_boxes"):
+        if get(col):
+            row[col] = _boxes(get(col))
+    for col in ("lung_mask", "disease_mask"):
+        if get(col):
+            row[col] = _mask(get(col), col, images, image_id, ctx, result)
+    return row
+
+
+def _mask(value: str, col: str, images: Path, image_id: str, ctx: ImportContext, result: CollectionResult) -> str:
+    mask = Path(value) if Path(value).is_absolute() else images / value
+    if not Path(value).is_absolute() and not ctx.allow_outside_root and not inside(mask, images):
+        result.note(image_id, col, value, "path leaves the image folder; left unknown (--allow-outside-root accepts it)")
+        return ""
+    if not mask.is_file():
+        result.stats[0].keep(f"{col} file not found: left unknown")
+        result.note(image_id, col, value, f"{col} file not found; left unknown")
+        return ""
+    return str(mask)
+
+
 def _image_id(source: str, mapped: str, rel: str, line: int, stats: SourceStats) -> str:
+    if Path(rel).name in ("", ".", ".."):
+        raise RowError(f"path {rel!r} names a folder, not an image file")
     if mapped:
         return prefixed(source, mapped)
     if looks_like_uid(Path(rel).name):
@@ -160,8 +231,10 @@ def _image_id(source: str, mapped: str, rel: str, line: int, stats: SourceStats)
     return prefixed(source, Path(rel).with_suffix("").as_posix().lstrip("./").replace("/", "_"))
 
 
-def _boxes(cell: str, column: str, line: int) -> str:
+def _boxes(text: str) -> str:
+    """The cell in the manifest's own spelling; a cell that cannot be parsed is kept as given, and
+    validate.py leaves it unknown with the reason."""
     try:
-        return format_boxes(parse_boxes(cell))
-    except ValueError as err:
-        raise ManifestError(f"line {line}, {column}: {err}; expected a JSON list of [x0, y0, x1, y1]") from err
+        return format_boxes(parse_boxes(text))
+    except ManifestError:
+        return text

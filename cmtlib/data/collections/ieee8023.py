@@ -21,33 +21,33 @@ lateral films.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from cmtlib.errors import CmtError
+from cmtlib.data.collections.coco import read_coco
 from cmtlib.data.collections.common import (
-    LATERAL, CollectionResult, ImportContext, SourceStats, base_row, clean_number, clean_sex, labels_for_finding,
-    looks_like_uid, normalise_view, prefixed, probe_image, quarantine_entry, read_table, require_columns, scale_boxes, walk_dirs,
-    xywh_to_xyxy,
+    LATERAL, CollectionResult, ImportContext, SourceStats, base_row, header_of, labels_for_finding, looks_like_uid,
+    normalise_view, prefixed, require_columns, scale_boxes, walk_dirs,
 )
-from cmtlib.data.collections.masks import ComposedMasks, compose_disease_masks, save_mask, v7_lung_polygons
+from cmtlib.data.collections.ieee8023_extras import add_disease_masks, add_severity, add_v7_polygons
+from cmtlib.data.collections.rows import RowError, admit_image, cell, line_of, quarantine_bad_lines, row_guard
 from cmtlib.data.manifest import ManifestError, format_boxes
+from cmtlib.data.tables import read_table
 
 SOURCE = "ieee8023"
 META_COLUMNS = ("patientid", "finding", "view", "filename")
 # COCO category ids of the GeneralBlockchain lung boxes, in the order they are written.
 LUNG_CATEGORIES = (1, 2)
+LUNG_NAMES = {1: "Right Lung", 2: "Left Lung"}
+X_RAY = ("x-ray", "xray", "cr", "dx", "")
 
 
 def is_collection(folder: Path) -> bool:
     """metadata.csv in the ieee8023 schema with its image folder beside it (the segmentation
     repository carries the same metadata.csv but no images, so it is not a collection)."""
     meta = folder / "metadata.csv"
-    if not meta.is_file():
-        return False
-    header = meta.open(encoding="utf-8", errors="replace").readline()
-    cols = {c.strip() for c in header.strip().split(",")}
-    return set(META_COLUMNS) <= cols and (folder / "images").is_dir()
+    return meta.is_file() and set(META_COLUMNS) <= header_of(meta) and (folder / "images").is_dir()
 
 
 @dataclass
@@ -72,133 +72,116 @@ def find_companions(folder: Path) -> Companions:
     return found
 
 
-def lung_boxes_by_file(coco_path: Path) -> dict[str, tuple[list[list[float]], tuple[int, int]]]:
-    """file name -> ([right, left] lung boxes as [x0, y0, x1, y1], (width, height) they were drawn on)."""
-    doc = json.loads(coco_path.read_text(encoding="utf-8"))
-    images = {im["id"]: im for im in doc["images"]}
-    boxes: dict[int, dict[int, list[float]]] = {}
-    for ann in doc["annotations"]:
-        if ann["category_id"] in LUNG_CATEGORIES:
-            boxes.setdefault(ann["image_id"], {})[ann["category_id"]] = xywh_to_xyxy(ann["bbox"])
-    out = {}
-    for image_id, by_cat in boxes.items():
-        if set(by_cat) == set(LUNG_CATEGORIES):  # one lung alone is not the paper's two-box mask
-            im = images[image_id]
-            out[im["file_name"]] = ([by_cat[c] for c in LUNG_CATEGORIES], (int(im["width"]), int(im["height"])))
+def lung_boxes_by_file(coco_path: Path, result: CollectionResult) -> dict[str, tuple[list[list[float]], tuple[int, int]] | str]:
+    """file name -> ([right, left] lung boxes as [x0, y0, x1, y1], (width, height) drawn on), or
+    the reason that film's lung boxes are unknown. A file that cannot be read is noted for the
+    whole source and gives {}."""
+    try:
+        coco = read_coco(coco_path)
+    except CmtError as err:
+        result.note(f"{SOURCE}:*", "lung_boxes", coco_path, f"{err}; lung_boxes left unknown")
+        return {}
+    for problem in coco.problems:
+        result.note(f"{SOURCE}:*", "lung_boxes", coco_path.name, problem)
+    out: dict[str, tuple[list[list[float]], tuple[int, int]] | str] = {}
+    for name, image in coco.images.items():
+        if image.problem:
+            out[name] = image.problem
+            continue
+        cats = [c for c, _ in image.boxes]
+        if sorted(cats) == list(LUNG_CATEGORIES):
+            by_cat = dict(image.boxes)
+            out[name] = ([by_cat[c] for c in LUNG_CATEGORIES], image.frame)
+        elif image.boxes:  # no box at all: nothing drawn, not a problem of the file
+            out[name] = _lung_problem(cats)
     return out
+
+
+def _lung_problem(cats: list) -> str:
+    """Why a film's boxes are not the paper's two-box lung mask (one right, one left)."""
+    parts = []
+    for c in LUNG_CATEGORIES:
+        n = cats.count(c)
+        if n != 1:
+            parts.append(f"{n} {LUNG_NAMES[c]} boxes")
+    others = sorted({str(c) for c in cats if c not in LUNG_CATEGORIES})
+    if others:
+        parts.append(f"boxes of category {', '.join(others)} (not a lung)")
+    return f"COCO gives {', '.join(parts)}; the two-box lung mask needs one of each"
 
 
 def read(folder: Path, ctx: ImportContext) -> CollectionResult:
     meta_path = folder / "metadata.csv"
-    meta = read_table(meta_path)
+    table = read_table(meta_path)
+    meta = table.frame
     require_columns(meta, META_COLUMNS, meta_path, "; is this ieee8023's metadata.csv?")
     stats = SourceStats(SOURCE, folder)
     result = CollectionResult(stats=[stats])
+    quarantine_bad_lines(table, result, SOURCE)
     comp = find_companions(folder)
-    lungs = lung_boxes_by_file(comp.coco) if comp.coco else {}
+    lungs = lung_boxes_by_file(comp.coco, result) if comp.coco else {}
     stats.notes.append(f"lung boxes: {comp.coco or 'none found (lung_boxes left unknown)'}")
 
-    stems = meta["filename"].map(lambda f: Path(f).stem)
+    stems = meta["filename"].map(lambda f: Path(cell(f)).stem)
     clashing = set(stems[stems.duplicated(keep=False)])
     by_name: dict[str, dict] = {}
-    sizes: dict[str, tuple[int, int]] = {}
-    for i, r in meta.iterrows():
-        name = r["filename"].strip()
-        if r.get("modality", "X-ray").strip().lower() not in ("x-ray", "xray", "cr", "dx", ""):
-            stats.skip(f"not an X-ray (modality {r['modality'].strip()})")
-            continue
-        kind, view = normalise_view(r["view"])
-        if kind == "lateral":
-            stats.skip(LATERAL)
-            continue
-        if kind in ("blank", "other") and name not in lungs:
-            stats.skip(f"view {r['view'].strip() or 'blank'} and no lung boxes to show the film is frontal")
-            continue
-        if kind in ("blank", "other"):
-            stats.keep(f"view {r['view'].strip() or 'blank'} kept as '' (two lung boxes drawn: frontal)")
-        stem = Path(name).stem
-        # A file named by a DICOM UID gets its metadata line number instead (ids never hold UIDs).
-        local = f"line{i + 2}" if looks_like_uid(stem) else name if stem in clashing else stem
-        image_id = prefixed(SOURCE, local)
-        path = folder / (r.get("folder", "").strip() or "images") / name
-        size, problem = probe_image(path)
-        if size is None:
-            result.quarantine.append(quarantine_entry(image_id, path, problem))
-            continue
-        patient = r["patientid"].strip()
-        row = base_row(SOURCE, image_id, path, prefixed(SOURCE, patient) or image_id, r["finding"], labels_for_finding(r["finding"]))
-        if not patient:
-            stats.keep("patientid blank: the image is its own patient")
-        row.update(view=view, sex=clean_sex(r.get("sex", "")), age=clean_number(r.get("age", "")),
-                   offset_days=clean_number(r.get("offset", "")), license=r.get("license", "").strip())
-        if name in lungs:
-            boxes, frame = lungs[name]
-            if frame != size:
-                boxes = scale_boxes(boxes, frame, size)
-            row["lung_boxes"] = format_boxes(boxes)
-        result.rows.append(row)
-        by_name[name] = row
-        sizes[name] = size
-    _add_disease_masks(comp, sizes, by_name, ctx, stats)
-    _add_v7_polygons(comp, sizes, by_name, ctx, stats)
-    _add_severity(comp, by_name, stats)
+    for line, r in meta.iterrows():
+        with row_guard(result, SOURCE, line_of(table, line)) as guard:
+            row = _row(folder, line, r, lungs, clashing, ctx, result, guard)
+            if row is not None:
+                result.rows.append(row)
+                by_name.setdefault(cell(r["filename"]), row)
+    sizes = {name: row["_size"] for name, row in by_name.items()}
+    add_disease_masks(comp.segmentations, sizes, by_name, ctx, result)
+    add_v7_polygons(comp.v7_zip, sizes, by_name, ctx, result)
+    add_severity(comp.severity, by_name, result)
     return result
 
 
-def _add_disease_masks(comp: Companions, sizes: dict, by_name: dict, ctx: ImportContext, stats: SourceStats) -> None:
-    if comp.segmentations is None:
-        stats.notes.append("disease masks: no GeneralBlockchain segmentations found (disease_mask left unknown)")
-        return
-    info = ComposedMasks()
-    n = 0
-    for name, mask in compose_disease_masks(comp.segmentations, sizes, info):
-        row = by_name[name]
-        target, rel = ctx.mask_path(SOURCE, row["image_id"], "disease")
-        save_mask(mask, target)
-        row["disease_mask"] = rel
-        n += 1
-    # Only a healthy image's disease region is known empty (DESIGN.md); a sick image whose
-    # annotator drew anatomy but no opacity may simply not have been outlined.
-    sick = sorted(f for f in info.no_disease if by_name[f]["label_healthy"] != "1")
-    stats.notes.append(
-        f"disease masks: {n} composed from {comp.segmentations} (ground-glass opacity, consolidation, "
-        f"pleural effusion, pneumothorax); {len(sick)} annotated without any disease instance left unknown"
-        + (f" ({', '.join(sick)})" if sick else ""))
-    for name, why in sorted(info.problems.items()):
-        stats.notes.append(f"{name}: no disease mask, {why}")
-
-
-def _add_v7_polygons(comp: Companions, sizes: dict, by_name: dict, ctx: ImportContext, stats: SourceStats) -> None:
-    if comp.v7_zip is None:
-        return
-    problems: dict[str, str] = {}
-    n = 0
-    for name, mask in v7_lung_polygons(comp.v7_zip, sizes, problems):
-        row = by_name[name]
-        target, rel = ctx.mask_path(SOURCE, row["image_id"], "lungpoly")
-        save_mask(mask, target)
-        row["lung_polygon_mask"] = rel
-        n += 1
-    stats.notes.append(
-        f"V7 lung polygons: {n} rasterised into extra column lung_polygon_mask, not lung_mask "
-        f"(they cover COVID images only; as lung_mask they would tie mask shape to the label)")
-    for name, why in sorted(problems.items()):
-        stats.notes.append(f"{name}: no lung_polygon_mask, {why}")
-
-
-def _add_severity(comp: Companions, by_name: dict, stats: SourceStats) -> None:
-    if comp.severity is None:
-        return
-    scores = read_table(comp.severity, comment="#")
-    require_columns(scores, ["filename", "geographic_mean", "opacity_mean"], comp.severity)
-    n = 0
-    for _, r in scores.iterrows():
-        row = by_name.get(r["filename"].strip())
-        if row is not None:
-            row["severity_geographic"] = clean_number(r["geographic_mean"])
-            row["severity_opacity"] = clean_number(r["opacity_mean"])
-            n += 1
-    stats.notes.append(f"severity scores: {n} images from {comp.severity} (extra columns severity_geographic, severity_opacity)")
+def _row(folder: Path, line: int, r, lungs: dict, clashing: set, ctx: ImportContext, result: CollectionResult, guard) -> dict | None:
+    """One metadata row as a manifest row, or None when it is left out (counted) or quarantined."""
+    stats = result.stats[0]
+    name = cell(r["filename"])
+    if not name:
+        raise RowError("filename is blank: no image to import")
+    modality = cell(r.get("modality", "X-ray"))
+    if modality.lower() not in X_RAY:
+        stats.skip(f"not an X-ray (modality {modality})")
+        return None
+    kind, view = normalise_view(r["view"])
+    if kind == "lateral":
+        stats.skip(LATERAL)
+        return None
+    boxes = lungs.get(name)
+    if kind in ("blank", "other") and not isinstance(boxes, tuple):
+        stats.skip(f"view {cell(r['view']) or 'blank'} and no lung boxes to show the film is frontal")
+        return None
+    if kind in ("blank", "other"):
+        stats.keep(f"view {cell(r['view']) or 'blank'} kept as '' (two lung boxes drawn: frontal)")
+    stem = Path(name).stem
+    # A file named by a DICOM UID gets its metadata line number instead (ids never hold UIDs).
+    local = f"line{line}" if looks_like_uid(stem) else name if stem in clashing else stem
+    guard.image_id = image_id = prefixed(SOURCE, local)
+    if not image_id or Path(name).name in ("", ".", ".."):
+        raise RowError(f"filename {name!r} names no image file")
+    path = folder / (cell(r.get("folder", "")) or "images") / name
+    guard.path = str(path)
+    size = admit_image(result, ctx, image_id, path, folder, guard.where)
+    if size is None:
+        return None
+    patient = cell(r["patientid"])
+    row = base_row(SOURCE, image_id, path, prefixed(SOURCE, patient) or image_id, r["finding"], labels_for_finding(r["finding"]))
+    if not patient:
+        stats.keep("patientid blank: the image is its own patient")
+    # Raw text: validate.py cleans age, offset and sex, and notes what it has to leave unknown.
+    row.update(view=view, sex=cell(r.get("sex", "")), age=cell(r.get("age", "")), offset_days=cell(r.get("offset", "")),
+               license=cell(r.get("license", "")), _size=size, _where=guard.where)
+    if isinstance(boxes, tuple):
+        found, frame = boxes
+        row["lung_boxes"] = format_boxes(found if frame == size else scale_boxes(found, frame, size))
+    elif isinstance(boxes, str):
+        result.note(image_id, "lung_boxes", "", f"{boxes}; lung_boxes left unknown")
+    return row
 
 
 def find(root: Path) -> list[Path]:

@@ -13,10 +13,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from cmtlib.errors import CmtError
+from cmtlib.data.collections.coco import CocoImage, read_coco
 from cmtlib.data.collections.common import (
-    HEALTHY, OTHER, CollectionResult, ImportContext, SourceStats, base_row, prefixed, probe_image, quarantine_entry,
-    scale_boxes, walk_dirs, xywh_to_xyxy,
+    HEALTHY, OTHER, CollectionResult, ImportContext, SourceStats, base_row, prefixed, scale_boxes, walk_dirs,
 )
+from cmtlib.data.collections.rows import admit_image, row_guard
 from cmtlib.data.manifest import ManifestError, format_boxes
 
 SOURCE = "tbx11k"
@@ -35,44 +37,71 @@ def find(root: Path) -> list[Path]:
     return found
 
 
-def _annotations(folder: Path) -> dict[str, tuple[list[list[float]], list[str], tuple[int, int]]]:
-    """'tb/tb0005.png' -> (boxes [x0, y0, x1, y1], their category names, (width, height) drawn on)."""
-    out: dict[str, tuple[list[list[float]], list[str], tuple[int, int]]] = {}
+def _annotations(folder: Path, result: CollectionResult) -> dict[str, tuple[CocoImage, dict]]:
+    """'tb/tb0005.png' -> (its COCO entry, category names). A film listed in two files, or whose
+    entry cannot be read, gets a problem; a file that cannot be read is noted for the source."""
+    out: dict[str, tuple[CocoImage, dict]] = {}
     for path in sorted((folder / "annotations" / "json").glob("TBX11K_*.json")):
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        names = {c["id"]: c["name"] for c in doc["categories"]}
-        for im in doc["images"]:
-            out[im["file_name"]] = ([], [], (int(im["width"]), int(im["height"])))
-        by_id = {im["id"]: im["file_name"] for im in doc["images"]}
-        for ann in doc["annotations"]:
-            boxes, labels, _ = out[by_id[ann["image_id"]]]
-            boxes.append(xywh_to_xyxy(ann["bbox"]))
-            labels.append(names[ann["category_id"]])
+        try:
+            coco = read_coco(path)
+        except CmtError as err:
+            result.note(f"{SOURCE}:*", "disease_boxes", path, f"{err}; the boxes of the films it lists are unknown")
+            continue
+        for problem in coco.problems:
+            result.note(f"{SOURCE}:*", "disease_boxes", path.name, problem)
+        for name, image in coco.images.items():
+            if name in out:
+                out[name][0].fail(f"listed in two annotation files (also {path.name}): which boxes hold is unknown")
+                continue
+            out[name] = (image, coco.categories)
     return out
 
 
 def read(folder: Path, ctx: ImportContext) -> CollectionResult:
     stats = SourceStats(SOURCE, folder)
     result = CollectionResult(stats=[stats])
-    annotations = _annotations(folder)
+    annotations = _annotations(folder, result)
     for sub in sorted(p for p in (folder / "imgs").iterdir() if p.is_dir()):
         if sub.name not in CLASSES:
             stats.skip(f"images in imgs/{sub.name}/ (not one of {', '.join(CLASSES)})", sum(1 for _ in sub.iterdir()))
             continue
-        finding, labels = CLASSES[sub.name]
         for path in sorted(p for p in sub.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
-            image_id = prefixed(SOURCE, path.stem)
-            size, problem = probe_image(path)
-            if size is None:
-                result.quarantine.append(quarantine_entry(image_id, path, problem))
-                continue
-            key = f"{sub.name}/{path.name}"
-            row = base_row(SOURCE, image_id, path, image_id, finding, labels)
-            if sub.name == "tb" and key in annotations and annotations[key][0]:
-                boxes, names, frame = annotations[key]
-                row["disease_boxes"] = format_boxes(scale_boxes(boxes, frame, size))
-                row["disease_box_labels"] = json.dumps(names)
-                row["finding"] = f"{finding} ({', '.join(sorted(set(names)))})"
-            result.rows.append(row)
+            with row_guard(result, SOURCE, f"imgs/{sub.name}/{path.name}") as guard:
+                guard.image_id, guard.path = prefixed(SOURCE, path.stem), str(path)
+                row = _row(sub.name, path, guard.image_id, annotations.get(f"{sub.name}/{path.name}"), ctx, result)
+                if row is not None:
+                    result.rows.append(row)
     stats.keep("images without patient ids: each image is its own patient", len(result.rows))
     return result
+
+
+def _row(cls: str, path: Path, image_id: str, entry: tuple[CocoImage, dict] | None, ctx: ImportContext,
+         result: CollectionResult) -> dict | None:
+    finding, labels = CLASSES[cls]
+    size = admit_image(result, ctx, image_id, path, None, f"imgs/{cls}/{path.name}")
+    if size is None:
+        return None
+    row = base_row(SOURCE, image_id, path, image_id, finding, labels)
+    row["_size"] = size
+    if entry is None:
+        if cls == "tb":
+            result.stats[0].keep("tb images without boxes in the annotation files: disease_boxes unknown")
+        return row
+    image, names = entry
+    if image.problem:
+        result.note(image_id, "disease_boxes", "", f"{image.problem}; disease_boxes left unknown")
+        if cls == "health":
+            row["disease_boxes"] = ""  # a box file that names this film cannot also vouch it has none
+        return row
+    if cls == "tb" and image.boxes:
+        labels_of = [names.get(c, "") for c, _ in image.boxes]
+        if "" in labels_of:
+            result.note(image_id, "disease_boxes", "", "a box of a category the file does not name; disease_boxes left unknown")
+            return row
+        row["disease_boxes"] = format_boxes(scale_boxes([b for _, b in image.boxes], image.frame, size))
+        row["disease_box_labels"] = json.dumps(labels_of)
+        row["finding"] = f"{finding} ({', '.join(sorted(set(labels_of)))})"
+    elif image.boxes:
+        result.note(image_id, "disease_boxes", "", f"the annotation file draws TB boxes on a film in imgs/{cls}/; disease_boxes left unknown")
+        row["disease_boxes"] = ""
+    return row

@@ -1,0 +1,97 @@
+"""Per-row reading shared by the importers: a row that cannot be used costs only itself.
+
+- `row_guard`: a `with` block around one metadata row; a `CmtError` raised inside it (a `RowError`
+  from the helpers here, a ManifestError from the id and label rules) quarantines that row with
+  the file line and the reason, and the loop goes on. Other exceptions are bugs and propagate.
+- `admit_image`: a row's image must lie inside the collection's folder (unless the user allowed
+  otherwise) and have a readable header within the cache's pixel limit; otherwise it is
+  quarantined.
+- `quarantine_bad_lines`: the lines `tables.read_table` could not trust, quarantined by line.
+- `read_table_or_note`: a companion file (annotations, masks, scores) that cannot be read at all
+  leaves its field unknown for the whole source, with a note, instead of stopping the import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from cmtlib.errors import CmtError
+from cmtlib.data.collections.common import CollectionResult, ImportContext, probe_image, quarantine_entry
+from cmtlib.data.tables import Table, read_table
+
+
+class RowError(CmtError):
+    """One metadata row or annotation that cannot be used; the import quarantines it and goes on."""
+
+
+@dataclass
+class RowGuard:
+    """What is known of the row so far, for its quarantine entry."""
+
+    where: str
+    image_id: str = ""
+    path: str = ""
+
+
+@contextlib.contextmanager
+def row_guard(result: CollectionResult, source: str, where: str) -> Iterator[RowGuard]:
+    """Quarantine the row when the block raises a CmtError; set `.image_id` / `.path` as they become known."""
+    guard = RowGuard(where)
+    try:
+        yield guard
+    except CmtError as err:
+        result.quarantine.append(quarantine_entry(guard.image_id or f"{source}:{where}", guard.path or where, f"{where}: {err}"))
+
+
+def line_of(table: Table, line: int) -> str:
+    return f"{table.path.name} line {line}"
+
+
+def quarantine_bad_lines(table: Table, result: CollectionResult, source: str) -> None:
+    """Each line read_table left out, as a quarantine entry naming the file and line."""
+    for line, why, _ in table.bad_lines:
+        where = line_of(table, line)
+        result.quarantine.append(quarantine_entry(f"{source}:{where}", f"{table.path}:{line}", f"{where} {why}"))
+
+
+def inside(path: Path, root: Path) -> bool:
+    """Whether `path` lies in `root`, compared after resolving '..' but not symbolic links: a
+    collection folder of links to files elsewhere is the user's own layout."""
+    p, r = os.path.normpath(os.path.abspath(path)), os.path.normpath(os.path.abspath(root))
+    return p == r or p.startswith(r.rstrip(os.sep) + os.sep)
+
+
+def admit_image(result: CollectionResult, ctx: ImportContext, image_id: str, path: Path, root: Path | None,
+                where: str) -> tuple[int, int] | None:
+    """The image's (width, height), or None after quarantining it (outside `root`, unreadable header).
+
+    Args:
+        root: the collection's folder; None = any location (absolute paths of a user's CSV).
+    """
+    if root is not None and not ctx.allow_outside_root and not inside(path, root):
+        result.quarantine.append(quarantine_entry(image_id, path, (
+            f"{where}: path leaves the collection's folder {root} ('..' or an absolute path in the metadata); "
+            "fix the path, or import with --allow-outside-root if that is intended")))
+        return None
+    size, problem = probe_image(path)
+    if size is None:
+        result.quarantine.append(quarantine_entry(image_id, path, problem))
+    return size
+
+
+def read_table_or_note(path: Path, result: CollectionResult, source: str, column: str, **kwargs) -> Table | None:
+    """A companion table, or None after noting that `column` stays unknown for the whole source."""
+    try:
+        return read_table(path, **kwargs)
+    except CmtError as err:
+        result.note(f"{source}:*", column, path, f"{err}; {column} left unknown")
+        return None
+
+
+def cell(value: object) -> str:
+    """A table cell as stripped text."""
+    return str(value).strip()

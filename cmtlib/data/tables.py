@@ -1,0 +1,233 @@
+"""Reading the metadata files of public collections (CSV, plain or gzip, and JSON) so that one
+broken line costs only that line.
+
+Downloads arrive truncated, with a stray byte or quote, or hand-edited. `read_table` therefore
+never stops at a bad line: a line it cannot trust (wrong number of fields, bytes that are not text
+in the file's encoding, a NUL byte, an unbalanced quote, the partial last line of a truncated gzip)
+is left out and listed in `Table.bad_lines` with its line number and why, for the importer to
+quarantine. Only a file that cannot be read at all (missing, empty, no header, not gzip data
+inside) raises `DataFileError`, naming the file.
+
+A table's index is the file line each record starts on (1 = the header), so messages name the
+line a user opens in an editor.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from cmtlib.errors import DataFileError
+
+GZIP_MAGIC = b"\x1f\x8b"
+# A quoted field may hold line breaks (clinical notes), but a record longer than this is a quote
+# that was never closed: it would swallow the rows after it.
+MAX_RECORD_LINES = 50
+# Metadata tables are megabytes; a gzip that inflates past this is not one (or is a bomb).
+MAX_INFLATED = 2 * 1024**3
+_NOT_TEXT = re.compile("[\udc80-\udcff]")  # bytes the decoder could not read (surrogateescape)
+
+__all__ = ["Table", "read_table", "read_json", "read_bytes"]
+
+
+@dataclass
+class Table:
+    """A CSV as strings ('' = blank), indexed by file line, and the lines left out with why."""
+
+    frame: pd.DataFrame
+    path: Path
+    # (line, why, the line's text): the text lets an importer tell which image a lost line was about.
+    bad_lines: list[tuple[int, str, str]] = field(default_factory=list)
+
+
+def read_bytes(path: Path) -> tuple[bytes, str]:
+    """The file's bytes, inflated when it is gzip data, and '' or why the data ends early."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as err:
+        raise DataFileError(f"{path} cannot be read ({err.strerror or err}); check that it exists and is readable") from err
+    if not raw:
+        raise DataFileError(f"{path} is empty (0 bytes); the download failed, fetch it again")
+    if raw[:2] != GZIP_MAGIC:
+        return raw, ""
+    return _inflate(raw, path)
+
+
+def _inflate(raw: bytes, path: Path) -> tuple[bytes, str]:
+    """gzip data inflated as far as it goes: a truncated or damaged download keeps its intact part."""
+    parts: list[bytes] = []
+    total, pos, step = 0, 0, 1 << 16
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    problem = ""
+    while pos < len(raw):
+        try:
+            chunk = inflater.decompress(raw[pos:pos + step])
+        except zlib.error as err:
+            problem = f"gzip data damaged after {total:,} bytes ({err})"
+            break
+        pos += step
+        parts.append(chunk)
+        total += len(chunk)
+        if total > MAX_INFLATED:
+            raise DataFileError(f"{path} inflates past {MAX_INFLATED:,} bytes; not a metadata table")
+        if inflater.eof:
+            rest = inflater.unused_data + raw[pos:]
+            if not rest.strip(b"\0"):
+                break
+            # A second gzip member (concatenated files) continues the text.
+            raw, pos, inflater = rest, 0, zlib.decompressobj(16 + zlib.MAX_WBITS)
+    else:
+        if not inflater.eof:
+            problem = f"gzip data ends early after {total:,} bytes (a truncated download)"
+    if not parts and problem:
+        raise DataFileError(f"{path}: {problem}; nothing could be read, fetch it again")
+    return b"".join(parts), problem
+
+
+def _decode(data: bytes, encodings: tuple[str, ...], path: Path) -> str:
+    """Text in the first encoding that reads the whole file; otherwise the first encoding with
+    unreadable bytes kept as surrogates, so that only the lines holding them are left out."""
+    for enc in encodings:
+        codec = "utf-8-sig" if enc.lower().replace("_", "-") in ("utf-8", "utf8") else enc
+        try:
+            return data.decode(codec)
+        except UnicodeDecodeError:
+            continue
+        except LookupError as err:
+            raise DataFileError(f"{path}: unknown text encoding {enc!r} (e.g. utf-8, latin-1)") from err
+    first = "utf-8-sig" if encodings[0].lower() in ("utf-8", "utf8") else encodings[0]
+    return data.decode(first, errors="surrogateescape")
+
+
+def read_table(path: str | Path, encodings: tuple[str, ...] = ("utf-8",), comment: str = "") -> Table:
+    """Read a CSV (or gzip'd CSV) into a Table of strings; bad lines are listed, not raised.
+
+    Args:
+        path: the file; gzip data is recognised by its content, not its name.
+        encodings: tried in order on the whole file; when none reads it, the first is used and the
+            lines holding unreadable bytes are left out.
+        comment: a line starting with this text is skipped (e.g. '#'); '' = none.
+
+    Raises:
+        DataFileError: the file cannot be read, is empty, or has no header line.
+    """
+    path = Path(path)
+    data, truncated = read_bytes(path)
+    text = _decode(data, encodings, path)
+    lines = list(io.StringIO(text, newline=""))
+    bad: list[tuple[int, str, str]] = []
+    records = _records(lines, comment, bad)
+    if truncated and records and not lines[-1].endswith(("\n", "\r")):
+        number, text = records.pop()
+        bad.append((number, f"is incomplete ({truncated}); any lines after it are missing", text))
+    elif truncated:
+        bad.append((len(lines) + 1, f"and any after it are missing ({truncated})", ""))
+    if not records:
+        raise DataFileError(f"{path} has no header line; is it a CSV table?" + (f" ({truncated})" if truncated else ""))
+    header_line, header_text = records[0]
+    header = _header(_fields(header_text))
+    rows, index = [], []
+    for number, record in records[1:]:
+        fields = _fields(record)
+        problem = _problem(fields, len(header), record)
+        if problem:
+            bad.append((number, problem, record))
+            continue
+        rows.append(fields[:len(header)])
+        index.append(number)
+    frame = pd.DataFrame(rows, columns=header, index=pd.Index(index, name="line"), dtype=object)
+    return Table(frame.fillna(""), path, sorted(bad))
+
+
+def _records(lines: list[str], comment: str, bad: list[tuple[int, str, str]]) -> list[tuple[int, str]]:
+    """(first line number, record text) per CSV record; a record continues while a quote is open."""
+    out: list[tuple[int, str]] = []
+    i = 0
+    while i < len(lines):
+        start, text = i, lines[i]
+        if (comment and text.startswith(comment)) or not text.strip().strip(","):
+            i += 1
+            continue
+        quotes = text.count('"')
+        while quotes % 2 and i + 1 < len(lines) and i - start < MAX_RECORD_LINES:
+            i += 1
+            text += lines[i]
+            quotes += lines[i].count('"')
+        if quotes % 2:
+            # A quote never closed: only its own line is lost, parsing goes on on the next one.
+            bad.append((start + 1, "opens a quote (\") that is never closed; fix or remove it", lines[start]))
+            i = start + 1
+            continue
+        out.append((start + 1, text))
+        i += 1
+    return out
+
+
+def _fields(record: str) -> list[str]:
+    record = record.rstrip("\r\n")
+    if '"' not in record:
+        return record.split(",")
+    return next(csv.reader([record]), [])
+
+
+def _header(names: list[str]) -> list[str]:
+    """Column names stripped; trailing blank names dropped (ChestX-ray14's BBox header ends ',,,');
+    other blank names 'Unnamed: k' and repeats 'name.1', as pandas names them."""
+    names = [_NOT_TEXT.sub("\ufffd", n.strip().lstrip("\ufeff")) for n in names]
+    while names and names[-1] == "":
+        names.pop()
+    out: list[str] = []
+    for k, name in enumerate(names):
+        name = name or f"Unnamed: {k}"
+        base, n = name, 0
+        while name in out:
+            n += 1
+            name = f"{base}.{n}"
+        out.append(name)
+    return out
+
+
+def _problem(fields: list[str], n: int, record: str) -> str:
+    """Why a record cannot be trusted, or ''."""
+    if _NOT_TEXT.search(record):
+        byte = ord(_NOT_TEXT.search(record).group()) - 0xDC00
+        return f"holds bytes that are not text in the file's encoding (0x{byte:02x}); re-save the file as UTF-8"
+    if "\0" in record:
+        return "holds NUL bytes (a damaged download?); fetch the file again or remove the line"
+    if len(fields) > n and any(f.strip() for f in fields[n:]):
+        return f"has {len(fields)} fields, the header has {n}: a comma in an unquoted value? quote it"
+    if len(fields) < n:
+        return f"has {len(fields)} fields, the header has {n}: a truncated or broken line? complete it"
+    return ""
+
+
+def read_json(path: str | Path) -> tuple[Any, str]:
+    """(document, '' or a warning) from a JSON (or gzip'd JSON) file.
+
+    Bytes that are not UTF-8 are replaced by U+FFFD rather than refusing the file: JSON's structure
+    is ASCII, so only the strings holding them change, and the warning says so.
+
+    Raises:
+        DataFileError: unreadable, truncated or not JSON at all.
+    """
+    path = Path(path)
+    data, truncated = read_bytes(path)
+    warning = ""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        text = data.decode("utf-8", errors="replace")
+        warning = f"{path.name} holds bytes that are not UTF-8 (first at byte {err.start:,}); strings holding them were read with U+FFFD"
+    try:
+        return json.loads(text), warning
+    except (json.JSONDecodeError, RecursionError) as err:
+        why = f"{truncated}; " if truncated else ""
+        raise DataFileError(f"{path} is not valid JSON ({why}{err}); a truncated or damaged download? fetch it again") from err
