@@ -1,7 +1,8 @@
 """The image cache: every manifest image resized once to S x S uint8, with its masks, as .npy
 arrays that readers memory-map (folder format in docs/CONTRACTS.md).
 
-Building reads images in parallel processes. A rebuild into a folder that already holds a cache
+Building reads images in parallel processes that end with the build, however it ends; one build
+at a time holds the folder, and removes the temporary files an interrupted one left. A rebuild into a folder that already holds a cache
 of the same size copies every row whose content hash (image bytes, mask file bytes and box cells)
 is unchanged instead of decoding it again. Unreadable images go to quarantine.csv with a reason
 and the build goes on. Everything is written under temporary names and renamed at the end, so a
@@ -14,12 +15,10 @@ import contextlib
 import datetime as dt
 import hashlib
 import json
-import math
 import os
 import re
 import time
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -30,10 +29,12 @@ from PIL import Image
 
 import cmtlib
 from cmtlib.errors import CmtError, ConfigError, MissingInputError
-from cmtlib.data.io import MIN_SIDE, ImageReadError, decode_image, read_bytes, read_mask
+from cmtlib.data.io import MIN_SIDE, ImageReadError, decode_image, read_bytes
 from cmtlib.data.manifest import (
-    ManifestError, manifest_hash, parse_boxes, read_manifest, read_quarantine, resolve_path, write_manifest, write_quarantine,
+    ManifestError, manifest_hash, read_manifest, read_quarantine, resolve_path, write_manifest, write_quarantine,
 )
+from cmtlib.data.regions import box_mask, mask_or_boxes
+from cmtlib.data.workers import exclusive_build, pool
 from cmtlib.fileio import atomic_path, write_json
 
 __all__ = ["CacheError", "CacheReport", "build_cache", "open_cache", "box_mask", "mask_or_boxes", "resize_image"]
@@ -43,6 +44,8 @@ READER_VERSION = 1
 ARRAYS = ("images", "lung", "disease")
 CACHE_COLUMNS = ("cache_row", "content_hash", "orig_height", "orig_width", "has_lung", "has_disease", "read_info")
 MASK_COLUMNS = ("lung_mask", "disease_mask", "lung_boxes", "disease_boxes")
+# Every file a build writes (each under a temporary name first, removed if a killed build left it).
+BUILD_FILES = ("meta.json", "quarantine.csv", "index.csv", *(f"{a}.npy" for a in ARRAYS))
 
 
 class CacheError(CmtError, ValueError):
@@ -109,6 +112,15 @@ def build_cache(manifest: Path, size: int, out: Path, workers: int = 0) -> Cache
         raise ConfigError(f"cache size must be an integer of at least {MIN_SIDE} px, got {size!r}")
     manifest, out = Path(manifest), Path(out)
     df = _checked_manifest(manifest)
+    with exclusive_build(out, BUILD_FILES) as removed:
+        report = _build(manifest, df, size, out, workers)
+    if removed:
+        report.notes.append(f"removed {removed} temporary file(s) left by an interrupted build")
+    return report
+
+
+def _build(manifest: Path, df: pd.DataFrame, size: int, out: Path, workers: int) -> CacheReport:
+    """build_cache's work, under the folder's build lock."""
     start = time.perf_counter()
     workers = max(1, workers or os.cpu_count() or 1)
     report = CacheReport(out=out, size=size, n_manifest=len(df), workers=workers)
@@ -263,9 +275,10 @@ def _run(tasks: list[dict], workers: int, size: int) -> Iterator[dict]:
         yield from tqdm(map(_process_row, tasks), total=len(tasks), unit="img", desc=f"cache {size}px", disable=None)
         return
     chunksize = max(1, min(16, len(tasks) // (workers * 8)))
-    with ProcessPoolExecutor(max_workers=min(workers, len(tasks))) as pool:
+    # Workers die with this process (workers.py): a killed build leaves no reader behind.
+    with pool(min(workers, len(tasks))) as executor:
         # All tasks are submitted (and the workers started) before tqdm starts its monitor thread.
-        results = pool.map(_process_row, tasks, chunksize=chunksize)
+        results = executor.map(_process_row, tasks, chunksize=chunksize)
         yield from tqdm(results, total=len(tasks), unit="img", desc=f"cache {size}px", disable=None)
 
 
@@ -328,59 +341,6 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:
     with this same function, so a model sees at prediction what it saw in training."""
     out = Image.fromarray(image).resize((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
     return np.clip(np.rint(np.asarray(out) * 255.0), 0, 255).astype(np.uint8)
-
-
-def mask_or_boxes(kind: str, mask_path: str, boxes_cell: str, orig_hw: tuple[int, int], size: int) -> tuple[np.ndarray | None, str | None]:
-    """One task's mask at size x size: from its PNG if given, else its boxes, else unknown.
-
-    Returns:
-        (mask, note): mask is uint8 (size, size) 0/1 or None when unknown or unusable; note is the
-        quarantine reason when a given mask or box cell could not be used (the image is kept).
-    """
-    if mask_path:
-        try:
-            return read_mask(mask_path, orig_hw, out_shape=(size, size)).astype(np.uint8), None
-        except ImageReadError as err:
-            return None, f"{kind} mask ignored (image kept): {err}"
-    if boxes_cell == "":
-        return None, None
-    try:
-        return box_mask(parse_boxes(boxes_cell), orig_hw, size), None
-    except (ValueError, TypeError) as err:  # bad JSON, ManifestError, non-numeric coordinates
-        return None, f"{kind}_boxes ignored (image kept): {err}"
-
-
-def box_mask(boxes: list[list[float]], orig_hw: tuple[int, int], size: int) -> np.ndarray:
-    """Filled boxes given in original pixels, drawn on a size x size grid.
-
-    A pixel is inside when its centre is; a box thinner than a pixel still gets one, so a small
-    lesion does not vanish at low resolution. An empty list gives an all-zero mask (known empty).
-
-    Returns:
-        uint8 (size, size), 0/1.
-
-    Raises:
-        ValueError: a box with x1 <= x0 or y1 <= y0, or one wholly outside the image.
-    """
-    h, w = orig_hw
-    mask = np.zeros((size, size), dtype=np.uint8)
-    for box in boxes:
-        x0, y0, x1, y1 = box
-        if x1 <= x0 or y1 <= y0:
-            raise ValueError(f"box {box} has x1 <= x0 or y1 <= y0; boxes are [x0, y0, x1, y1] (not [x, y, w, h])")
-        if x0 >= w or y0 >= h or x1 <= 0 or y1 <= 0:
-            raise ValueError(f"box {box} lies outside the {w}x{h} px image")
-        r0, r1 = _span(y0 * size / h, y1 * size / h, size)
-        c0, c1 = _span(x0 * size / w, x1 * size / w, size)
-        mask[r0:r1, c0:c1] = 1
-    return mask
-
-
-def _span(a: float, b: float, size: int) -> tuple[int, int]:
-    """Pixel indices [lo, hi) whose centres (i + 0.5) lie in [a, b); at least one pixel."""
-    lo = min(max(0, math.ceil(a - 0.5)), size - 1)
-    hi = min(size, math.ceil(b - 0.5))
-    return lo, max(hi, lo + 1)
 
 
 def _shrink_npy(path: Path, n: int) -> None:

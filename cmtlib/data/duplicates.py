@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -45,6 +44,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from cmtlib.data.workers import pool
 from cmtlib.fileio import atomic_path
 
 __all__ = ["DuplicateResult", "EVIDENCE_COLUMNS", "find_duplicates", "image_features", "match_score", "hash_distance"]
@@ -425,5 +425,5 @@ def _pmap(fn, tasks: list, workers: int, progress: bool, desc: str, init: tuple 
             init[0](*init[1])
         yield from tqdm(map(fn, tasks), **bar)
         return
-    with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), initializer=init and init[0], initargs=init[1] if init else ()) as pool:
-        yield from tqdm(pool.map(fn, tasks, chunksize=max(1, min(32, len(tasks) // (4 * workers)))), **bar)
+    with pool(min(workers, len(tasks)), init[0] if init else None, init[1] if init else ()) as executor:
+        yield from tqdm(executor.map(fn, tasks, chunksize=max(1, min(32, len(tasks) // (4 * workers)))), **bar)
