@@ -20,20 +20,44 @@ def _cmd_synth(a: argparse.Namespace) -> int:
     return 0
 
 
+def _pairs(values: list[str] | None, flag: str) -> dict[str, str]:
+    """`--map` / `--const` values COLUMN=VALUE as a dict; a value without '=' is a user error."""
+    from cmtlib.errors import ConfigError
+
+    out = {}
+    for kv in values or []:
+        key, sep, value = kv.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{flag} {kv!r}: write COLUMN=VALUE, e.g. {flag} finding=COVID-19")
+        out[key.strip()] = value
+    return out
+
+
 def _cmd_import(a: argparse.Namespace) -> int:
     from cmtlib.data.collections import import_collection
 
-    options = dict(kv.split("=", 1) for kv in (a.map or []))
-    report = import_collection(a.kind, Path(a.root), Path(a.out), column_map=options, source=a.source, uncertain=a.uncertain)
+    report = import_collection(a.kind, Path(a.root), Path(a.out), column_map=_pairs(a.map, "--map"), source=a.source,
+                               uncertain=a.uncertain, constants=_pairs(a.const, "--const"),
+                               allow_outside_root=a.allow_outside_root)
     print(report.summary())
     return 0
 
 
+def _cmd_merge(a: argparse.Namespace) -> int:
+    from cmtlib.data.merge import merge_manifests
+
+    print(merge_manifests([Path(p) for p in a.manifests], Path(a.out)).summary())
+    return 0
+
+
 def _cmd_check(a: argparse.Namespace) -> int:
+    from cmtlib.data.check import value_problems
     from cmtlib.data.manifest import check_manifest, read_manifest
 
     df = read_manifest(a.manifest)
     problems = check_manifest(df)
+    if not problems:  # value rules read columns the contract check has just vouched for
+        problems = value_problems(df, a.manifest)
     if problems:
         print(f"{a.manifest}: {len(problems)} problem(s)", file=sys.stderr)
         for p in problems:
@@ -124,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_data_commands(data) -> None:
-    """`cmt data synth | import | check | split | cache`."""
+    """`cmt data synth | import | merge | check | split | cache`."""
     p = data.add_parser("synth", help="make synthetic chest X-ray phantoms with masks and labels")
     p.add_argument("--out", required=True, help="output folder (manifest.csv, images/, masks/)")
     p.add_argument("--n", type=int, default=2000, help="number of images")
@@ -136,10 +160,20 @@ def _add_data_commands(data) -> None:
     p.add_argument("kind", choices=["ieee8023", "covidx", "nih", "chexpert", "tbx11k", "csv", "auto"])
     p.add_argument("root", help="the collection's folder")
     p.add_argument("--out", required=True, help="manifest CSV to write")
-    p.add_argument("--map", action="append", metavar="COLUMN=SOURCE", help="csv kind: manifest column = your CSV's column (repeat); see README")
+    p.add_argument("--map", action="append", metavar="COLUMN=SOURCE",
+                   help="csv kind: manifest column = your CSV's column, or a template of them such as path=png/{image_id}.png (repeat)")
+    p.add_argument("--const", action="append", metavar="COLUMN=VALUE",
+                   help="csv kind: one value for every row, e.g. finding=COVID-19 for a collection of one class (repeat)")
     p.add_argument("--source", default="", help="csv kind: source name used to prefix ids")
     p.add_argument("--uncertain", choices=["unknown", "positive", "negative"], default="unknown", help="chexpert: how to read -1 labels")
+    p.add_argument("--allow-outside-root", action="store_true",
+                   help="keep rows whose image path leads out of the collection's folder (quarantined otherwise)")
     p.set_defaults(func=_cmd_import)
+
+    p = data.add_parser("merge", help="join manifests into one before the split (paths rebased, duplicate ids refused)")
+    p.add_argument("manifests", nargs="+", metavar="MANIFEST")
+    p.add_argument("--out", required=True, help="manifest CSV to write (its quarantine and notes files beside it)")
+    p.set_defaults(func=_cmd_merge)
 
     p = data.add_parser("check", help="validate a manifest against the contract (exit 1 naming the rows)")
     p.add_argument("manifest")

@@ -16,6 +16,10 @@ share one split and one cache, built once; each image size gets its own `cache-<
     <kind>-<key>/cache-<size>/    the cache (docs/CONTRACTS.md)
     <kind>-<key>/data.json        the fields behind the key, and what was built
 
+Beside each manifest lie its import findings (`<stem>.quarantine.csv`, `.notes.csv`,
+`.not_imported.csv`; `manifest.import_findings`), carried from the import to source.csv and to the
+split manifest, so a report reading the manifest a run used sees what its import left out.
+
 A present cache is reused when complete and built from the current manifest (meta.json's
 manifest_hash); a file lock keeps concurrent runs (or torchrun's processes) from building it twice.
 """
@@ -31,7 +35,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from cmtlib.errors import ConfigError
-from cmtlib.data.manifest import manifest_hash, read_manifest, resolve_path, write_manifest
+from cmtlib.data.manifest import carry_findings, manifest_hash, read_manifest, resolve_path, write_manifest
 from cmtlib.fileio import write_json
 
 log = logging.getLogger("cmtlib.data")
@@ -155,6 +159,7 @@ def _split_manifest(data, source: Path, folder: Path) -> Path:
         if col in df.columns:
             df[col] = [str(resolve_path(source, v)) if v else "" for v in df[col]]
     write_manifest(df, absolute)
+    carry_findings(source, absolute)  # the import's quarantine, notes and not-imported list travel along
     log.info("splitting %s (val %.2f, test %.2f, seed %d)", source, data.val_fraction, data.test_fraction, data.split_seed)
     # Phantoms are all distinct by construction, so duplicate detection is skipped for them.
     report = split_manifest(absolute, out, val=data.val_fraction, test=data.test_fraction, seed=data.split_seed, find_duplicates=data.data_kind != "synthetic")

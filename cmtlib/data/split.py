@@ -28,7 +28,12 @@ import numpy as np
 import pandas as pd
 
 from cmtlib.errors import ConfigError
-from cmtlib.data.manifest import DUPLICATE_GROUP, absolute_paths, ManifestError, check_manifest, read_manifest, resolve_path, write_manifest
+from cmtlib.data.check import label_conflicts
+from cmtlib.data.rules import same_path_groups
+from cmtlib.data.manifest import (
+    DUPLICATE_GROUP, LABEL_COLUMNS, ManifestError, absolute_paths, carry_findings, check_manifest, read_manifest, resolve_path,
+    write_manifest,
+)
 
 __all__ = ["SplitReport", "split_manifest", "evidence_path", "image_class"]
 
@@ -120,16 +125,9 @@ def split_manifest(manifest: Path, out: Path, val: float = 0.15, test: float = 0
         raise ManifestError(f"{manifest} cannot be split until it is valid (run `cmt data check`):\n  - " + "\n  - ".join(problems))
     fractions = {"train": 1 - val - test, "val": val, "test": test}
     report = SplitReport(out=out, seed=seed, fractions=fractions, n_images=len(df))
-
-    detected: list[tuple[str, ...]] = []
-    if find_duplicates:
-        from cmtlib.data.duplicates import find_duplicates as detect
-
-        images = {iid: resolve_path(manifest, p) for iid, p in zip(df["image_id"], df["path"])}
-        result = detect(images, workers=workers, progress=progress)
-        detected = result.groups
-        report.evidence = result.write_evidence(evidence_path(out))
-        report.unreadable = len(result.unreadable)
+    notes = _blank_conflicting_labels(df, manifest, report)
+    detected = _detect(df, manifest, out, report, workers, progress) if find_duplicates else []
+    detected += _same_file_groups(df, manifest)
     report.groups_kept = df.loc[df[DUPLICATE_GROUP] != "", DUPLICATE_GROUP].nunique()
     report.groups_detected = len(detected)
     df[DUPLICATE_GROUP] = _merge_groups(df, detected)
@@ -174,7 +172,46 @@ def split_manifest(manifest: Path, out: Path, val: float = 0.15, test: float = 0
     if Path(out).resolve().parent != Path(manifest).resolve().parent:
         df = absolute_paths(df, manifest)  # relative cells would otherwise resolve from the wrong folder
     write_manifest(df, out)
+    carry_findings(manifest, out, notes)
     return report
+
+
+def _detect(df: pd.DataFrame, manifest: Path, out: Path, report: SplitReport, workers: int | None, progress: bool) -> list[tuple[str, ...]]:
+    """Near-duplicate groups of the manifest's images; the evidence goes beside `out`."""
+    from cmtlib.data.duplicates import find_duplicates as detect
+
+    images = {iid: resolve_path(manifest, p) for iid, p in zip(df["image_id"], df["path"])}
+    result = detect(images, workers=workers, progress=progress)
+    report.evidence = result.write_evidence(evidence_path(out))
+    report.unreadable = len(result.unreadable)
+    return result.groups
+
+
+def _same_file_groups(df: pd.DataFrame, manifest: Path) -> list[tuple[str, ...]]:
+    """Rows naming one file, as duplicate groups: they go to one split even without the image search."""
+    paths = [str(resolve_path(manifest, p)) if p else "" for p in df["path"]]
+    return [tuple(df["image_id"].iloc[i] for i in g) for g in same_path_groups(paths)]
+
+
+def _blank_conflicting_labels(df: pd.DataFrame, manifest: Path, report: SplitReport) -> list[dict]:
+    """One file listed on several rows with different labels: which label is right is unknown, so
+    every such row's labels are left unknown (never split on a guess). Returns the notes for
+    `<out stem>.notes.csv`."""
+    notes = []
+    for group in label_conflicts(df, manifest):
+        rows = df.index[group]
+        seen = ", ".join(f"{df.at[i, 'image_id']} ({'/'.join(df.at[i, c] or '?' for c in LABEL_COLUMNS)})" for i in rows)
+        for i in rows:
+            for c in LABEL_COLUMNS:
+                if df.at[i, c]:
+                    notes.append({"image_id": df.at[i, "image_id"], "column": c, "value": df.at[i, c],
+                                  "reason": f"the same file is listed with other labels ({seen}); left unknown"})
+                    df.at[i, c] = ""
+            if df.at[i, "disease_boxes"] == "[]":
+                df.at[i, "disease_boxes"] = ""  # known empty only through the healthy label
+    if notes:
+        report.notes.append(f"{len(notes)} label(s) left unknown: one file listed with different labels (see the notes file)")
+    return notes
 
 
 class _UnionFind:

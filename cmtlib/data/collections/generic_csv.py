@@ -34,6 +34,7 @@ unless `--allow-outside-root` says it is meant; absolute paths are taken as they
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -178,7 +179,7 @@ def _row(get, line: int, source: str, images: Path, pre2020: bool, guard, ctx: I
         stats.skip("rows with a blank path")
         return None
     absolute = Path(rel).is_absolute()
-    path = Path(rel) if absolute else images / rel
+    path = Path(os.path.normpath(rel if absolute else images / rel))  # 'a/../b.png' written as 'b.png
     guard.image_id = image_id = _image_id(source, get("image_id"), rel, line, stats)
     guard.path = str(path)
     # Absolute paths are the user's explicit choice (DESIGN.md); relative ones stay in the image folder.

@@ -103,7 +103,11 @@ def _same_file(result: CollectionResult) -> list[dict]:
         if len(rows) < 2:
             continue
         first = rows[0]
-        disagree = [c for c in AGREE if len({r.get(c, "") for r in rows}) > 1]
+        disagree = [c for c in LABEL_COLUMNS if len({r.get(c, "") for r in rows}) > 1]
+        # A patient counts only where one was given (an image of no named patient is its own).
+        named = {r["patient_id"] for r in rows if r["patient_id"] != r["image_id"]}
+        if len(named) > 1:
+            disagree.append("patient_id")
         if disagree:
             values = "; ".join(f"{_where(r)}: " + ", ".join(f"{c} {r.get(c, '')!r}" for c in disagree) for r in rows)
             for r in rows:
@@ -112,6 +116,8 @@ def _same_file(result: CollectionResult) -> list[dict]:
                     f"the same file is listed {len(rows)} times with different {', '.join(disagree)} ({values}): "
                     "which is right is unknown; keep one row")))
             continue
+        if named and first["patient_id"] == first["image_id"]:
+            first["patient_id"] = named.pop()
         for r in rows[1:]:
             dropped.add(id(r))
             result.note(r["image_id"], "row", _where(r), f"the same file as {first['image_id']} ({_where(first)}) with the "

@@ -1,0 +1,61 @@
+"""`cmt data check`'s value rules: the same rules the importers apply (cmtlib/data/rules.py), so a
+manifest written by hand or by another tool is held to what an import would have let through.
+
+`check_manifest` (manifest.py) covers the contract (columns, label values, ids, split leaks);
+`value_problems` adds ages, offsets, boxes (read against each image's header size) and one file
+listed twice with different labels. `label_conflicts` is what `cmt data split` uses to leave such
+labels unknown rather than split on a guess.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+
+import pandas as pd
+
+from cmtlib.data.manifest import LABEL_COLUMNS, resolve_path
+from cmtlib.data.rules import boxes_problem, clean_age, clean_offset, probe_image, same_path_groups
+
+BOX_COLUMNS = ("lung_boxes", "disease_boxes")
+LIMIT = 20  # messages per rule; the rest are counted
+
+
+def _resolved(df: pd.DataFrame, manifest_path: str | os.PathLike) -> list[str]:
+    return [str(resolve_path(manifest_path, p)) if p else "" for p in df["path"]]
+
+
+def label_conflicts(df: pd.DataFrame, manifest_path: str | os.PathLike) -> list[list[int]]:
+    """Row positions naming one file (the same path once '..' is resolved) whose labels differ.
+    Byte-identical files under two names are the duplicate search's business (the split groups them)."""
+    paths = _resolved(df, manifest_path)
+    labels = list(zip(*(df[c] for c in LABEL_COLUMNS)))
+    return [g for g in same_path_groups(paths) if len({labels[i] for i in g}) > 1]
+
+
+def value_problems(df: pd.DataFrame, manifest_path: str | os.PathLike) -> list[str]:
+    """Every value an import would have left unknown, as messages naming the rows (CSV line numbers)."""
+    found: dict[str, list[str]] = defaultdict(list)
+    ids = df["image_id"].tolist() if "image_id" in df.columns else [""] * len(df)
+    for column, clean in (("age", clean_age), ("offset_days", clean_offset)):
+        for i, value in enumerate(df[column] if column in df.columns else []):
+            why = clean(value)[1]
+            if value and why:
+                found[column].append(f"row {i + 2} ({ids[i]}): {why}")
+    paths = _resolved(df, manifest_path) if "path" in df.columns else [""] * len(df)
+    for i in range(len(df)):
+        cells = {c: df[c].iloc[i] for c in BOX_COLUMNS if c in df.columns and df[c].iloc[i] not in ("", "[]")}
+        size = probe_image(paths[i])[0] if cells and paths[i] else None
+        for column, value in cells.items():
+            why = boxes_problem(value, size)
+            if why:
+                found[column].append(f"row {i + 2} ({ids[i]}): {why}")
+    if "path" in df.columns and all(c in df.columns for c in LABEL_COLUMNS):
+        for group in label_conflicts(df, manifest_path):
+            rows = ", ".join(f"row {i + 2} ({ids[i]}: {'/'.join(df[c].iloc[i] or '?' for c in LABEL_COLUMNS)})" for i in group)
+            found["labels"].append(f"one file with different labels (healthy/covid/other) at {rows}")
+    out = []
+    for rule, messages in found.items():
+        more = f"; and {len(messages) - LIMIT} more" if len(messages) > LIMIT else ""
+        out.append(f"{rule}: " + "; ".join(messages[:LIMIT]) + more)
+    return out
