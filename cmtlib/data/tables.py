@@ -5,8 +5,8 @@ Downloads arrive truncated, with a stray byte or quote, or hand-edited. `read_ta
 never stops at a bad line: a line it cannot trust (wrong number of fields, bytes that are not text
 in the file's encoding, a NUL byte, an unbalanced quote, the partial last line of a truncated gzip)
 is left out and listed in `Table.bad_lines` with its line number and why, for the importer to
-quarantine. Only a file that cannot be read at all (missing, empty, no header, not gzip data
-inside) raises `DataFileError`, naming the file.
+quarantine. Only a file that cannot be read at all (missing, empty, no header, damaged gzip data)
+raises `DataFileError`, naming the file.
 
 A table's index is the file line each record starts on (1 = the header), so messages name the
 line a user opens in an editor.
@@ -62,7 +62,8 @@ def read_bytes(path: Path) -> tuple[bytes, str]:
 
 
 def _inflate(raw: bytes, path: Path) -> tuple[bytes, str]:
-    """gzip data inflated as far as it goes: a truncated or damaged download keeps its intact part."""
+    """gzip data inflated as far as it goes: a download cut short keeps the part it holds (deflate
+    data decodes in order, so that part is exact); damaged data is refused whole."""
     parts: list[bytes] = []
     total, pos, step = 0, 0, 1 << 16
     inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
@@ -71,8 +72,9 @@ def _inflate(raw: bytes, path: Path) -> tuple[bytes, str]:
         try:
             chunk = inflater.decompress(raw[pos:pos + step])
         except zlib.error as err:
-            problem = f"gzip data damaged after {total:,} bytes ({err})"
-            break
+            # Damaged, not cut short: where the damage starts is unknown (the checksum is only
+            # tested at the end), so no line of it can be trusted.
+            raise DataFileError(f"{path} is damaged gzip data ({err}); fetch it again") from err
         pos += step
         parts.append(chunk)
         total += len(chunk)
@@ -87,7 +89,7 @@ def _inflate(raw: bytes, path: Path) -> tuple[bytes, str]:
     else:
         if not inflater.eof:
             problem = f"gzip data ends early after {total:,} bytes (a truncated download)"
-    if not parts and problem:
+    if total == 0 and problem:
         raise DataFileError(f"{path}: {problem}; nothing could be read, fetch it again")
     return b"".join(parts), problem
 
@@ -132,8 +134,11 @@ def read_table(path: str | Path, encodings: tuple[str, ...] = ("utf-8",), commen
         bad.append((len(lines) + 1, f"and any after it are missing ({truncated})", ""))
     if not records:
         raise DataFileError(f"{path} has no header line; is it a CSV table?" + (f" ({truncated})" if truncated else ""))
-    header_line, header_text = records[0]
-    header = _header(_fields(header_text))
+    header_text = records[0][1]
+    names = _fields(header_text)
+    if not names:
+        raise DataFileError(f"{path}: its header line cannot be read as CSV; is it a CSV table?")
+    header = _header(names)
     rows, index = [], []
     for number, record in records[1:]:
         fields = _fields(record)
@@ -171,11 +176,16 @@ def _records(lines: list[str], comment: str, bad: list[tuple[int, str, str]]) ->
     return out
 
 
-def _fields(record: str) -> list[str]:
+def _fields(record: str) -> list[str] | None:
+    """The record's fields, or None when the csv module cannot parse it (a stray quote with a line
+    break in an unquoted field)."""
     record = record.rstrip("\r\n")
     if '"' not in record:
         return record.split(",")
-    return next(csv.reader([record]), [])
+    try:
+        return next(csv.reader([record]), [])
+    except csv.Error:
+        return None
 
 
 def _header(names: list[str]) -> list[str]:
@@ -195,8 +205,10 @@ def _header(names: list[str]) -> list[str]:
     return out
 
 
-def _problem(fields: list[str], n: int, record: str) -> str:
+def _problem(fields: list[str] | None, n: int, record: str) -> str:
     """Why a record cannot be trusted, or ''."""
+    if fields is None:
+        return "cannot be parsed as CSV (a stray quote?); fix or remove it"
     if _NOT_TEXT.search(record):
         byte = ord(_NOT_TEXT.search(record).group()) - 0xDC00
         return f"holds bytes that are not text in the file's encoding (0x{byte:02x}); re-save the file as UTF-8"

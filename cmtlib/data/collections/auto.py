@@ -18,7 +18,7 @@ from types import ModuleType
 
 from cmtlib.errors import CmtError
 from cmtlib.data.collections import chexpert, covidx, ieee8023, nih, tbx11k
-from cmtlib.data.collections.common import CollectionResult, ImportContext, walk_dirs
+from cmtlib.data.collections.common import CollectionResult, ImportContext, header_of, walk_dirs
 
 MAX_DEPTH = 3
 
@@ -35,6 +35,10 @@ def detect(folder: Path) -> str | None:
         return "chexpert"
     if tbx11k.is_collection(folder):
         return "tbx11k"
+    if ieee8023.looks_like_one(folder) and not header_of(folder / "metadata.csv"):
+        # metadata.csv beside images/ but no header to tell its schema (empty, damaged): import it
+        # as ieee8023 so that the summary says what is wrong with the file.
+        return "ieee8023"
     return None
 
 

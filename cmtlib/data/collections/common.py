@@ -233,7 +233,8 @@ def header_of(path: Path, encoding: str = "utf-8") -> set[str]:
             line = f.readline(1 << 16)
     except OSError:
         return set()
-    return {c.strip().strip('"').lstrip("\ufeff") for c in line.strip().split(",")}
+    names = {c.strip().strip('"').lstrip("\ufeff") for c in line.strip().split(",")}
+    return names - {""}
 
 
 @dataclass

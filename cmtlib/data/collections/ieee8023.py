@@ -185,8 +185,16 @@ def _row(folder: Path, line: int, r, lungs: dict, clashing: set, ctx: ImportCont
 
 
 def find(root: Path) -> list[Path]:
-    found = [d for d in walk_dirs(root, max_depth=2) if is_collection(d)]
+    """Folders holding an ieee8023 collection; failing those, any metadata.csv beside images/, so
+    that the import names what is wrong with it (an empty file, a missing column)."""
+    folders = walk_dirs(root, max_depth=2)
+    found = [d for d in folders if is_collection(d)] or [d for d in folders if looks_like_one(d)]
     if not found:
         raise ManifestError(f"no ieee8023 collection under {root}: expected metadata.csv with columns "
                             f"{', '.join(META_COLUMNS)} beside an images/ folder")
     return found
+
+
+def looks_like_one(folder: Path) -> bool:
+    """metadata.csv beside images/ (the ieee8023 and COVIDx layout), whatever its header says."""
+    return (folder / "metadata.csv").is_file() and (folder / "images").is_dir()

@@ -104,4 +104,7 @@ def _row(cls: str, path: Path, image_id: str, entry: tuple[CocoImage, dict] | No
     elif image.boxes:
         result.note(image_id, "disease_boxes", "", f"the annotation file draws TB boxes on a film in imgs/{cls}/; disease_boxes left unknown")
         row["disease_boxes"] = ""
+    elif cls == "tb":
+        result.note(image_id, "disease_boxes", "", "listed in the annotation file without any box (annotations lost?); "
+                    "disease_boxes left unknown")
     return row
