@@ -124,6 +124,9 @@ def read_table(path: str | Path, encodings: tuple[str, ...] = ("utf-8",), commen
     path = Path(path)
     data, truncated = read_bytes(path)
     text = _decode(data, encodings, path)
+    frame = None if truncated else _plain_frame(text, comment)
+    if frame is not None:
+        return Table(frame, path)
     lines = list(io.StringIO(text, newline=""))
     bad: list[tuple[int, str, str]] = []
     records = _records(lines, comment, bad)
@@ -152,6 +155,27 @@ def read_table(path: str | Path, encodings: tuple[str, ...] = ("utf-8",), commen
         index.append(number)
     frame = pd.DataFrame(rows, columns=header, index=pd.Index(index, name="line"), dtype=object)
     return Table(frame, path, sorted(bad))
+
+
+def _plain_frame(text: str, comment: str) -> pd.DataFrame | None:
+    """The frame of a file with nothing to repair (no quote, NUL, CR, undecodable byte, comment,
+    blank line, and every line as many commas as the header), parsed by pandas' C reader; None
+    otherwise. Clean files are the common case, and ChestX-ray14's table has 112,120 lines."""
+    if '"' in text or "\0" in text or "\r" in text or (comment and comment in text) or _NOT_TEXT.search(text):
+        return None
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    if len(lines) < 2:
+        return None
+    commas = lines[0].count(",")
+    header = _header(lines[0].split(","))
+    if len(header) != commas + 1 or any(line.count(",") != commas or not line.strip(", ") for line in lines):
+        return None
+    frame = pd.read_csv(io.StringIO(text), header=None, skiprows=1, names=header, dtype=str, keep_default_na=False,
+                        na_filter=False, quoting=csv.QUOTE_NONE, engine="c")
+    frame.index = pd.Index(range(2, len(lines) + 1), name="line")
+    return frame.astype(object)
 
 
 def _records(lines: list[str], comment: str, bad: list[tuple[int, str, str]]) -> list[tuple[int, str]]:
