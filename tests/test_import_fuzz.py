@@ -322,6 +322,12 @@ CASES += [
     Case("actualmed-path-leaves-the-folder", "covidx",
          lambda t: (B.png(t / "out.png"), B.edit(t / "actualmed" / "metadata.csv", "x2.png", "../../out.png")), "quarantined",
          lambda r: r.quarantined("leaves the collection's folder", "actualmed:ANON2"), lost=("actualmed:ANON2",)),
+    Case("actualmed-lacks-a-column", "covidx", lambda t: B.edit(t / "actualmed" / "metadata.csv", "imagename", "image_name"),
+         "imported", lambda r: "lacks imagename" in r.not_imported["reason"].iloc[0] and "figure1:COVID-00001" in r.df.index,
+         lost=("actualmed:ANON1", "actualmed:ANON2")),
+    Case("figure1-lacks-a-column", "covidx", lambda t: B.edit(t / "fig1" / "metadata.csv", "finding", "dx", "latin-1"),
+         "imported", lambda r: "lacks finding" in r.not_imported["reason"].iloc[0] and "actualmed:ANON1" in r.df.index,
+         lost=("figure1:COVID-00001", "figure1:COVID-00002a", "figure1:COVID-00002b")),
     # ---- auto: one broken collection costs only itself ----
     Case("auto-one-collection-unreadable", "auto", lambda t: B.write(_meta(t), ""), "imported",
          lambda r: list(r.not_imported["collection"]) == ["ieee8023"] and "empty" in r.not_imported["reason"].iloc[0]

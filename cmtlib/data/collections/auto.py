@@ -35,10 +35,11 @@ def detect(folder: Path) -> str | None:
         return "chexpert"
     if tbx11k.is_collection(folder):
         return "tbx11k"
-    if ieee8023.looks_like_one(folder) and not header_of(folder / "metadata.csv"):
-        # metadata.csv beside images/ but no header to tell its schema (empty, damaged): import it
-        # as ieee8023 so that the summary says what is wrong with the file.
-        return "ieee8023"
+    if ieee8023.looks_like_one(folder):
+        # metadata.csv beside images/ in no known schema (a missing column, an empty or damaged
+        # file): imported as the closer of the two so that the summary says what is wrong with it.
+        header = header_of(folder / "metadata.csv")
+        return "ieee8023" if not header or "filename" in header else "covidx"
     return None
 
 

@@ -47,8 +47,14 @@ def is_actualmed(folder: Path) -> bool:
     return {"patientid", "finding", "imagename"} <= _header(folder)
 
 
+def is_candidate(folder: Path) -> bool:
+    """metadata.csv beside images/ that is not ieee8023's (no filename column): a Figure1 or
+    Actualmed copy, or one whose header is broken, which `read` then names."""
+    return (folder / "metadata.csv").is_file() and (folder / "images").is_dir() and "filename" not in _header(folder)
+
+
 def find(root: Path) -> list[Path]:
-    found = [d for d in walk_dirs(root, max_depth=2) if is_figure1(d) or is_actualmed(d)]
+    found = [d for d in walk_dirs(root, max_depth=2) if is_candidate(d)]
     if not found:
         raise ManifestError(f"no Figure1 or Actualmed collection under {root}: expected metadata.csv "
                             "(patientid, finding, and imagename for Actualmed) beside an images/ folder")
@@ -56,7 +62,23 @@ def find(root: Path) -> list[Path]:
 
 
 def read(folder: Path, ctx: ImportContext) -> CollectionResult:
-    return read_actualmed(folder, ctx) if is_actualmed(folder) else read_figure1(folder, ctx)
+    if is_actualmed(folder):
+        return read_actualmed(folder, ctx)
+    if is_figure1(folder):
+        return read_figure1(folder, ctx)
+    raise ManifestError(schema_problem(folder))
+
+
+def schema_problem(folder: Path) -> str:
+    """Why metadata.csv beside images/ is neither Figure1's nor Actualmed's (a collection is never dropped unnamed)."""
+    cols = _header(folder)
+    if not cols:
+        return f"{folder / 'metadata.csv'} has no readable header line; fetch it again"
+    figure1 = sorted({"patientid", "finding", "view"} - cols)
+    actualmed = sorted({"patientid", "finding", "imagename"} - cols)
+    named = "" if any((folder / "images").glob("COVID-*")) else "; and no images/COVID-* files, as Figure1 names them"
+    return (f"{folder / 'metadata.csv'} is neither Figure1's (lacks {', '.join(figure1) or 'nothing'}{named}) nor "
+            f"Actualmed's (lacks {', '.join(actualmed) or 'nothing'}); it has: {', '.join(sorted(cols))}")
 
 
 def _frontal_view(raw: str, stats: SourceStats) -> str | None:
