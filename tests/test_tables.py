@@ -73,3 +73,10 @@ def test_json_with_a_stray_byte_reads_with_a_warning_and_truncated_json_is_refus
     (tmp_path / "b.json").write_bytes(b'{"images": [1, 2')
     with pytest.raises(DataFileError, match="not valid JSON"):
         read_json(tmp_path / "b.json")
+
+
+def test_a_broken_last_line_without_a_line_break_says_the_file_may_be_cut_short(tmp_path):
+    t = _table(tmp_path, b"name,label,view\na.png,ok,PA\nb.png,o")
+    assert t.frame["name"].tolist() == ["a.png"]
+    assert "cut short?" in t.bad_lines[0][1]
+    assert not _table(tmp_path, b"name,label\na.png,ok").bad_lines  # a complete last line needs no break

@@ -157,6 +157,9 @@ def probe_image(path: Path) -> tuple[tuple[int, int] | None, str]:
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 with Image.open(path) as im:
                     size, problem = im.size, ""
+        except Image.DecompressionBombError:
+            return None, (f"image header claims more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels (the cache's limit is "
+                          f"{MAX_PIXELS:,}): refused as a possible decompression bomb; downscale it first if it is genuine")
         except PIL_ERRORS as err:
             return None, f"unreadable image: {err}"
     if size is None:

@@ -131,8 +131,8 @@ def read_table(path: str | Path, encodings: tuple[str, ...] = ("utf-8",), commen
     bad: list[tuple[int, str, str]] = []
     records = _records(lines, comment, bad)
     if truncated and records and not lines[-1].endswith(("\n", "\r")):
-        number, text = records.pop()
-        bad.append((number, f"is incomplete ({truncated}); any lines after it are missing", text))
+        number, raw = records.pop()
+        bad.append((number, f"is incomplete ({truncated}); any lines after it are missing", raw))
     elif truncated:
         bad.append((len(lines) + 1, f"and any after it are missing ({truncated})", ""))
     if not records:
@@ -153,6 +153,10 @@ def read_table(path: str | Path, encodings: tuple[str, ...] = ("utf-8",), commen
             continue
         rows.append(fields[:len(header)])
         index.append(number)
+    if bad and not truncated and not text.endswith(("\n", "\r")) and (not index or max(bad)[0] > index[-1]):
+        # A broken last line with no line break after it: most likely a download cut short.
+        last = max(bad)
+        bad[bad.index(last)] = (last[0], f"{last[1]} (the file ends on this line without a line break: cut short?)", last[2])
     frame = pd.DataFrame(rows, columns=header, index=pd.Index(index, name="line"), dtype=object)
     return Table(frame, path, sorted(bad))
 

@@ -131,6 +131,9 @@ def read(folder: Path, ctx: ImportContext) -> CollectionResult:
             if row is not None:
                 result.rows.append(row)
                 by_name.setdefault(cell(r["filename"]), row)
+    listed = {cell(f) for f in meta["filename"]}
+    images = [p for p in (folder / "images").iterdir() if p.is_file()] if (folder / "images").is_dir() else []
+    result.stats[0].skip("image files in images/ without a metadata row", sum(p.name not in listed for p in images))
     sizes = {name: row["_size"] for name, row in by_name.items()}
     add_disease_masks(comp.segmentations, sizes, by_name, ctx, result)
     add_v7_polygons(comp.v7_zip, sizes, by_name, ctx, result)
