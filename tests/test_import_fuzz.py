@@ -308,6 +308,8 @@ CASES += [
          lost=(CSV[2],), options={**CSV_OPTIONS, "allow_outside_root": True}),
     Case("csv-split-training", "csv", lambda t: B.edit(_csv(t), "PA,,,\n", "PA,,,training\n"), "unknown",
          lambda r: r.unknown(CSV[1], "split", "not train, val or test")),
+    Case("csv-path-name-too-long", "csv", lambda t: B.edit(_csv(t), "img/c.png", "img/" + "x" * 400 + ".png"), "quarantined",
+         lambda r: r.quarantined("file not found"), lost=(CSV[2],)),
     Case("csv-mapped-column-missing", "csv", lambda t: B.edit(_csv(t), "Diagnosis", "Dx"), "error"),
     Case("csv-latin1-byte", "csv", lambda t: B.edit_bytes(_csv(t), b"Pneumonia", b"Pneum\xf6nia"), "quarantined",
          lambda r: r.quarantined("re-save the file as UTF-8"), lost=(CSV[2],)),

@@ -141,12 +141,21 @@ def _jsonable(value: object) -> bool:
         return False
 
 
+def is_file(path: str | os.PathLike) -> bool:
+    """Path.is_file() for a path taken from a metadata cell: a name too long, or otherwise one the
+    system refuses, is not a file here rather than an exception."""
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):  # ENAMETOOLONG, EACCES on a parent; ValueError: an embedded NUL
+        return False
+
+
 def probe_image(path: Path) -> tuple[tuple[int, int] | None, str]:
     """(width, height) from the file's header, or (None, why). Nothing is decoded (the cache does
     that); this refuses files that are missing, not images, or whose header claims more pixels
     than the cache's limit (a decompression bomb), before they enter a manifest."""
     path = Path(path)
-    if not path.is_file():
+    if not is_file(path):
         return None, "file not found"
     if path.suffix.lower() in (".dcm", ".dicom"):
         size, problem = _dicom_size(path)

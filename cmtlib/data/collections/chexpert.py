@@ -26,6 +26,7 @@ from cmtlib.data.collections.common import (
 )
 from cmtlib.data.collections.rows import RowError, admit_image, cell, line_of, quarantine_bad_lines, row_guard
 from cmtlib.data.manifest import ManifestError
+from cmtlib.data.rules import is_file
 from cmtlib.data.tables import read_table
 
 SOURCE = "chexpert"
@@ -79,7 +80,7 @@ def _resolve(csv_dir: Path, rel: str) -> Path:
     candidates = [csv_dir / p, csv_dir.parent / p]
     if len(p.parts) > 1:
         candidates.append(csv_dir / Path(*p.parts[1:]))
-    return next((c for c in candidates if c.exists()), candidates[0])
+    return next((c for c in candidates if is_file(c)), candidates[0])
 
 
 def read(folder: Path, ctx: ImportContext) -> CollectionResult:

@@ -45,7 +45,7 @@ from cmtlib.data.collections.common import (
 )
 from cmtlib.data.collections.rows import RowError, admit_image, cell, inside, line_of, quarantine_bad_lines, row_guard
 from cmtlib.data.manifest import COLUMNS, LABEL_COLUMNS, ManifestError, format_boxes, parse_boxes
-from cmtlib.data.rules import normalise_text
+from cmtlib.data.rules import is_file, normalise_text
 from cmtlib.data.tables import Table, read_table
 
 MAPPABLE = tuple(c for c in COLUMNS if c != "source")
@@ -214,7 +214,7 @@ def _mask(value: str, col: str, images: Path, image_id: str, ctx: ImportContext,
     if not Path(value).is_absolute() and not ctx.allow_outside_root and not inside(mask, images):
         result.note(image_id, col, value, "path leaves the image folder; left unknown (--allow-outside-root accepts it)")
         return ""
-    if not mask.is_file():
+    if not is_file(mask):
         result.stats[0].keep(f"{col} file not found: left unknown")
         result.note(image_id, col, value, f"{col} file not found; left unknown")
         return ""

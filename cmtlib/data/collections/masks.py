@@ -14,7 +14,7 @@ from PIL import Image
 
 from cmtlib.data.collections.common import CollectionResult
 from cmtlib.data.collections.rows import cell, inside, read_table_or_note
-from cmtlib.data.rules import PIL_ERRORS, parse_number, probe_image
+from cmtlib.data.rules import PIL_ERRORS, is_file, parse_number, probe_image
 from cmtlib.fileio import atomic_path
 
 # GeneralBlockchain classes that make up the disease-segmentation ground truth (SOURCES.md);
@@ -103,7 +103,7 @@ def _paste_instance(canvas: np.ndarray, folder: Path, r) -> str:
     if left is None or top is None or not (left.is_integer() and top.is_integer()):
         return f"instance {r['Mask'] or '(none)'} of {r['Template Name']} has Left {r['Left']!r} / Top {r['Top']!r}, not whole numbers"
     path = folder / r["Mask"]
-    if r["Mask"] == "" or not inside(path, folder) or not path.is_file():
+    if r["Mask"] == "" or not inside(path, folder) or not is_file(path):
         return f"instance mask {r['Mask'] or '(none)'} of {r['Template Name']} is missing"
     piece, why = _foreground(path, canvas.shape)
     if piece is None:
