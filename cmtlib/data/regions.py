@@ -42,12 +42,14 @@ def box_mask(boxes: list[list[float]], orig_hw: tuple[int, int], size: int) -> n
         uint8 (size, size), 0/1.
 
     Raises:
-        ValueError: a box with x1 <= x0 or y1 <= y0, or one wholly outside the image.
+        ValueError: a box holding NaN or infinity, with x1 <= x0 or y1 <= y0, or wholly outside the image.
     """
     h, w = orig_hw
     mask = np.zeros((size, size), dtype=np.uint8)
     for box in boxes:
         x0, y0, x1, y1 = box
+        if not all(math.isfinite(v) for v in box):
+            raise ValueError(f"box {box} holds NaN or infinity")
         if x1 <= x0 or y1 <= y0:
             raise ValueError(f"box {box} has x1 <= x0 or y1 <= y0; boxes are [x0, y0, x1, y1] (not [x, y, w, h])")
         if x0 >= w or y0 >= h or x1 <= 0 or y1 <= 0:
