@@ -134,3 +134,22 @@ def test_csv_kind_constants_templates_and_outside_root(tmp_path):
     assert cmt(["data", "import", "csv", str(tmp_path / "col" / "files.csv"), "--out", str(out), "--source", "f",
                 "--map", "path=file", "--const", "finding=normal", "--allow-outside-root"]) == 0
     assert len(read_manifest(out)) == 3 and import_findings(out)[0].empty
+
+
+def test_prepared_data_keeps_the_import_findings_beside_the_manifest_a_run_uses(tmp_path):
+    """prepare.py: import -> source.csv (absolute paths) -> split manifest; the report reads the last."""
+    from types import SimpleNamespace
+
+    from cmtlib.data.prepare import _split_manifest
+
+    for i in range(6):
+        _image(tmp_path / "col" / f"{i}.png", 30 + i)
+    (tmp_path / "col" / "labels.csv").write_text("file,dx,age\n" + "".join(f"{i}.png,COVID-19,{40 + i}\n" for i in range(5))
+                                                 + "5.png,COVID-19,250\nmissing.png,normal,3\n")
+    imported = tmp_path / "data" / "import" / "manifest.csv"
+    import_collection("csv", tmp_path / "col" / "labels.csv", imported, column_map={"path": "file", "finding": "dx", "age": "age"},
+                      source="c")
+    data = SimpleNamespace(data_kind="auto", val_fraction=0.2, test_fraction=0.2, split_seed=0)
+    manifest = _split_manifest(data, imported, tmp_path / "data")
+    q, notes, _ = import_findings(manifest)
+    assert q["image_id"].tolist() == ["c:missing"] and notes["image_id"].tolist() == ["c:5"]
