@@ -188,10 +188,15 @@ def _dicom_size(path: Path) -> tuple[tuple[int, int] | None, str]:
     except ImportError:
         return None, "DICOM file but pydicom is not installed (pip install 'cmtlib[data]')"
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        with warnings.catch_warnings():
+            # A damaged header makes pydicom warn per element; the refusal below says it once.
+            warnings.simplefilter("ignore", UserWarning)
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
         return (int(ds.Columns), int(ds.Rows)), ""
-    except (pydicom.errors.InvalidDicomError, AttributeError, OSError, ValueError, TypeError, struct.error) as err:
-        return None, f"unreadable DICOM: {err}"
+    except (pydicom.errors.InvalidDicomError, pydicom.errors.BytesLengthException, AttributeError, OSError, ValueError,
+            TypeError, KeyError, IndexError, EOFError, NotImplementedError, struct.error) as err:
+        # What pydicom raises on damaged headers (NotImplementedError: an unknown value representation).
+        return None, f"unreadable DICOM: {type(err).__name__}: {err}"
 
 
 def same_path_groups(paths: list[str]) -> list[list[int]]:
