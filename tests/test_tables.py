@@ -80,3 +80,8 @@ def test_a_broken_last_line_without_a_line_break_says_the_file_may_be_cut_short(
     assert t.frame["name"].tolist() == ["a.png"]
     assert "cut short?" in t.bad_lines[0][1]
     assert not _table(tmp_path, b"name,label\na.png,ok").bad_lines  # a complete last line needs no break
+
+
+def test_utf16_with_a_byte_order_mark_is_read(tmp_path):
+    t = _table(tmp_path, "name,label\na.png,ok\n".encode("utf-16"))
+    assert t.frame.to_dict("records") == [{"name": "a.png", "label": "ok"}]

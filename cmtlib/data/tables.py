@@ -96,7 +96,13 @@ def _inflate(raw: bytes, path: Path) -> tuple[bytes, str]:
 
 def _decode(data: bytes, encodings: tuple[str, ...], path: Path) -> str:
     """Text in the first encoding that reads the whole file; otherwise the first encoding with
-    unreadable bytes kept as surrogates, so that only the lines holding them are left out."""
+    unreadable bytes kept as surrogates, so that only the lines holding them are left out. A UTF-16
+    byte-order mark (Excel's "Unicode text") decides by itself."""
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError:
+            pass  # a damaged UTF-16 file: read below, where its lines are refused one by one
     for enc in encodings:
         codec = "utf-8-sig" if enc.lower().replace("_", "-") in ("utf-8", "utf8") else enc
         try:

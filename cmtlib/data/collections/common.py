@@ -203,9 +203,17 @@ def quarantine_entry(image_id: str, path: Path | str, reason: str) -> dict:
 
 
 def require_columns(df: pd.DataFrame, columns: list[str] | tuple[str, ...], where: Path, hint: str = "") -> None:
+    """A clear error for a required column that is missing, or present twice (which one holds the
+    truth would be a guess)."""
     missing = [c for c in columns if c not in df.columns]
     if missing:
+        if len(df.columns) == 1 and any(sep in str(df.columns[0]) for sep in (";", "\t", "|")):
+            hint += "; its header is one column: is it separated by ';' or tabs instead of commas? Save it as a comma-separated CSV"
         raise ManifestError(f"{where} lacks column(s) {', '.join(missing)} (it has: {', '.join(map(str, df.columns))}){hint}")
+    twice = [c for c in columns if f"{c}.1" in df.columns]
+    if twice:
+        raise ManifestError(f"{where} has column(s) {', '.join(twice)} more than once; which one holds the values is unknown, "
+                            "keep one")
 
 
 def walk_dirs(root: Path, max_depth: int = 3) -> list[Path]:
