@@ -22,13 +22,14 @@ LIMIT = 20  # messages per rule; the rest are counted
 
 
 def _resolved(df: pd.DataFrame, manifest_path: str | os.PathLike) -> list[str]:
-    return [str(resolve_path(manifest_path, p)) if p else "" for p in df["path"]]
+    folder = str(resolve_path(manifest_path, "."))  # one Path for the folder, plain strings per row
+    return [p if not p or os.path.isabs(p) else os.path.join(folder, p) for p in df["path"]]
 
 
-def label_conflicts(df: pd.DataFrame, manifest_path: str | os.PathLike) -> list[list[int]]:
+def label_conflicts(df: pd.DataFrame, manifest_path: str | os.PathLike, paths: list[str] | None = None) -> list[list[int]]:
     """Row positions naming one file (the same path once '..' is resolved) whose labels differ.
     Byte-identical files under two names are the duplicate search's business (the split groups them)."""
-    paths = _resolved(df, manifest_path)
+    paths = paths if paths is not None else _resolved(df, manifest_path)
     labels = list(zip(*(df[c] for c in LABEL_COLUMNS)))
     return [g for g in same_path_groups(paths) if len({labels[i] for i in g}) > 1]
 
@@ -43,15 +44,17 @@ def value_problems(df: pd.DataFrame, manifest_path: str | os.PathLike) -> list[s
             if value and why:
                 found[column].append(f"row {i + 2} ({ids[i]}): {why}")
     paths = _resolved(df, manifest_path) if "path" in df.columns else [""] * len(df)
+    columns = {c: df[c].tolist() for c in BOX_COLUMNS if c in df.columns}
     for i in range(len(df)):
-        cells = {c: df[c].iloc[i] for c in BOX_COLUMNS if c in df.columns and df[c].iloc[i] not in ("", "[]")}
+        cells = {c: values[i] for c, values in columns.items() if values[i] not in ("", "[]")}
+        # Only a film with boxes needs its size: its header is read, nothing is decoded.
         size = probe_image(paths[i])[0] if cells and paths[i] else None
         for column, value in cells.items():
             why = boxes_problem(value, size)
             if why:
                 found[column].append(f"row {i + 2} ({ids[i]}): {why}")
     if "path" in df.columns and all(c in df.columns for c in LABEL_COLUMNS):
-        for group in label_conflicts(df, manifest_path):
+        for group in label_conflicts(df, manifest_path, paths):
             rows = ", ".join(f"row {i + 2} ({ids[i]}: {'/'.join(df[c].iloc[i] or '?' for c in LABEL_COLUMNS)})" for i in group)
             found["labels"].append(f"one file with different labels (healthy/covid/other) at {rows}")
     out = []
