@@ -296,6 +296,8 @@ CASES += [
                                ("zero-size", "[[1, 1, 1, 20]]", "zero size"), ("outside", "[[1, 1, 500, 20]]", "outside"),
                                ("negative", "[[-50, -50, -10, -10]]", "outside"), ("not-json", "[[1, 1", "not JSON"),
                                ("text", '[[""a"", 1, 2, 3]]', "not a number"))],
+    Case("csv-box-on-a-healthy-film", "csv", lambda t: B.edit(_csv(t), "normal,S2,PA,,", 'normal,S2,PA,"[[1, 1, 5, 5]]",'), "unknown",
+         lambda r: r.unknown(CSV[1], "disease_boxes", "labelled healthy") and r.labels(CSV[1]) == ("1", "0", "0")),
     Case("csv-label-value-maybe", "csv", lambda t: B.edit(_csv(t), '20]]",,', '20]]",maybe,'), "unknown",
          lambda r: r.unknown(CSV[0], "label_covid", "maybe")),
     Case("csv-one-id-two-files", "csv", lambda t: B.edit(_csv(t), "S2", "S1"), "quarantined",

@@ -83,13 +83,14 @@ def test_check_reports_the_import_rules(tmp_path, capsys):
         _row("s:off", str(img.with_name("k.png")), "s:3", offset_days="1e9"),
         _row("s:inv", str(img.with_name("l.png")), "s:4", disease_boxes="[[30, 5, 10, 20]]"),
         _row("s:out", str(img), "s:5", ("1", "0", "0"), lung_boxes="[[0, 0, 400, 20]]"),
+        _row("s:sick", str(img.with_name("m.png")), "s:6", ("1", "0", "0"), disease_boxes="[[1, 1, 5, 5]]"),
     ]
     m = _manifest(tmp_path / "m.csv", rows)
     assert cmt(["data", "check", str(m)]) == 1
     err = capsys.readouterr().err
     assert "age: row 3 (s:age)" in err and "offset_days: row 4 (s:off)" in err
     assert "disease_boxes: row 5 (s:inv): box [30, 5, 10, 20] is inverted" in err
-    assert "lies outside the 40x40 px image" in err
+    assert "lies outside the 40x40 px image" in err and "row 7 (s:sick): disease boxes on a film labelled healthy" in err
     assert "one file with different labels" in err and "row 2 (s:ok: 0/1/0)" in err and "row 6 (s:out: 1/0/0)" in err
 
 

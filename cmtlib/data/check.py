@@ -53,6 +53,10 @@ def value_problems(df: pd.DataFrame, manifest_path: str | os.PathLike) -> list[s
             why = boxes_problem(value, size)
             if why:
                 found[column].append(f"row {i + 2} ({ids[i]}): {why}")
+    if "disease_boxes" in df.columns and "label_healthy" in df.columns:
+        for i, (healthy, cell) in enumerate(zip(df["label_healthy"], df["disease_boxes"])):
+            if healthy == "1" and cell not in ("", "[]"):
+                found["disease_boxes"].append(f"row {i + 2} ({ids[i]}): disease boxes on a film labelled healthy")
     if "path" in df.columns and all(c in df.columns for c in LABEL_COLUMNS):
         for group in label_conflicts(df, manifest_path, paths):
             rows = ", ".join(f"row {i + 2} ({ids[i]}: {'/'.join(df[c].iloc[i] or '?' for c in LABEL_COLUMNS)})" for i in group)

@@ -4,7 +4,8 @@ the ambiguities only visible across rows. Nothing is guessed and nothing is drop
 - per field: an age outside 0-120 years, an offset outside -365 to 3,650 days, a sex that is not
   M or F, a box that is not finite, has no area, is inverted or lies outside the image: the field
   is left unknown and a note (image_id, column, value, reason) says why. A finding of numbers or
-  symbols only is read as unknown and noted. Any invalid box of a film makes that film's whole
+  symbols only is read as unknown and noted; disease boxes on a film labelled healthy are left
+  unknown (one of the two is wrong). Any invalid box of a film makes that film's whole
   box field unknown (one lung box of two would teach "background" where the other lung is).
 - one image id for two different files: every row involved is quarantined.
 - one file listed twice: kept once when the rows agree (a note says so), quarantined when they
@@ -55,6 +56,10 @@ def _fields(row: dict, result: CollectionResult) -> None:
         if why:
             result.note(iid, column, row[column], f"{why}; {column} left unknown")
             row[column] = ""
+    if row.get("label_healthy") == "1" and row.get("disease_boxes", "") not in ("", "[]"):
+        # A lesion box on a film labelled healthy: one of the two is wrong, and which is unknown.
+        result.note(iid, "disease_boxes", row["disease_boxes"], "disease boxes on a film labelled healthy; left unknown")
+        row["disease_boxes"] = ""
     split = _SPLITS.get(normalise_text(row.get("split", "")))
     if split is None:
         result.note(iid, "split", row["split"], "not train, val or test; left unassigned (cmt data split assigns it)")
