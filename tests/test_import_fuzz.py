@@ -145,6 +145,8 @@ CASES = [
          lambda r: r.unknown(A, "lung_boxes", "shared") and r.unknown(Bi, "lung_boxes", "shared") and r.df.loc[C, "lung_boxes"] != ""),
     Case("coco-two-right-lung-boxes", "ieee8023", _set(_coco, _ann(3, category_id=1)), "unknown",
          lambda r: r.unknown(Bi, "lung_boxes", "2 Right Lung boxes")),
+    Case("coco-category-id-text", "ieee8023", _set(_coco, _ann(1, category_id="left")), "unknown",
+         lambda r: r.unknown(A, "lung_boxes", "category left")),
     Case("coco-image-width-0", "ieee8023", _set(_coco, _img(3, width=0)), "unknown", lambda r: r.unknown(D, "lung_boxes", "width")),
     Case("coco-annotation-names-no-image", "ieee8023", _set(_coco, _ann(5, image_id=99)), "unknown",
          lambda r: r.unknown(C, "lung_boxes", "0 Left Lung") and r.unknown(C, "lung_boxes", "which no image entry has")),

@@ -21,6 +21,7 @@ lateral films.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,7 +90,7 @@ def lung_boxes_by_file(coco_path: Path, result: CollectionResult) -> dict[str, t
             out[name] = image.problem
             continue
         cats = [c for c, _ in image.boxes]
-        if sorted(cats) == list(LUNG_CATEGORIES):
+        if Counter(cats) == Counter(LUNG_CATEGORIES):  # ids may be text in a damaged file: no sorting
             by_cat = dict(image.boxes)
             out[name] = ([by_cat[c] for c in LUNG_CATEGORIES], image.frame)
         elif image.boxes:  # no box at all: nothing drawn, not a problem of the file
