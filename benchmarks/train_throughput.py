@@ -28,9 +28,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cmtlib.data.loader import EvalBatches, TrainBatches, load_split, open_cache_folder  # noqa: E402
-from cmtlib.engine import TrainConfig, fit  # noqa: E402
+from cmtlib.configs import ModelConfig, TrainConfig  # noqa: E402
+from cmtlib.engine import fit  # noqa: E402
 from cmtlib.losses import MultiTaskLoss  # noqa: E402
-from cmtlib.models.config import ModelConfig  # noqa: E402
 from cmtlib.models.registry import build_model  # noqa: E402
 from cmtlib.models.segnet import SegNetDecoder  # noqa: E402
 from cmtlib.runtime import autocast, autocast_dtype, describe_device, resolve_device  # noqa: E402

@@ -27,8 +27,11 @@ from typing import Any
 import torch
 from torch import nn
 
+import cmtlib
+from cmtlib.configs import ModelConfig
 from cmtlib.errors import CmtError, MissingInputError
 from cmtlib.fileio import atomic_path
+from cmtlib.models.registry import build_model
 
 FORMAT = "cmtlib-checkpoint"
 FORMAT_VERSION = 1
@@ -43,7 +46,6 @@ class CheckpointError(CmtError, ValueError):
 def versions() -> dict[str, str]:
     import torchvision
 
-    import cmtlib
 
     # str(): torch.__version__ is a TorchVersion, which weights_only loading refuses.
     return {"cmtlib": str(cmtlib.__version__), "torch": str(torch.__version__), "torchvision": str(torchvision.__version__), "python": platform.python_version()}
@@ -166,8 +168,6 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 def model_config(config: dict[str, Any]):
     """The ModelConfig stored in a checkpoint's flat config, with encoder_weights=none: the trained
     weights replace the encoder's anyway, so nothing is read from ImageNet files."""
-    from cmtlib.models.config import ModelConfig
-
     kwargs = {f.name: config[f.name] for f in fields(ModelConfig) if f.name in config}
     kwargs["encoder_weights"] = "none"
     return ModelConfig(**kwargs)
@@ -179,8 +179,6 @@ def load_model(run_or_ckpt: str | os.PathLike, which: str = "best", device: str 
     Returns:
         (model in eval mode on `device`, the checkpoint without state_dict and optimizer).
     """
-    from cmtlib.models.registry import build_model
-
     path = checkpoint_path(run_or_ckpt, which)
     ckpt = read_checkpoint(path)
     model = build_model(model_config(ckpt["config"]))

@@ -115,7 +115,7 @@ def _cmd_predict(a: argparse.Namespace) -> int:
 
 
 def _cmd_report(a: argparse.Namespace) -> int:
-    from cmtlib.report.chain import run_report
+    from cmtlib.report.chain.runner import run_report
 
     index = run_report(Path(a.params), out=Path(a.out) if a.out else None, overrides=a.set or [])
     print(f"report: {index}")
@@ -123,7 +123,7 @@ def _cmd_report(a: argparse.Namespace) -> int:
 
 
 def _cmd_ablation(a: argparse.Namespace) -> int:
-    from cmtlib.report.ablation import run_ablation
+    from cmtlib.report.chain.ablation import run_ablation
 
     summary = run_ablation([Path(p) for p in a.params], out=Path(a.out) if a.out else None, overrides=a.set or [])
     print(f"ablation summary: {summary}")

@@ -3,8 +3,9 @@
 `fit` knows nothing of CMTNet (STYLE rule 5): it calls `model(batch["image"])` and
 `loss_fn(outputs, batch)` and reads only the output contract's keys for its cheap validation
 metrics (`multilabel` column 0 for COVID AUC, `lung` / `disease` for Dice), skipping absent ones.
-`train(params)` wires data, model and loss and owns the run folder: config.yaml, run.json,
-history.csv/json, checkpoints/{last,best}.pt, train.log.
+`train(params)` wires data, model and loss and writes the run folder through cmtlib.run.Run:
+config.yaml, run.json, history.csv/json, checkpoints/{last,best}.pt, train.log. Validation runs the
+model through cmtlib.inference, the loop every other consumer uses too.
 
 Best checkpoint: lowest validation loss (`best_by: val_loss`, the default) or highest validation
 COVID AUC (`best_by: val_covid_auc`). Validation loss is the default because it covers every task
@@ -14,7 +15,6 @@ AUC criterion would freeze on the first epoch that reaches it; ties keep the ear
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -25,9 +25,34 @@ import numpy as np
 import torch
 from torch import nn
 
+import cmtlib
+from cmtlib.checkpoint import make_checkpoint, read_checkpoint, restore_rng, save_checkpoint
+from cmtlib.configs import BEST_BY, LR_SCHEDULES, TrainConfig
+from cmtlib.data.loader import EvalBatches, TrainBatches, load_split, open_cache_folder
+from cmtlib.data.prepare import prepare_data
 from cmtlib.errors import ConfigError
-from cmtlib.runtime import DistInfo, autocast, autocast_dtype, mix_seed
-from cmtlib.train_config import BEST_BY, LR_SCHEDULES, TrainConfig
+from cmtlib.fileio import atomic_path, write_json
+from cmtlib.inference import infer
+from cmtlib.metrics import roc_auc
+from cmtlib.models.losses_for import loss_for
+from cmtlib.models.registry import build_model
+from cmtlib.params import dump_params
+from cmtlib.run import Run, run_dir_for
+from cmtlib.runtime import (
+    DistInfo,
+    autocast,
+    autocast_dtype,
+    barrier,
+    describe_device,
+    dist_from_env,
+    git_commit,
+    init_distributed,
+    mix_seed,
+    resolve_device,
+    seed_everything,
+    set_threads,
+    shutdown_distributed,
+)
 
 log = logging.getLogger("cmtlib.train")
 
@@ -60,57 +85,46 @@ def _weighted_parts(parts: Mapping[str, torch.Tensor], batch: Mapping[str, torch
     return keys, values * counts_t, counts_t
 
 
-@torch.no_grad()
+class _LossSums:
+    """Validation loss and its terms summed on the device, batch by batch (an `infer` hook)."""
+
+    def __init__(self, loss_fn: Callable):
+        self.loss_fn, self.total, self.n_images = loss_fn, None, 0
+        self.keys: list[str] | None = None
+        self.sums = self.counts = None
+
+    def __call__(self, outputs: dict[str, torch.Tensor], batch: Mapping[str, torch.Tensor]) -> None:
+        loss, parts = self.loss_fn(outputs, batch)
+        b = batch["image"].shape[0]
+        self.total = loss.detach() * b if self.total is None else self.total + loss.detach() * b
+        self.n_images += b
+        k, s, c = _weighted_parts(parts, batch)
+        if self.keys is None:
+            self.keys, self.sums, self.counts = k, s, c
+        else:
+            self.sums, self.counts = self.sums + s, self.counts + c
+
+
 def validate(model: nn.Module, loss_fn: Callable, batches: Iterable[Mapping[str, torch.Tensor]], device: torch.device, amp: torch.dtype | None = None) -> dict[str, float]:
     """Validation loss and its terms (exact means over switched samples), COVID AUC and lung /
-    disease Dice at 0.5 (mean over images with a known, non-empty mask). One sync at the end."""
-    from cmtlib.metrics import roc_auc
-
-    model.eval()
-    total = torch.zeros((), device=device)
-    n_images = 0
-    keys: list[str] | None = None
-    sums = counts = None
-    covid_scores, covid_labels = [], []
-    dice = {k: torch.zeros(2, device=device) for k in ("lung", "disease")}  # (sum, count)
-    for batch in batches:
-        with autocast(device, amp):
-            outputs = model(batch["image"])
-        outputs = {k: v.float() for k, v in outputs.items()}
-        loss, parts = loss_fn(outputs, batch)
-        b = batch["image"].shape[0]
-        total += loss.detach() * b
-        n_images += b
-        k, s, c = _weighted_parts(parts, batch)
-        if keys is None:
-            keys, sums, counts = k, s, c
-        else:
-            sums, counts = sums + s, counts + c
-        if "multilabel" in outputs and "has_covid" in batch:
-            known = batch["has_covid"]
-            covid_scores.append(outputs["multilabel"][:, 0][known])
-            covid_labels.append(batch["covid"][known])
-        for task in dice:
-            if task in outputs and f"has_{task}" in batch:
-                pred = outputs[task] >= 0  # logit >= 0 <=> probability >= 0.5
-                gt = batch[task] >= 0.5
-                inter = (pred & gt).flatten(1).sum(1).float()
-                size = pred.flatten(1).sum(1).float() + gt.flatten(1).sum(1).float()
-                use = batch[f"has_{task}"] & (gt.flatten(1).sum(1) > 0)
-                dice[task] += torch.stack([(2 * inter / size.clamp_min(1))[use].sum(), use.sum().float()])
-    if n_images == 0:
+    disease Dice at 0.5 (mean over images with a known, non-empty mask), through cmtlib.inference:
+    outputs stay on the device until one copy at the end."""
+    losses = _LossSums(loss_fn)
+    res = infer(model, batches, amp=amp, targets=("covid", "has_covid"), on_batch=losses)
+    if losses.n_images == 0:
         raise ConfigError("the validation split is empty; the run needs rows with split=val")
-    out = {"val_loss": float(total.item() / n_images)}
-    for key, s, c in zip(keys or [], (sums / counts.clamp_min(1)).tolist(), counts.tolist()):
+    out = {"val_loss": float(losses.total.item() / losses.n_images)}
+    for key, s, c in zip(losses.keys or [], (losses.sums / losses.counts.clamp_min(1)).tolist(), losses.counts.tolist()):
         out[f"val_{key}"] = s if c > 0 else math.nan
     out["val_covid_auc"] = math.nan
-    if covid_scores:
-        y, s = torch.cat(covid_labels).cpu().numpy(), torch.cat(covid_scores).cpu().numpy()
+    known = res.targets.get("has_covid")
+    if known is not None and not np.isnan(res.columns["p_covid"]).all():
+        y, scores = res.targets["covid"][known], res.columns["p_covid"][known]
         if len(np.unique(y)) == 2:
-            out["val_covid_auc"] = roc_auc(y, s)
-    for task, acc in dice.items():
-        sum_, count = acc.tolist()
-        out[f"val_{task}_dice"] = sum_ / count if count > 0 else math.nan
+            out["val_covid_auc"] = roc_auc(y, scores)
+    for task in ("lung", "disease"):
+        d = res.columns[f"{task}_dice"]
+        out[f"val_{task}_dice"] = float(np.nanmean(d)) if (~np.isnan(d)).any() else math.nan
     return out
 
 
@@ -140,28 +154,77 @@ def fit(
         config: the flat params stored in checkpoints.
         on_epoch: called with each history row (after it is written).
     """
-    from tqdm.auto import tqdm
-
-    from cmtlib.checkpoint import make_checkpoint, restore_rng, save_checkpoint
-
     _check(cfg)
     device = train_batches.data.device
     amp = autocast_dtype(cfg.precision, device)
-    bare = model.to(device)
-    if cfg.channels_last:
-        bare = bare.to(memory_format=torch.channels_last)
-    # The fused CUDA kernel updates all parameters in a few launches instead of several per tensor.
-    optimizer = torch.optim.Adam(bare.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"by": cfg.best_by, "value": None, "epoch": None}
-    start_epoch = 0
-    if resume is not None:
+    state = _TrainState.start(model, cfg, device, resume)
+    if resume is not None and run_dir is not None and dist.is_main:
+        write_history(state.history, Path(run_dir))  # a kill after last.pt but before the history files
+    net = _wrap(state.model, cfg, dist, device)
+    for epoch in range(state.start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        keys, means = _train_epoch(net, state.optimizer, loss_fn, train_batches, cfg, epoch, amp, dist)
+        train_seconds = time.perf_counter() - t0
+        row: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "seconds": 0.0,
+            "images_per_s": len(train_batches) * train_batches.global_batch / train_seconds,
+            "lr": state.optimizer.param_groups[0]["lr"],
+            "train_loss": means[0],
+        }
+        row.update({f"train_{k}": v for k, v in zip(keys, means[1:])})
+        row.update(validate(state.model, loss_fn, val_batches, device, amp))
+        row["seconds"] = time.perf_counter() - t0
+        is_best = state.record(row, cfg)
+        if run_dir is not None and dist.is_main:
+            state.save(Path(run_dir), config, is_best, train_batches.data.size)
+        log.info(_epoch_line(row, cfg.epochs, is_best))
+        if on_epoch is not None:
+            on_epoch(row)
+    return state.history  # the trained weights live in `model` itself (DDP and compile share its parameters)
+
+
+class _TrainState:
+    """The model, its optimizer, the history and the best epoch so far: what a checkpoint holds."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, history: list[dict[str, Any]], best: dict[str, Any], start_epoch: int):
+        self.model, self.optimizer, self.history, self.best, self.start_epoch = model, optimizer, history, best, start_epoch
+
+    @classmethod
+    def start(cls, model: nn.Module, cfg: TrainConfig, device: torch.device, resume: Mapping[str, Any] | None) -> _TrainState:
+        """Fresh, or restored from a checkpoint dict (weights, optimizer, history, RNG)."""
+        bare = model.to(device)
+        if cfg.channels_last:
+            bare = bare.to(memory_format=torch.channels_last)
+        # The fused CUDA kernel updates all parameters in a few launches instead of several per tensor.
+        optimizer = torch.optim.Adam(bare.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
+        if resume is None:
+            return cls(bare, optimizer, [], {"by": cfg.best_by, "value": None, "epoch": None}, 0)
         bare.load_state_dict(resume["state_dict"])
         optimizer.load_state_dict(resume["optimizer"])
-        history, best, start_epoch = list(resume["history"]), dict(resume["best"]), int(resume["epoch"])
         restore_rng(resume["rng"])
-        if run_dir is not None and dist.is_main:
-            write_history(history, Path(run_dir))  # a kill after last.pt but before the history files
+        return cls(bare, optimizer, list(resume["history"]), dict(resume["best"]), int(resume["epoch"]))
+
+    def record(self, row: dict[str, Any], cfg: TrainConfig) -> bool:
+        """Append an epoch's row; True when it is the best so far."""
+        self.history.append(row)
+        if _improved(row[cfg.best_by], self.best["value"], BEST_BY[cfg.best_by]):
+            self.best = {"by": cfg.best_by, "value": row[cfg.best_by], "epoch": row["epoch"]}
+        return self.best["epoch"] == row["epoch"]
+
+    def save(self, run_dir: Path, config: Mapping[str, Any] | None, is_best: bool, image_size: int) -> None:
+        epoch = self.history[-1]["epoch"]
+        ckpt = make_checkpoint(self.model, self.optimizer, config=dict(config or {}), epoch=epoch, history=self.history, best=self.best, image_size=image_size)
+        # best.pt before last.pt: a kill in between leaves last.pt at the previous epoch, so a
+        # resume redoes this epoch and writes best.pt again.
+        if is_best:
+            save_checkpoint(ckpt, run_dir / "checkpoints" / "best.pt")
+        save_checkpoint(ckpt, run_dir / "checkpoints" / "last.pt")
+        write_history(self.history, run_dir)
+
+
+def _wrap(bare: nn.Module, cfg: TrainConfig, dist: DistInfo, device: torch.device) -> nn.Module:
+    """DDP under torchrun, then torch.compile when asked; both share `bare`'s parameters."""
     net: nn.Module = bare
     if dist.enabled:
         from torch.nn.parallel import DistributedDataParallel
@@ -169,78 +232,54 @@ def fit(
         net = DistributedDataParallel(bare, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
         net = torch.compile(net)
-    ckpt_dir = Path(run_dir) / "checkpoints" if run_dir is not None else None
-    writes = ckpt_dir is not None and dist.is_main
-    steps = len(train_batches)
-    for epoch in range(start_epoch, cfg.epochs):
-        # Dropout and any other global-RNG use repeat per epoch, also after a resume.
-        torch.manual_seed(mix_seed(cfg.seed, epoch, dist.rank, 3))
-        net.train()
-        t0 = time.perf_counter()
-        acc: torch.Tensor | None = None
-        keys: list[str] = []
-        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", disable=not dist.is_main or None, leave=False)
-        for step, batch in enumerate(train_batches.epoch(epoch)):
-            if cfg.lr_schedule == "cosine":
-                lr = cfg.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch * steps + step) / (cfg.epochs * steps)))
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-            with autocast(device, amp):
-                outputs = net(batch["image"])
-            loss, parts = loss_fn({k: v.float() for k, v in outputs.items()}, batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step_losses = torch.stack([loss.detach().float()] + [parts[k].detach().float() for k in (keys or parts)])
-            if acc is None:
-                keys, acc = list(parts), torch.zeros_like(step_losses)
-            acc += step_losses  # stays on the device: no sync per step
-            if (step + 1) % cfg.log_every == 0 or step + 1 == steps:
-                bar.set_postfix(loss=f"{acc[0].item() / (step + 1):.4f}")  # the one sync per log_every steps
-            bar.update(1)
-        bar.close()
-        if acc is None:
-            raise ConfigError("the training epoch had no batches; lower batch_size or add training images")
-        if dist.enabled:
-            import torch.distributed as tdist
+    return net
 
-            tdist.all_reduce(acc)
-            acc /= dist.world_size
-        train_seconds = time.perf_counter() - t0
-        means = (acc / steps).tolist()
-        row: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "seconds": 0.0,
-            "images_per_s": steps * train_batches.global_batch / train_seconds,
-            "lr": optimizer.param_groups[0]["lr"],
-            "train_loss": means[0],
-        }
-        row.update({f"train_{k}": v for k, v in zip(keys, means[1:])})
-        row.update(validate(bare, loss_fn, val_batches, device, amp))
-        row["seconds"] = time.perf_counter() - t0
-        history.append(row)
-        if _improved(row[cfg.best_by], best["value"], BEST_BY[cfg.best_by]):
-            best = {"by": cfg.best_by, "value": row[cfg.best_by], "epoch": epoch + 1}
-        is_best = best["epoch"] == epoch + 1
-        if writes:
-            ckpt = make_checkpoint(bare, optimizer, config=dict(config or {}), epoch=epoch + 1, history=history, best=best, image_size=train_batches.data.size)
-            # best.pt before last.pt: a kill in between leaves last.pt at the previous epoch, so a
-            # resume redoes this epoch and writes best.pt again.
-            if is_best:
-                save_checkpoint(ckpt, ckpt_dir / "best.pt")
-            save_checkpoint(ckpt, ckpt_dir / "last.pt")
-            write_history(history, Path(run_dir))
-        log.info(_epoch_line(row, cfg.epochs, is_best))
-        if on_epoch is not None:
-            on_epoch(row)
-    return history  # the trained weights live in `model` itself (DDP and compile share its parameters)
+
+def _train_epoch(net: nn.Module, optimizer, loss_fn: Callable, train_batches, cfg: TrainConfig, epoch: int,
+                 amp: torch.dtype | None, dist: DistInfo) -> tuple[list[str], list[float]]:
+    """One pass over the training batches; (loss term names, [mean total, mean per term])."""
+    from tqdm.auto import tqdm
+
+    device = train_batches.data.device
+    steps = len(train_batches)
+    # Dropout and any other global-RNG use repeat per epoch, also after a resume.
+    torch.manual_seed(mix_seed(cfg.seed, epoch, dist.rank, 3))
+    net.train()
+    acc: torch.Tensor | None = None
+    keys: list[str] = []
+    bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", disable=not dist.is_main or None, leave=False)
+    for step, batch in enumerate(train_batches.epoch(epoch)):
+        if cfg.lr_schedule == "cosine":
+            lr = cfg.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch * steps + step) / (cfg.epochs * steps)))
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+        with autocast(device, amp):
+            outputs = net(batch["image"])
+        loss, parts = loss_fn({k: v.float() for k, v in outputs.items()}, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step_losses = torch.stack([loss.detach().float()] + [parts[k].detach().float() for k in (keys or parts)])
+        if acc is None:
+            keys, acc = list(parts), torch.zeros_like(step_losses)
+        acc += step_losses  # stays on the device: no sync per step
+        if (step + 1) % cfg.log_every == 0 or step + 1 == steps:
+            bar.set_postfix(loss=f"{acc[0].item() / (step + 1):.4f}")  # the one sync per log_every steps
+        bar.update(1)
+    bar.close()
+    if acc is None:
+        raise ConfigError("the training epoch had no batches; lower batch_size or add training images")
+    if dist.enabled:
+        import torch.distributed as tdist
+
+        tdist.all_reduce(acc)
+        acc /= dist.world_size
+    return keys, (acc / steps).tolist()
 
 
 def write_history(history: list[dict[str, Any]], run_dir: Path) -> None:
     """history.csv and history.json, each written atomically."""
     import pandas as pd
-
-    from cmtlib.fileio import atomic_path, write_json
 
     write_json(run_dir / "history.json", history)
     with atomic_path(run_dir / "history.csv") as tmp:
@@ -256,107 +295,105 @@ def _epoch_line(row: Mapping[str, Any], epochs: int, is_best: bool) -> str:
     )
 
 
-def unfinished_start(run_dir: Path) -> bool:
-    """True when `run_dir` holds nothing but train.log: a start that failed before writing
-    config.yaml, run.json or a checkpoint (a cache at another size, an empty split). A rerun may
-    reuse such a folder; a folder holding anything else is a run or the user's, and stays as it is."""
-    return run_dir.is_dir() and [p.name for p in run_dir.iterdir()] == ["train.log"]
-
-
 def train(params, resume: bool = False, overwrite: bool = False) -> Path:
     """Prepare data, build model and loss, `fit`, and write the run folder; returns its path.
 
     Under torchrun (WORLD_SIZE > 1) every process calls this; rank 0 alone writes files.
     """
-    import datetime as dt
-
-    import torchvision
-
-    import cmtlib
-    from cmtlib.checkpoint import read_checkpoint
-    from cmtlib.data.loader import EvalBatches, TrainBatches, load_split, open_cache_folder
-    from cmtlib.data.prepare import prepare_data
-    from cmtlib.fileio import write_json
-    from cmtlib.models.losses_for import loss_for
-    from cmtlib.models.registry import build_model
-    from cmtlib.params import dump_params
-    from cmtlib.runtime import (RunLogging, barrier, check_resume_config, claim_run_dir, describe_device, dist_from_env, git_commit,
-                                init_distributed, resolve_device, run_dir_for, seed_everything, set_threads, shutdown_distributed)
-
     cfg = params.train
     _check(cfg)
     dist = dist_from_env()
     device = resolve_device(cfg.device, dist.local_rank)
     started = init_distributed(device, dist)
-    run_dir = run_dir_for(params)
-    flat = params.flat()
+    run = Run(run_dir_for(params))
     # Decided on every rank before rank 0 touches the folder, so all ranks agree on `resume`.
-    reuse = unfinished_start(run_dir) and not (resume and overwrite)
-    if reuse:
-        resume = False  # nothing to resume: no epoch, no config.yaml; start afresh in the same folder
+    reuse = run.unfinished_start() and not (resume and overwrite)
+    resume = resume and not reuse  # a reused folder holds no epoch and no config.yaml: start afresh in it
     try:
         if dist.is_main and not reuse:
-            claim_run_dir(run_dir, resume, overwrite)
+            run.claim(resume, overwrite)
             if resume:
-                check_resume_config(run_dir, flat)
+                run.check_resume(params.flat())
         barrier(dist)
-        with RunLogging(run_dir, dist.is_main):
+        with run.logging(dist.is_main):
             if reuse:
-                log.info("%s holds only the train.log of an earlier start that stopped before writing a run; starting afresh in it", run_dir)
-            set_threads(cfg.threads)
-            seed_everything(cfg.seed)
-            cache_dir = prepare_data(params)
-            cache = open_cache_folder(cache_dir)
-            if cache.size != params.data.image_size:
-                raise ConfigError(f"cache {cache_dir} is {cache.size} px but image_size is {params.data.image_size}")
-            train_data, val_data = load_split(cache, "train", device), load_split(cache, "val", device)
-            if len(val_data) == 0:
-                raise ConfigError(f"cache {cache_dir} has no rows with split=val; the best checkpoint and the COVID threshold need a validation split")
-            torch.manual_seed(cfg.seed)
-            model = build_model(params.model)
-            loss_fn = loss_for(model, cfg)  # the model's own loss when it has one (Mask R-CNN), else MultiTaskLoss
-            train_batches = TrainBatches(
-                train_data, cfg.batch_size, seed=cfg.seed, covid_oversample=cfg.covid_oversample, rotate_deg=cfg.rotate_deg,
-                translate_px=cfg.translate_px, dist=dist, channels_last=cfg.channels_last,
-            )
-            val_batches = EvalBatches(val_data, cfg.eval_batch_size, channels_last=cfg.channels_last)
-            last = run_dir / "checkpoints" / "last.pt"
-            ckpt = read_checkpoint(last, map_location=device) if resume and last.is_file() else None
-            if resume and ckpt is None:
-                log.info("no epoch of %s finished before it stopped: starting it from epoch 1", run_dir)
-            amp = autocast_dtype(cfg.precision, device)
-            info: dict[str, Any] = {}
-            if dist.is_main:
-                dump_params(params, run_dir / "config.yaml")
-                old = json.loads((run_dir / "run.json").read_text()) if resume and (run_dir / "run.json").is_file() else {}
-                info = {
-                    **old,
-                    "name": params.run_name, "params_file": params.source, "run_dir": str(run_dir), "status": "running",
-                    "device": describe_device(device), "world_size": dist.world_size, "precision": "bf16" if amp else "fp32",
-                    "torch": torch.__version__, "torchvision": torchvision.__version__, "cmtlib": cmtlib.__version__,
-                    "git_commit": git_commit(), "model": params.model.model,
-                    "encoder_weights_source": getattr(model, "encoder_weights_source", params.model.encoder_weights),
-                    "data_cache": str(cache_dir), "manifest": cache.meta.get("manifest", ""), "manifest_hash": cache.meta.get("manifest_hash", ""),
-                    "n_train": len(train_data), "n_val": len(val_data), "steps_per_epoch": len(train_batches),
-                    "images_per_epoch": train_batches.images_per_epoch, "start_time": old.get("start_time") or dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-                    "end_time": None,
-                }
-                if resume:
-                    info["resumed_at"] = old.get("resumed_at", []) + [{"time": dt.datetime.now().astimezone().isoformat(timespec="seconds"), "from_epoch": int(ckpt["epoch"]) if ckpt else 0}]
-                write_json(run_dir / "run.json", info)
-            log.info(
-                "training %s on %s: %d train images (%d per epoch with COVID x%g), %d val, %d steps of %d",
-                params.model.model, describe_device(device), len(train_data), train_batches.images_per_epoch,
-                cfg.covid_oversample, len(val_data), len(train_batches), train_batches.global_batch,
-            )
-            history = fit(model, loss_fn, train_batches, val_batches, cfg, run_dir, dist=dist, resume=ckpt, config=flat)
-            if dist.is_main:
-                info.update(status="finished", end_time=dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-                            seconds_per_epoch=[round(r["seconds"], 3) for r in history], epochs_done=len(history))
-                write_json(run_dir / "run.json", info)
-                log.info("run folder: %s", run_dir)
+                log.info("%s holds only the train.log of an earlier start that stopped before writing a run; starting afresh in it", run.path)
+            _train_in(run, params, device, dist, resume)
         barrier(dist)
     finally:
         if started:
             shutdown_distributed()
-    return run_dir
+    return run.path
+
+
+def _train_in(run: Run, params, device: torch.device, dist: DistInfo, resume: bool) -> None:
+    """The body of `train` once the run folder is claimed and logging to it."""
+    cfg = params.train
+    set_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    cache, train_data, val_data = _training_data(params, device)
+    torch.manual_seed(cfg.seed)
+    model = build_model(params.model)
+    loss_fn = loss_for(model, cfg)  # the model's own loss when it has one (Mask R-CNN), else MultiTaskLoss
+    train_batches = TrainBatches(
+        train_data, cfg.batch_size, seed=cfg.seed, covid_oversample=cfg.covid_oversample, rotate_deg=cfg.rotate_deg,
+        translate_px=cfg.translate_px, dist=dist, channels_last=cfg.channels_last,
+    )
+    val_batches = EvalBatches(val_data, cfg.eval_batch_size, channels_last=cfg.channels_last)
+    last = run.checkpoint("last")
+    ckpt = read_checkpoint(last, map_location=device) if resume and last.is_file() else None
+    if resume and ckpt is None:
+        log.info("no epoch of %s finished before it stopped: starting it from epoch 1", run.path)
+    if dist.is_main:
+        dump_params(params, run.file("config.yaml"))
+        run.write_info(_run_info(run, params, model, device, dist, cache, train_batches, len(val_data), resume, ckpt))
+    log.info(
+        "training %s on %s: %d train images (%d per epoch with COVID x%g), %d val, %d steps of %d",
+        params.model.model, describe_device(device), len(train_data), train_batches.images_per_epoch,
+        cfg.covid_oversample, len(val_data), len(train_batches), train_batches.global_batch,
+    )
+    history = fit(model, loss_fn, train_batches, val_batches, cfg, run.path, dist=dist, resume=ckpt, config=params.flat())
+    if dist.is_main:
+        run.update_info(status="finished", end_time=_now(), seconds_per_epoch=[round(r["seconds"], 3) for r in history], epochs_done=len(history))
+        log.info("run folder: %s", run.path)
+
+
+def _training_data(params, device: torch.device):
+    """(cache folder, train split, val split) on `device`, the data prepared first when needed."""
+    cache_dir = prepare_data(params)
+    cache = open_cache_folder(cache_dir)
+    if cache.size != params.data.image_size:
+        raise ConfigError(f"cache {cache_dir} is {cache.size} px but image_size is {params.data.image_size}")
+    train_data, val_data = load_split(cache, "train", device), load_split(cache, "val", device)
+    if len(val_data) == 0:
+        raise ConfigError(f"cache {cache_dir} has no rows with split=val; the best checkpoint and the COVID threshold need a validation split")
+    return cache, train_data, val_data
+
+
+def _now() -> str:
+    import datetime as dt
+
+    return dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def _run_info(run: Run, params, model: nn.Module, device: torch.device, dist: DistInfo, cache, train_batches, n_val: int,
+              resume: bool, ckpt: Mapping[str, Any] | None) -> dict[str, Any]:
+    """run.json at the start of training (a resumed run keeps its start time and lists each resume)."""
+    import torchvision
+
+    old = run.info if resume else {}
+    info: dict[str, Any] = {
+        **old,
+        "name": params.run_name, "params_file": params.source, "run_dir": str(run.path), "status": "running",
+        "device": describe_device(device), "world_size": dist.world_size,
+        "precision": "bf16" if autocast_dtype(params.train.precision, device) else "fp32",
+        "torch": torch.__version__, "torchvision": torchvision.__version__, "cmtlib": cmtlib.__version__,
+        "git_commit": git_commit(), "model": params.model.model,
+        "encoder_weights_source": getattr(model, "encoder_weights_source", params.model.encoder_weights),
+        "data_cache": str(cache.path), "manifest": cache.meta.get("manifest", ""), "manifest_hash": cache.meta.get("manifest_hash", ""),
+        "n_train": len(train_batches.data), "n_val": n_val, "steps_per_epoch": len(train_batches),
+        "images_per_epoch": train_batches.images_per_epoch, "start_time": old.get("start_time") or _now(), "end_time": None,
+    }
+    if resume:
+        info["resumed_at"] = old.get("resumed_at", []) + [{"time": _now(), "from_epoch": int(ckpt["epoch"]) if ckpt else 0}]
+    return info

@@ -36,11 +36,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cmtlib.errors import CmtError, MissingInputError
 from cmtlib.checkpoint import load_model
+from cmtlib.data.cache import build_cache, open_cache
 from cmtlib.data.loader import EvalBatches, SplitData, load_split, open_cache_folder
+from cmtlib.data.manifest import manifest_hash
+from cmtlib.errors import CmtError, MissingInputError
 from cmtlib.fileio import atomic_path, write_json
-from cmtlib.runtime import autocast, autocast_dtype, resolve_device
+from cmtlib.inference import infer
+from cmtlib.metrics import metrics_from_predictions, threshold_at_specificity
+from cmtlib.run import Run
+from cmtlib.runtime import autocast_dtype, resolve_device
 
 log = logging.getLogger("cmtlib.evaluate")
 META_COLUMNS = ("image_id", "patient_id", "source", "view", "offset_days", "sex", "age", "finding", "label_healthy", "label_covid", "label_other")
@@ -54,48 +59,16 @@ class EvaluateError(CmtError, ValueError):
     message says what to pass instead."""
 
 
-@torch.no_grad()
 def predict_split(model: torch.nn.Module, data: SplitData, batch_size: int = 64, amp: torch.dtype | None = None) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    """Run `model` over a split in order.
+    """Run `model` over a split in order (cmtlib.inference.infer).
 
     Returns:
         columns: p_healthy, p_covid, p_other and lung/disease dice and iou at 0.5, each (N,) float64
         with NaN where the model lacks the output or the ground truth is unknown or empty;
         embeddings: (N, D) float32, or None when the model gives no `embedding`.
     """
-    model.eval()
-    n = len(data)
-    cols = {k: np.full(n, np.nan) for k in ("p_healthy", "p_covid", "p_other", "lung_dice", "lung_iou", "disease_dice", "disease_iou")}
-    embeddings: np.ndarray | None = None
-    start = 0
-    for batch in EvalBatches(data, batch_size):
-        b = batch["image"].shape[0]
-        sl = slice(start, start + b)
-        with autocast(data.device, amp):
-            out = model(batch["image"])
-        out = {k: v.float() for k, v in out.items()}
-        if "healthy" in out:
-            cols["p_healthy"][sl] = torch.softmax(out["healthy"], dim=1)[:, 1].cpu().numpy()
-        if "multilabel" in out:
-            p = torch.sigmoid(out["multilabel"]).cpu().numpy()
-            cols["p_covid"][sl], cols["p_other"][sl] = p[:, 0], p[:, 1]
-        for task in ("lung", "disease"):
-            if task in out:
-                pred, gt = (out[task] >= 0).flatten(1), (batch[task] >= 0.5).flatten(1)  # logit >= 0 <=> p >= 0.5
-                inter = (pred & gt).sum(1).double()
-                ps, gs = pred.sum(1).double(), gt.sum(1).double()
-                use = (batch[f"has_{task}"] & (gs > 0)).cpu().numpy()
-                dice = (2 * inter / (ps + gs)).cpu().numpy()
-                iou = (inter / (ps + gs - inter)).cpu().numpy()
-                cols[f"{task}_dice"][sl] = np.where(use, dice, np.nan)
-                cols[f"{task}_iou"][sl] = np.where(use, iou, np.nan)
-        if "embedding" in out:
-            emb = out["embedding"].cpu().numpy().astype(np.float32)
-            if embeddings is None:
-                embeddings = np.zeros((n, emb.shape[1]), np.float32)
-            embeddings[sl] = emb
-        start += b
-    return cols, embeddings
+    res = infer(model, EvalBatches(data, batch_size), amp=amp)
+    return res.columns, res.embedding
 
 
 def _decisions(p: np.ndarray, threshold: float) -> pd.array:
@@ -126,8 +99,6 @@ def write_csv(df: pd.DataFrame, path: Path) -> Path:
 
 def choose_threshold(val_df: pd.DataFrame, specificity: float = SPECIFICITY) -> dict[str, Any]:
     """The COVID threshold at `specificity` on validation rows with a known label and a score."""
-    from cmtlib.metrics import threshold_at_specificity
-
     y = pd.to_numeric(val_df["label_covid"].replace("", np.nan)).to_numpy(dtype=float)
     p = val_df["p_covid"].to_numpy(dtype=float)
     keep = ~np.isnan(y) & ~np.isnan(p)
@@ -143,21 +114,9 @@ def choose_threshold(val_df: pd.DataFrame, specificity: float = SPECIFICITY) -> 
     return out
 
 
-def _own_cache(run_dir: Path) -> Path | None:
-    """The run's training cache from run.json (None when it is not on this machine)."""
-    info_path = run_dir / "run.json"
-    if not info_path.is_file():
-        return None
-    cache = json.loads(info_path.read_text(encoding="utf-8")).get("data_cache") or ""
-    return Path(cache) if cache and (Path(cache) / "meta.json").is_file() else None
-
-
 def _manifest_cache(run_dir: Path, manifest: Path, size: int, own: Path | None) -> Path:
     """The run's own cache when `manifest` is the one it was built from, else a cache of it at
     the run's size in <run>/eval_cache/<stem>-<hash>/ (built once, reused while current)."""
-    from cmtlib.data.cache import build_cache, open_cache
-    from cmtlib.data.manifest import manifest_hash
-
     digest = manifest_hash(manifest)
     if own is not None and json.loads((own / "meta.json").read_text()).get("manifest_hash") == digest:
         return own
@@ -176,8 +135,8 @@ def output_dir(run_dir: str | os.PathLike, manifest: str | os.PathLike | None = 
     `<run>/external/<manifest stem>/` for another manifest (never over the run's own results)."""
     if out_dir:
         return Path(out_dir)
-    run_dir = Path(run_dir)
-    return run_dir / "external" / Path(manifest).stem if manifest else run_dir
+    run = Run(run_dir)
+    return run.external_dir(manifest) if manifest else run.path
 
 
 def evaluate_run(
@@ -193,8 +152,6 @@ def evaluate_run(
     """Evaluate a run's `which` checkpoint on `split` (`all` = every row) of its own data or of
     `manifest`; write the files of the module docstring into `output_dir(run_dir, manifest,
     out_dir)` and return the metrics dict (its `evaluation.out_dir` says where they went)."""
-    from cmtlib.metrics import metrics_from_predictions
-
     if split not in SPLIT_CHOICES:
         raise EvaluateError(f"split must be one of {', '.join(SPLIT_CHOICES)}; got {split!r}")
     run_dir = Path(run_dir)
@@ -205,7 +162,7 @@ def evaluate_run(
     size = int(meta["preprocessing"]["input_size"][0])
     amp = autocast_dtype(config.get("precision", "auto"), dev)
     batch_size = int(config.get("eval_batch_size", 64))
-    own = _own_cache(run_dir)
+    own = Run(run_dir).cache_dir(required=False)
 
     if own is not None:
         val = load_split(open_cache_folder(own), "val", dev)

@@ -1,6 +1,5 @@
-"""Atomic file writes: write to a temporary file beside the target, then rename.
-
-A crash or a kill mid-write leaves the previous file intact, never a truncated one.
+"""Atomic file writes (write to a temporary file beside the target, then rename: a crash or a kill
+mid-write leaves the previous file intact, never a truncated one) and the one JSON reader.
 """
 
 from __future__ import annotations
@@ -12,6 +11,8 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+from cmtlib.errors import DataFileError
 
 
 @contextlib.contextmanager
@@ -73,3 +74,19 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"cannot write {type(obj).__name__} to JSON")
+
+
+def read_json(path: str | os.PathLike, default: Any = None) -> Any:
+    """The JSON in `path`, or `default` when the file does not exist.
+
+    Raises:
+        DataFileError: the file exists but is not valid JSON (truncated, edited by hand): a file the
+            project wrote must never be read as silently empty, so the message names it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return default
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataFileError(f"{path} is not valid JSON ({err}); restore it or delete it to have it made again") from err

@@ -1,6 +1,7 @@
 """Run parameters: one flat YAML file (papermill-friendly) dispatched to the components' configs.
 
-Each key belongs to exactly one component dataclass (data, model, train, report). Unknown keys are
+Each key belongs to exactly one component dataclass of cmtlib.configs (data, model, train,
+experiments, report). Unknown keys are
 refused with the nearest valid names, because papermill only warns about a misspelt parameter.
 Relative paths in path-like keys are resolved against the current working directory when loaded.
 """
@@ -17,16 +18,15 @@ from typing import Any, Iterable
 
 import yaml
 
+from cmtlib.configs import DataConfig, ExperimentsConfig, ModelConfig, ReportConfig, TrainConfig
 from cmtlib.errors import CmtError
-from cmtlib.data.config import DataConfig
-from cmtlib.train_config import TrainConfig
-from cmtlib.models.config import ModelConfig
-from cmtlib.report.config import ReportConfig
+from cmtlib.fileio import write_text
 
 COMPONENTS: dict[str, type] = {
     "data": DataConfig,
     "model": ModelConfig,
     "train": TrainConfig,
+    "experiments": ExperimentsConfig,
     "report": ReportConfig,
 }
 # Keys whose values are paths: resolved to absolute at load time so notebooks (which papermill runs
@@ -45,6 +45,7 @@ class Params:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    experiments: ExperimentsConfig = field(default_factory=ExperimentsConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     # The params file's stem ('default' for params/default.yaml); names runs and reports.
     name: str = "default"
@@ -189,6 +190,4 @@ def load_params(path: str | os.PathLike | None = None, overrides: dict[str, Any]
 
 def dump_params(p: Params, path: str | os.PathLike) -> Path:
     """Write the resolved flat params (every key, defaults included) as YAML, atomically."""
-    from cmtlib.fileio import write_text
-
     return write_text(path, yaml.safe_dump(p.flat(), sort_keys=True))

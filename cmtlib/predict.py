@@ -16,7 +16,6 @@ A file that cannot be read gets an entry with an `error` message; the others go 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -26,8 +25,9 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
-from cmtlib.checkpoint import load_model
 from cmtlib.fileio import atomic_path, write_json
+from cmtlib.inference import Inference, infer
+from cmtlib.run import Run
 
 log = logging.getLogger("cmtlib.predict")
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".dcm", ".dicom"})
@@ -60,12 +60,10 @@ def collect_inputs(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list
     return files, missing
 
 
-def _threshold(run_dir: Path) -> tuple[float, str]:
-    path = run_dir / "threshold.json"
-    if path.is_file():
-        value = json.loads(path.read_text(encoding="utf-8")).get("covid_threshold")
-        if value is not None:
-            return float(value), "chosen on the validation split at 99 % specificity (threshold.json)"
+def _threshold(run: Run) -> tuple[float, str]:
+    value = (run.threshold or {}).get("covid_threshold")
+    if value is not None:
+        return float(value), "chosen on the validation split at 99 % specificity (threshold.json)"
     return 0.5, "0.5 by default: the run has no validation threshold yet (run `cmt evaluate RUN` to choose it)"
 
 
@@ -73,13 +71,14 @@ class Predictor:
     """A loaded run: `predict(path)` -> (result dict, lung and disease probability maps)."""
 
     def __init__(self, run_dir: str | os.PathLike, which: str = "best", device: str = "cpu"):
-        self.run_dir = Path(run_dir)
-        self.model, self.meta = load_model(self.run_dir, which, device)
+        self.run = Run.open(run_dir)
+        self.run_dir = self.run.path
+        self.model, self.meta = self.run.load_model(which, device)
         # NHWC is about 25 % faster for these convolutions on a CPU too (oneDNN).
         self.model.to(memory_format=torch.channels_last)
         self.device = torch.device(device)
         self.size = int(self.meta["preprocessing"]["input_size"][0])
-        self.threshold, self.threshold_source = _threshold(self.run_dir)
+        self.threshold, self.threshold_source = _threshold(self.run)
         self.which = which
 
     def load(self, path: Path) -> tuple[np.ndarray, dict[str, Any], torch.Tensor]:
@@ -95,26 +94,22 @@ class Predictor:
         x = torch.from_numpy(resize_image(image, self.size)).to(self.device).float().div_(255.0)
         return image, info, x.view(1, 1, self.size, self.size).expand(1, 3, -1, -1).contiguous(memory_format=torch.channels_last)
 
-    @torch.inference_mode()
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The model's logits for a (1, 3, S, S) input (docs/CONTRACTS.md's output dict)."""
-        return self.model(x)
+    def forward(self, x: torch.Tensor) -> Inference:
+        """The model's probabilities and lung / disease maps for a (1, 3, S, S) input (cmtlib.inference)."""
+        return infer(self.model, [{"image": x}], maps=("lung", "disease"))
 
-    def decide(self, path: Path, image: np.ndarray, info: dict[str, Any], out: dict[str, torch.Tensor]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """The JSON result and the lung / disease probability maps (S, S) from the logits."""
-        probs: dict[str, float | None] = {"healthy": None, "covid": None, "other_disease": None}
-        if "healthy" in out:
-            probs["healthy"] = float(torch.softmax(out["healthy"].float(), 1)[0, 1])
-        if "multilabel" in out:
-            p = torch.sigmoid(out["multilabel"].float())[0]
-            probs["covid"], probs["other_disease"] = float(p[0]), float(p[1])
-        maps = {k: torch.sigmoid(out[k].float())[0, 0].cpu().numpy() for k in ("lung", "disease") if k in out}
+    def decide(self, path: Path, image: np.ndarray, info: dict[str, Any], out: Inference) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """The JSON result and the lung / disease probability maps (S, S) from the model's outputs."""
+        cols = out.columns
+        probs: dict[str, float | None] = {name: None if math.isnan(cols[col][0]) else float(cols[col][0])
+                                          for name, col in (("healthy", "p_healthy"), ("covid", "p_covid"), ("other_disease", "p_other"))}
+        maps = {k: v[0] for k, v in out.maps.items()}
         covid = probs["covid"]
         suspected = None if covid is None else bool(covid >= self.threshold)
         text = "no COVID-19 output in this model" if suspected is None else ("COVID-19 suspected" if suspected else "COVID-19 not suspected")
         result = {
             "file": path.name,
-            "run": self.run_dir.resolve().name,
+            "run": self.run_dir.name,
             "model": self.meta["model"].get("name", ""),
             "checkpoint": {"which": self.which, "epoch": self.meta["epoch"]},
             "probabilities": probs,

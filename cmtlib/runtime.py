@@ -1,23 +1,26 @@
-"""Where and how a run executes: device, precision, seeds, CPU threads, torchrun processes, and
-the run folder (claimed once, never overwritten silently; logging to train.log and the console).
+"""How a process executes: device, precision, seeds, CPU threads, torchrun processes, the checkout's
+commit, and `quietly` (a call whose console output is kept off a report page). The run folder
+itself is cmtlib.run's.
 
 Everything here is small and side-effect free except `seed_everything`, `set_threads` and
-`init_distributed`, which change process-wide torch state on purpose.
+`init_distributed`, which change process-wide state on purpose.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
+import io
 import os
 import subprocess
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
-from cmtlib.errors import ConfigError, MissingInputError, RunFolderError
+from cmtlib.errors import ConfigError
 
 PRECISIONS = ("auto", "bf16", "fp32")
 
@@ -92,11 +95,23 @@ def seed_everything(seed: int) -> None:
 
 
 def set_threads(n: int) -> None:
-    """CPU threads for torch; 0 keeps torch's default (all cores)."""
+    """CPU threads for torch and for numpy / scikit-learn (BLAS, OpenMP) together; 0 leaves the
+    libraries' defaults (all cores).
+
+    Both at once, because a limit on torch alone lets a BLAS call in the same process take every
+    core again: on a shared 2-core CPU two busy threads per library run several times slower than
+    one. The limit stays in force for the process's life.
+    """
     if n < 0:
-        raise ConfigError(f"threads must be >= 0 (0 = torch's default), got {n}")
-    if n:
-        torch.set_num_threads(int(n))
+        raise ConfigError(f"threads must be >= 0 (0 = the libraries' defaults), got {n}")
+    if n == 0:
+        return
+    torch.set_num_threads(int(n))
+    try:
+        from threadpoolctl import threadpool_limits  # installed with scikit-learn; absent on a bare GPU machine
+    except ImportError:
+        return
+    threadpool_limits(limits=int(n))
 
 
 @dataclass(frozen=True)
@@ -157,87 +172,28 @@ def describe_device(device: torch.device) -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
-def git_commit(path: str | os.PathLike | None = None) -> str:
-    """The checkout's commit (with '+dirty' when files changed), or '' outside a git checkout."""
+def git_commit(path: str | os.PathLike | None = None, short: bool = False) -> str:
+    """The commit of the checkout holding `path` (this package by default), with '+dirty' when
+    tracked files changed; '' outside a git checkout. `short`: the abbreviated hash (report pages)."""
     cwd = Path(path) if path else Path(__file__).resolve().parent
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+        head = subprocess.run(["git", "rev-parse", *(["--short"] if short else []), "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return ""
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return ""
-    if head.returncode != 0:
-        return ""
-    commit = head.stdout.strip()
-    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True, timeout=10)
-    return commit + ("+dirty" if status.returncode == 0 and status.stdout.strip() else "")
+    return head.stdout.strip() + ("+dirty" if status.returncode == 0 and status.stdout.strip() else "")
 
 
-# ---- the run folder -------------------------------------------------------------------------------
-
-# Keys that may change between a run and its --resume (they do not change what is learned).
-RESUMABLE_CHANGES = frozenset({"epochs", "device", "threads", "compile", "log_every", "eval_batch_size", "cache_dir", "reports_dir"})
-
-
-def run_dir_for(params) -> Path:
-    """`train.run_dir`, or runs/<run name> under the current folder."""
-    return Path(params.train.run_dir or Path("runs") / params.run_name).resolve()
-
-
-def claim_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to overwrite a run silently; --overwrite replaces only a cmtlib run folder."""
-    import shutil
-
-    if resume and overwrite:
-        raise ConfigError("--resume continues a run and --overwrite replaces it; give one of them")
-    if resume:
-        if not (run_dir / "config.yaml").is_file():
-            raise MissingInputError(f"nothing to resume: {run_dir} holds no run (no config.yaml); start the run without --resume")
-        return
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise RunFolderError(f"run folder {run_dir} already exists; use --resume to continue it or --overwrite to replace it")
-        if not any((run_dir / name).exists() for name in ("config.yaml", "run.json", "checkpoints")):
-            raise RunFolderError(f"{run_dir} is not a cmtlib run folder (no config.yaml, run.json or checkpoints/); remove or rename it yourself")
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-
-
-def check_resume_config(run_dir: Path, flat: dict[str, Any]) -> None:
-    import yaml
-
-    stored = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
-    changed = sorted(k for k in set(stored) | set(flat) if stored.get(k) != flat.get(k) and k not in RESUMABLE_CHANGES)
-    if changed:
-        diffs = "; ".join(f"{k}: {stored.get(k)!r} -> {flat.get(k)!r}" for k in changed[:8])
-        raise ConfigError(f"cannot resume {run_dir} with different parameters ({diffs}); resume with the run's own config.yaml or start a new run")
-
-
-class RunLogging:
-    """train.log (appended on resume) and the console for the 'cmtlib' loggers, rank 0 only."""
-
-    def __init__(self, run_dir: Path, enabled: bool):
-        self.logger, self.handlers = logging.getLogger("cmtlib"), []
-        if enabled:
-            fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
-            self.handlers = [logging.FileHandler(run_dir / "train.log", mode="a", encoding="utf-8"), logging.StreamHandler()]
-            for h in self.handlers:
-                h.setFormatter(fmt)
-
-    def __enter__(self):
-        self.saved = (self.logger.level, self.logger.propagate)
-        self.logger.setLevel(logging.INFO)
-        self.logger.propagate = not self.handlers  # our own console handler replaces the root's
-        for h in self.handlers:
-            self.logger.addHandler(h)
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None and self.handlers:
-            # The error reaches the console through the caller; train.log must say why the run
-            # stopped too, or a folder left by a failed start reads as an unexplained empty log.
-            record = self.logger.makeRecord(self.logger.name, logging.ERROR, __file__, 0, "stopped: %s: %s",
-                                            (exc_type.__name__, exc), None)
-            self.handlers[0].handle(record)
-        for h in self.handlers:
-            self.logger.removeHandler(h)
-            h.close()
-        self.logger.level, self.logger.propagate = self.saved
+def quietly(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call fn with its console output (progress bars, log lines) captured, so that it stays off a
+    report page (a run keeps its own train.log). On failure the last lines are printed, then the
+    error raised."""
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+            return fn(*args, **kwargs)
+    except BaseException:
+        print("\n".join(buf.getvalue().splitlines()[-30:]), file=sys.stderr)
+        raise

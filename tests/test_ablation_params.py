@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cmtlib.baselines import baseline_params_files, reduction_note
+from cmtlib.experiments.baselines import baseline_params_files, reduction_note
 from cmtlib.models.cmtnet import validate_tasks
 from cmtlib.models.registry import MODELS, create_model
 from cmtlib.params import load_params

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torchvision
 
-from cmtlib.baselines import DEEP_BASELINES
+from cmtlib.experiments.baselines import DEEP_BASELINES
 from cmtlib.models.classifiers import ResNet18
 from cmtlib.models.registry import MODELS, create_model
 from cmtlib.models.weights import WEIGHTS_DIR_ENV, WeightsError

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from cmtlib.metrics.ranking import roc_auc
-from cmtlib.report.data_summary import data_caveats, mixed_source_auc
+from cmtlib.report.pages.data import data_caveats, mixed_source_auc
 
 
 def cached_rows(n_pos=60, n_neg=120, neg_source="nih", neg_side=64, neg_view="PA", val_neg=40, test_pos=20) -> pd.DataFrame:

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from cmtlib.baselines import (
+from cmtlib.experiments.embedding_classifiers import (
     EMBEDDING_CLASSIFIERS,
     KERNEL_NOTE,
     EmbeddingSplit,
@@ -125,6 +125,8 @@ def test_extract_embeddings_follow_the_cache_order(tmp_path):
     emb, index = extract_embeddings(model, cache, "val", "cpu", batch_size=3)
     assert emb.shape == (len(index), 512) and emb.dtype == np.float32 and len(index) == 4
     assert (index["split"] == "val").all()
+    assert model.training  # extract_embeddings ran it in eval mode and gave it back as it was
+    model.eval()
     with torch.no_grad():
         x = torch.from_numpy(np.load(cache / "images.npy")[index["cache_row"].astype(int).to_numpy()]).float().div(255)
         direct = model(x[:, None].expand(-1, 3, -1, -1))["embedding"].numpy()

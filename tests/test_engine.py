@@ -19,7 +19,8 @@ import yaml
 
 from cmtlib.checkpoint import read_checkpoint
 from cmtlib.data.loader import EvalBatches, TrainBatches, load_split, open_cache_folder
-from cmtlib.engine import TrainConfig, fit, train, validate
+from cmtlib.configs import TrainConfig
+from cmtlib.engine import fit, train, validate
 from cmtlib.losses import MultiTaskLoss
 from cmtlib.models.registry import create_model
 from cmtlib.params import load_params

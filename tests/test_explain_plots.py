@@ -187,7 +187,7 @@ def test_evaluation_figures_entry_point(predictions):
 
 
 def test_panel_titles_are_cut_in_the_middle_so_ids_do_not_run_into_each_other():
-    from cmtlib.report.figures import fit_title
+    from cmtlib.plotting import fit_title
 
     long = "ieee8023:1-s2.0-S1341321X20301124-gr3_lrg"
     cut = fit_title(f"{long}\nhealthy", 26)

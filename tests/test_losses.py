@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from cmtlib.engine import TrainConfig
+from cmtlib.configs import TrainConfig
 from cmtlib.losses import TERMS, MultiTaskLoss
 from cmtlib.models.cmtnet import CMTNet
 

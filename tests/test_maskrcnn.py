@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from cmtlib.data.loader import EvalBatches, TrainBatches, load_split, open_cache_folder
-from cmtlib.engine import TrainConfig, fit
+from cmtlib.configs import TrainConfig
+from cmtlib.engine import fit
 from cmtlib.losses import MultiTaskLoss
 from cmtlib.models.losses_for import loss_for
 from cmtlib.models.maskrcnn import FPN_PREFIX, LOSS_TERMS, PROB_EPS, MaskRCNNLoss, connected_components, instance_targets

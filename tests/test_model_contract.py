@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from cmtlib.losses import MultiTaskLoss
-from cmtlib.models.config import ModelConfig
+from cmtlib.configs import ModelConfig
 from cmtlib.models.registry import MODELS, build_model
 
 NAMES = sorted(MODELS)

@@ -11,7 +11,7 @@ import torchvision
 from torch import nn
 
 from cmtlib.models.cmtnet import CMTNet, validate_tasks
-from cmtlib.models.config import ALL_TASKS, ModelConfig
+from cmtlib.configs import ALL_TASKS, ModelConfig
 from cmtlib.models.encoder import IMAGENET_MEAN, IMAGENET_STD, ImageNetPreprocess, VGG16BNEncoder
 from cmtlib.models.heads import ClassificationHead
 from cmtlib.models.registry import MODELS, build_model, create_model

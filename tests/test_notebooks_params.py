@@ -10,7 +10,7 @@ import nbformat
 import pytest
 
 from cmtlib.params import load_params
-from cmtlib.report.chain import INJECTED, check_parameters, find_notebooks
+from cmtlib.report.chain.runner import INJECTED, check_parameters, find_notebooks
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))

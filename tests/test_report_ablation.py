@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from cmtlib.report import ablation, session
+from cmtlib.experiments import ablation as experiments_ablation
+from cmtlib.report.chain import ablation
 
 REPO = Path(__file__).resolve().parents[1]
 FILES = sorted((REPO / "params" / "ablation").glob("*.yaml"))
@@ -44,7 +45,8 @@ def summary(tmp_path, monkeypatch):
     def evaluate_run(run_dir):
         return stand_in_metrics(seen[-1], len(seen) - 1)
 
-    monkeypatch.setattr(session, "engine_functions", lambda: (train, evaluate_run))
+    monkeypatch.setattr(experiments_ablation, "train", train)
+    monkeypatch.setattr(experiments_ablation, "evaluate_run", evaluate_run)
     page = ablation.run_ablation(FILES, out=tmp_path / "abl")
     return page, json.loads((tmp_path / "abl" / "summary.json").read_text())["rows"]
 
@@ -82,8 +84,8 @@ def test_the_page_says_what_every_row_was_trained_at(summary):
 
 
 def test_rows_trained_at_different_settings_each_show_theirs(tmp_path, monkeypatch):
-    monkeypatch.setattr(session, "engine_functions", lambda: (lambda p, resume, overwrite: Path(p.train.run_dir),
-                                                              lambda run_dir: stand_in_metrics(["lung"], 0)))
+    monkeypatch.setattr(experiments_ablation, "train", lambda p, resume, overwrite: Path(p.train.run_dir))
+    monkeypatch.setattr(experiments_ablation, "evaluate_run", lambda run_dir: stand_in_metrics(["lung"], 0))
     page = ablation.run_ablation(FILES[:2], out=tmp_path / "abl", overrides={"epochs": 6})
     assert "Every configuration was trained at" in page.read_text()
     rows = [ablation.summary_row("a", "a.yaml", None, "ok", 1.0, ablation.load_all([FILES[0]], {"epochs": e})[0]) for e in (3, 6)]

@@ -14,8 +14,8 @@ import nbformat
 import pytest
 
 from cmtlib.params import ParamsError
-from cmtlib.report.chain import ReportError, find_notebooks, plain_error, run_report, unique_dir
-from cmtlib.report.render import external_refs
+from cmtlib.report.chain.render import external_refs
+from cmtlib.report.chain.runner import ReportError, find_notebooks, plain_error, run_report, unique_dir
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS_CELL = 'params_file = "p.yaml"  # params\nrun_dir = "run"  # run folder\nreport_dir = "out"  # report folder'
@@ -57,12 +57,12 @@ def test_chain_injects_parameters_runs_in_order_and_renders(setup, capsys):
     nbs, reports, params = setup
     make_notebook(nbs / "02_second.ipynb", record("02"), title="Second", description="The second page, in plain words.")
     make_notebook(nbs / "01_first.ipynb", record("01"),
-                  "from cmtlib.report import figures, page\nimport pandas as pd\nSECRET_CODE_MARKER = 1\n"
-                  "fig, axes = figures.new_figure()\naxes[0, 0].plot([0, 1], [1, 0])\n"
+                  "from cmtlib import plotting\nfrom cmtlib.report.pages import show as page\nimport pandas as pd\nSECRET_CODE_MARKER = 1\n"
+                  "fig, axes = plotting.new_figure()\naxes[0, 0].plot([0, 1], [1, 0])\n"
                   "page.figure(fig, 'A falling line.')\npage.table(pd.DataFrame({'image_id': ['a'], 'n': [3]}), 'A table.')\n"
                   "pd.DataFrame({'x': [1, 2]})",
                   title="First", description="The first page.")
-    make_notebook(nbs / "03_todo.ipynb", record("03"), "from cmtlib.report import page\npage.not_implemented('the todo page')")
+    make_notebook(nbs / "03_todo.ipynb", record("03"), "from cmtlib.report.pages import show as page\npage.not_implemented('the todo page')")
     (nbs / "notes.ipynb").write_text("not numbered, not run")
 
     index = run_report(params, notebooks_dir=nbs)
@@ -113,7 +113,7 @@ def test_chain_injects_parameters_runs_in_order_and_renders(setup, capsys):
 def test_failing_notebook_stops_chain_and_index_shows_it(setup):
     nbs, reports, params = setup
     make_notebook(nbs / "01_ok.ipynb", record("01"))
-    make_notebook(nbs / "02_bad.ipynb", "from cmtlib.report import page\npage.heading('Before the error')",
+    make_notebook(nbs / "02_bad.ipynb", "from cmtlib.report.pages import show as page\npage.heading('Before the error')",
                   "raise ValueError('boom: marker 4711')")
     make_notebook(nbs / "03_after.ipynb", record("03"))
 
@@ -205,7 +205,7 @@ def test_plain_error_strips_ansi_and_keeps_the_message():
 def test_kernel_selection_runs_this_interpreter():
     from jupyter_client.kernelspec import KernelSpecManager
 
-    from cmtlib.report.kernel import KernelError, runs_this_python, select_kernel
+    from cmtlib.report.chain.kernel import KernelError, runs_this_python, select_kernel
 
     assert runs_this_python(["python", "-m", "ipykernel_launcher"])
     assert runs_this_python([sys.executable, "-m", "ipykernel_launcher"])
@@ -233,24 +233,26 @@ def fake_run(run_dir: Path, params, metrics: dict | None = None) -> Path:
 
 
 def test_ensure_run_uses_a_finished_run_and_refuses_one_with_other_params(tmp_path, monkeypatch):
+    from cmtlib.experiments import runs as session
     from cmtlib.params import load_params
-    from cmtlib.report import session
+    from cmtlib.run import RunMismatchError, with_run_dir
 
     params = load_params(REPO / "params" / "smoke.yaml")
-    run_dir = fake_run(tmp_path / "run", session.with_run_dir(params, tmp_path / "run"), {"covid": {"auc": 0.9}})
-    monkeypatch.setattr(session, "engine_functions", lambda: pytest.fail("a finished run must not be retrained"))
+    run_dir = fake_run(tmp_path / "run", with_run_dir(params, tmp_path / "run"), {"covid": {"auc": 0.9}})
+    monkeypatch.setattr(session, "train", lambda *a, **k: pytest.fail("a finished run must not be retrained"))
+    monkeypatch.setattr(session, "evaluate_run", lambda *a, **k: pytest.fail("an evaluated run must not be evaluated again"))
     run = session.ensure_run(params, run_dir)
     assert run.metrics == {"covid": {"auc": 0.9}} and run.history["val_loss"].tolist() == [1.2]
     assert run.info_value("device") == "cpu (2 threads)" and run.config["epochs"] == 1
     # Another report folder or thread count is the same run; another epoch count is not.
     assert session.ensure_run(load_params(REPO / "params" / "smoke.yaml", {"threads": 1, "reports_dir": "x"}), run_dir).metrics
-    with pytest.raises(session.RunMismatchError, match="epochs: run has 1, params say 2.*another run_dir"):
+    with pytest.raises(RunMismatchError, match="epochs: run has 1, params say 2.*another run_dir"):
         session.ensure_run(load_params(REPO / "params" / "smoke.yaml", {"epochs": 2}), run_dir)
 
 
 def test_ensure_run_trains_and_evaluates_when_missing(tmp_path, monkeypatch):
+    from cmtlib.experiments import runs as session
     from cmtlib.params import load_params
-    from cmtlib.report import session
 
     calls = []
 
@@ -263,7 +265,8 @@ def test_ensure_run_trains_and_evaluates_when_missing(tmp_path, monkeypatch):
         calls.append(("evaluate", str(run_dir)))
         (Path(run_dir) / "metrics.json").write_text('{"covid": {"auc": 0.75}}')
 
-    monkeypatch.setattr(session, "engine_functions", lambda: (train, evaluate_run))
+    monkeypatch.setattr(session, "train", train)
+    monkeypatch.setattr(session, "evaluate_run", evaluate_run)
     run = session.ensure_run(load_params(REPO / "params" / "smoke.yaml"), tmp_path / "new")
     assert calls == [("train", str(tmp_path / "new"), False), ("evaluate", str(tmp_path / "new"))]
     assert run.metrics["covid"]["auc"] == 0.75
@@ -272,7 +275,8 @@ def test_ensure_run_trains_and_evaluates_when_missing(tmp_path, monkeypatch):
 # ---- ablation runner --------------------------------------------------------------------------------
 
 def test_ablation_validates_all_files_first_then_trains_each_in_order(tmp_path, monkeypatch):
-    from cmtlib.report import ablation, session
+    from cmtlib.experiments import ablation as experiments_ablation
+    from cmtlib.report.chain import ablation
 
     reports = tmp_path / "reports"
     a = write_params(tmp_path / "full.yaml", reports)
@@ -289,7 +293,8 @@ def test_ablation_validates_all_files_first_then_trains_each_in_order(tmp_path, 
         auc = 0.9 if "no_lung" in str(run_dir) else 0.95
         return {"covid": {"auc": auc, "auc_ci_low": auc - 0.05, "auc_ci_high": auc + 0.02, "eer": 0.1, "sens_at_spec99": 0.5}}
 
-    monkeypatch.setattr(session, "engine_functions", lambda: (train, evaluate_run))
+    monkeypatch.setattr(experiments_ablation, "train", train)
+    monkeypatch.setattr(experiments_ablation, "evaluate_run", evaluate_run)
     with pytest.raises(ParamsError, match="widht"):
         ablation.run_ablation([a, b, bad])
     assert trained == [] and not reports.exists()
@@ -303,6 +308,31 @@ def test_ablation_validates_all_files_first_then_trains_each_in_order(tmp_path, 
     assert [(r["name"], r["status"], r["auc_value"]) for r in rows] == [("full", "ok", 0.95), ("no_lung", "ok", 0.9)]
     assert (reports / "abl" / "params" / "no_lung.yaml").is_file() and (reports / "abl" / "runs" / "full").is_dir()
     assert 'href="abl/index.html"' in (reports / "index.html").read_text()
+
+
+def test_chain_of_two_pages_runs_the_experiments_step_then_only_reads(tmp_path, monkeypatch):
+    """`cmt report` on the smoke params with the data and evaluation pages: the experiments step trains
+    and evaluates the run first (its own entry in timings.json, nothing of the comparison, which these
+    pages do not read), then the notebooks execute in real kernels and only read it."""
+    monkeypatch.setenv("CMT_DATA_DIR", str(tmp_path / "data"))  # inherited by the kernels
+    index = run_report(REPO / "params" / "smoke.yaml", out=tmp_path / "reports" / "smoke",
+                       overrides=["report_notebooks=01_data,03_evaluation", "threads=1"])
+    report = index.parent
+    timings = json.loads((report / "timings.json").read_text())
+    assert list(timings["notebooks"]) == ["01_data", "03_evaluation"]
+    assert all(t["status"] == "ok" for t in timings["notebooks"].values())
+    experiments = timings["experiments"]
+    assert experiments["status"] == "ok" and set(experiments["steps"]) == {"data", "run"}
+    assert not (report / "comparison").exists()  # no page of this chain compares baselines
+    run = json.loads((report / "run" / "run.json").read_text())
+    assert run["status"] == "finished" and (report / "run" / "metrics.json").is_file()
+    evaluation = (report / "03_evaluation.html").read_text()
+    assert "Results on the test films" in evaluation and "ROC curve" in evaluation and "Traceback" not in evaluation
+    assert external_refs(evaluation) == [] and "In [" not in evaluation
+    executed = json.loads((report / "notebooks" / "03_evaluation.ipynb").read_text())
+    outputs = "".join(str(o) for c in executed["cells"] for o in c.get("outputs", []))
+    assert "training the run" not in outputs  # the page found the run made: it did not train
+    assert "COVID-19 AUC" in index.read_text()
 
 
 @pytest.mark.slow
@@ -328,7 +358,8 @@ def test_real_chain_on_smoke_params(tmp_path, monkeypatch):
 
 
 def test_ablation_stops_at_a_failed_configuration_and_says_so(tmp_path, monkeypatch):
-    from cmtlib.report import ablation, session
+    from cmtlib.experiments import ablation as experiments_ablation
+    from cmtlib.report.chain import ablation
 
     reports = tmp_path / "reports"
     files = [write_params(tmp_path / f"{n}.yaml", reports) for n in ("first", "second", "third")]
@@ -338,8 +369,10 @@ def test_ablation_stops_at_a_failed_configuration_and_says_so(tmp_path, monkeypa
             raise RuntimeError("out of memory on purpose")
         return Path(params.train.run_dir)
 
-    monkeypatch.setattr(session, "engine_functions", lambda: (train, lambda run_dir: {"covid": {"auc": 0.8}}))
-    with pytest.raises(ReportError, match="second.*out of memory on purpose"):
+    monkeypatch.setattr(experiments_ablation, "train", train)
+    monkeypatch.setattr(experiments_ablation, "evaluate_run", lambda run_dir: {"covid": {"auc": 0.8}})
+    # The configuration's own error comes out (a bug keeps its traceback); the summary says which one failed.
+    with pytest.raises(RuntimeError, match="out of memory on purpose"):
         ablation.run_ablation(files, out=reports / "abl")
     summary = json.loads((reports / "abl" / "summary.json").read_text())
     assert [r["status"] for r in summary["rows"]] == ["ok", "failed", "not run"]

@@ -13,9 +13,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from cmtlib.baselines import setting_params, subset_cache
+from cmtlib.data.subset import subset_cache
+from cmtlib.experiments import comparison as X
+from cmtlib.experiments.baselines import setting_params
 from cmtlib.params import ParamsError, load_params
-from cmtlib.report import comparison as C
+from cmtlib.report.pages import comparison as C
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"synth_n": 120, "synth_size": 64, "image_size": 64, "epochs": 1, "width": 0.125, "threads": 1,
@@ -30,8 +32,8 @@ def tiny(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CMT_DATA_DIR", str(root / "data"))
         params = load_params(REPO / "params" / "smoke.yaml", TINY)
-        comp = C.ensure_comparison(params, root / "run", root / "report")
-        again = C.ensure_comparison(params, root / "run", root / "report")
+        comp = X.ensure_comparison(params, root / "run", root / "report")
+        again = X.ensure_comparison(params, root / "run", root / "report")
     return params, comp, again, root
 
 
@@ -153,10 +155,10 @@ def test_subset_cache_keeps_every_test_film(tiny, tmp_path):
 
 
 def test_initialisation_in_words():
-    assert C.init_words("ImageNet (torchvision resnet18, /x)") == "ImageNet"
-    assert C.init_words("random init (ImageNet weights not found in /a, /b)") == "random (no ImageNet file on this machine)"
-    assert "narrowed" in C.init_words("random init (encoder_weights=none)", "densenet121", 0.25)
-    assert C.init_words("random init (encoder_weights=none)", "resnet18", 0.25) == "random (encoder_weights none)"
+    assert X.init_words("ImageNet (torchvision resnet18, /x)") == "ImageNet"
+    assert X.init_words("random init (ImageNet weights not found in /a, /b)") == "random (no ImageNet file on this machine)"
+    assert "narrowed" in X.init_words("random init (encoder_weights=none)", "densenet121", 0.25)
+    assert X.init_words("random init (encoder_weights=none)", "resnet18", 0.25) == "random (encoder_weights none)"
 
 
 def _stand_in(folder: Path, sens: float, auc: float) -> Path:
@@ -167,21 +169,21 @@ def _stand_in(folder: Path, sens: float, auc: float) -> Path:
 
 
 def test_three_seeds_give_a_spread_per_model(tmp_path):
-    entries = [C.Entry("cmtnet-run", "CMTNet", "cmtnet", _stand_in(tmp_path / "run", 0.8, 0.9), 0, "96 px", "random")]
-    entries += [C.Entry("cmtnet", "CMTNet", "cmtnet", _stand_in(tmp_path / f"c{s}", 0.8 + s / 100, 0.9), s, "96 px", "random", primary=False)
+    entries = [X.Entry("cmtnet-run", "CMTNet", "cmtnet", _stand_in(tmp_path / "run", 0.8, 0.9), 0, "96 px", "random")]
+    entries += [X.Entry("cmtnet", "CMTNet", "cmtnet", _stand_in(tmp_path / f"c{s}", 0.8 + s / 100, 0.9), s, "96 px", "random", primary=False)
                 for s in (1, 2)]
-    entries += [C.Entry("vgg19", "VGG19 + FC", "classifier", _stand_in(tmp_path / f"v{s}", 0.5 + s / 10, 0.8), s, "96 px", "random",
+    entries += [X.Entry("vgg19", "VGG19 + FC", "classifier", _stand_in(tmp_path / f"v{s}", 0.5 + s / 10, 0.8), s, "96 px", "random",
                         primary=s == 0) for s in (0, 1, 2)]
-    entries += [C.Entry("svm_rbf", "SVM", "embedding", _stand_in(tmp_path / f"e{s}", 0.7 + s / 10, 0.8), s, "on", "none", primary=s == 0)
+    entries += [X.Entry("svm_rbf", "SVM", "embedding", _stand_in(tmp_path / f"e{s}", 0.7 + s / 10, 0.8), s, "on", "none", primary=s == 0)
                 for s in (0, 1, 2)]
-    comp = C.Comparison(entries, [0, 1, 2])
+    comp = X.Comparison(entries, [0, 1, 2])
     table = C.classification_table(comp)
     assert list(table["method"]) == ["VGG19 + FC", "SVM", "CMTNet"]
     assert list(table["sensitivity over seeds"]) == ["mean 0.600, SD 0.100 (3 seeds)", "mean 0.800, SD 0.100 (3 seeds)",
                                                      "mean 0.810, SD 0.010 (3 seeds)"]
     (ax,) = C.seed_figure(comp).axes
     assert [len(line.get_xdata()) for line in ax.get_lines()] == [3, 3, 3]  # one dot per seed, no single-run bars
-    assert "3 seeds" in C.seed_caption(comp) and "at least 3" in C.seed_caption(C.Comparison(entries[:1], [0]))
+    assert "3 seeds" in C.seed_caption(comp) and "at least 3" in C.seed_caption(X.Comparison(entries[:1], [0]))
 
 
 def test_notebook_09_is_thin_and_declares_exactly_the_injected_parameters():
@@ -199,8 +201,8 @@ def test_paper_protocol_keys_exist_for_params_paper():
     keys = yaml.safe_load("report_seeds: [0, 1, 2]\nbaseline_image_size: 0\nbaseline_epochs: 0\n"
                           "baseline_maskrcnn_max_images: 0\nbaseline_overrides: [width=1.0, encoder_weights=imagenet]")
     p = load_params(REPO / "params" / "paper.yaml", keys)
-    assert C.plan(p)[:2] == [("cmtnet", None, 1), ("cmtnet", None, 2)]
-    assert len(C.plan(p)) == 2 + 3 * len(p.report.report_baselines)
+    assert X.plan(p)[:2] == [("cmtnet", None, 1), ("cmtnet", None, 2)]
+    assert len(X.plan(p)) == 2 + 3 * len(p.experiments.report_baselines)
 
 
 def test_three_seeds_without_reduction_train_cmtnet_twice_more_and_reuse_the_run(tmp_path, monkeypatch):
@@ -208,7 +210,7 @@ def test_three_seeds_without_reduction_train_cmtnet_twice_more_and_reuse_the_run
     monkeypatch.setenv("CMT_DATA_DIR", str(tmp_path / "data"))
     params = load_params(REPO / "params" / "smoke.yaml", {**TINY, "report_baselines": ["vgg19"], "report_embedding_classifiers": ["svm_linear"],
                                                           "baseline_image_size": 0, "baseline_epochs": 0, "report_seeds": [0, 1, 2]})
-    comp = C.ensure_comparison(params, tmp_path / "run", tmp_path / "report")
+    comp = X.ensure_comparison(params, tmp_path / "run", tmp_path / "report")
     assert [(e.key, e.seed, e.primary) for e in comp.entries] == [
         ("cmtnet-run", 0, True), ("cmtnet", 1, False), ("cmtnet", 2, False), ("vgg19", 0, True), ("vgg19", 1, False), ("vgg19", 2, False),
         ("svm_linear", 0, True), ("svm_linear", 1, False), ("svm_linear", 2, False)]

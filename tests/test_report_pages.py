@@ -14,8 +14,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cmtlib.report import explain_pages as E
-from cmtlib.report import pages as P
+from cmtlib.report.pages import common as CO
+from cmtlib.report.pages import evaluation as EV
+from cmtlib.report.pages import explain as E
+from cmtlib.report.pages import review as RV
+from cmtlib.run import Run
+from cmtlib.runtime import set_threads
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,43 +35,43 @@ def _metrics(n_negative=177):
 # ---- page 3 ------------------------------------------------------------------------------------
 
 def test_metrics_table_has_plain_names_values_and_intervals():
-    t = P.metrics_table(_metrics()).set_index("measure")
+    t = EV.metrics_table(_metrics()).set_index("measure")
     auc = t.loc["COVID-19 detection: area under the ROC curve"]
     assert auc["value"] == "0.930" and auc["95 % confidence interval"] == "0.890 to 0.970"
     sens = t.loc["COVID-19 detection: sensitivity at 99 % specificity (threshold chosen on validation)"]
     assert sens["value"].startswith("not available") and sens["95 % confidence interval"] == ""
     assert t.loc["COVID-19 films called unhealthy", "value"] == "0.960"  # a top-level key
     assert t.loc["Lung outline: Dice overlap", "95 % confidence interval"] == "0.949 to 0.955"
-    assert len(t) == len(P.METRICS) and not any("_" in m for m in t.index)
-    assert P.metrics_table(None)["value"].str.startswith("not available").all()
+    assert len(t) == len(EV.METRICS) and not any("_" in m for m in t.index)
+    assert EV.metrics_table(None)["value"].str.startswith("not available").all()
 
 
 def test_threshold_sentences_and_the_fewer_than_100_negatives_note():
-    assert "0.83" in P.threshold_text(_metrics(), {"covid_threshold": 0.83, "n_negative": 150})
-    assert "No COVID-19 threshold" in P.threshold_text({}, {"covid_threshold": None})
-    assert P.negatives_warnings(_metrics(), {"n_negative": 150}) == []
-    few = P.negatives_warnings(_metrics(n_negative=40), {"n_negative": 60})
+    assert "0.83" in EV.threshold_text(_metrics(), {"covid_threshold": 0.83, "n_negative": 150})
+    assert "No COVID-19 threshold" in EV.threshold_text({}, {"covid_threshold": None})
+    assert EV.negatives_warnings(_metrics(), {"n_negative": 150}) == []
+    few = EV.negatives_warnings(_metrics(n_negative=40), {"n_negative": 60})
     assert len(few) == 2 and all("the 1 % false-alarm rate cannot be estimated" in w for w in few)
     assert "validation split has only 60" in few[0] and "test split has only 40" in few[1]
-    assert "236 test films from 177 patients: 59 COVID-19" in P.counts_text(_metrics())
+    assert "236 test films from 177 patients: 59 COVID-19" in EV.counts_text(_metrics())
 
 
 def test_notes_in_plain_words_and_bullets_escaped():
-    notes = P.plain_notes(["view AP: sens_at_spec99_oracle puts it above", "CIs: covid.auc 950 (too few: CI null)",
+    notes = EV.plain_notes(["view AP: sens_at_spec99_oracle puts it above", "CIs: covid.auc 950 (too few: CI null)",
                            "previous various dice"])
     assert notes[0] == "view AP: sensitivity at 99 % specificity (threshold chosen on the test films) puts it above"
     assert notes[1] == "confidence intervals: COVID-19 AUC 950 (too few: no confidence interval)"
     assert notes[2] == "previous various Dice"  # whole words only
-    assert P.bullets_html(["a < b"]) == "<ul><li>a &lt; b</li></ul>"
-    assert "Nothing." in P.bullets_html([], empty="Nothing.")
+    assert CO.bullets_html(["a < b"]) == "<ul><li>a &lt; b</li></ul>"
+    assert "Nothing." in CO.bullets_html([], empty="Nothing.")
 
 
 def test_group_and_confusion_tables_use_plain_columns():
     m = {"by_view": {"AP": {"counts": {"n_images": 10, "n_covid": 4}, "covid": {"auc": 0.9, "auc_ci_low": 0.8, "auc_ci_high": 1.0}}}}
-    t = P.group_metrics_table(m, "view")
+    t = EV.group_metrics_table(m, "view")
     assert list(t.columns[:3]) == ["view", "films", "COVID-19 films"] and t.loc[0, "COVID-19 AUC"] == "0.900 (0.800-1.000)"
-    assert P.group_metrics_table(m, "source").empty
-    c = P.confusion_table(pd.DataFrame({"view": ["AP"], "task": ["COVID-19"], "n": [3], "tn": [1], "fp": [0], "fn": [1], "tp": [1]}))
+    assert EV.group_metrics_table(m, "source").empty
+    c = EV.confusion_table(pd.DataFrame({"view": ["AP"], "task": ["COVID-19"], "n": [3], "tn": [1], "fp": [0], "fn": [1], "tp": [1]}))
     assert list(c.columns) == ["view", "decision", "films", "true negatives", "false positives", "false negatives", "true positives"]
 
 
@@ -76,24 +80,24 @@ def test_group_and_confusion_tables_use_plain_columns():
 def test_context_says_where_weights_and_data_come_from():
     synthetic = SimpleNamespace(data=SimpleNamespace(data_kind="synthetic"))
     real = SimpleNamespace(data=SimpleNamespace(data_kind="import"))
-    assert "Synthetic chest X-ray phantoms" in P.provenance_line(synthetic)
-    line = P.provenance_line(real, pd.DataFrame({"source": ["ieee8023", "nih", "ieee8023"]}))
+    assert "Synthetic chest X-ray phantoms" in CO.provenance_line(synthetic)
+    line = CO.provenance_line(real, pd.DataFrame({"source": ["ieee8023", "nih", "ieee8023"]}))
     assert "Cohen" in line and "ChestX-ray14" in line and line.count("ieee8023") == 1
     run = SimpleNamespace(info={"encoder_weights_source": "random init (encoder_weights=none)"}, predictions=None)
-    rows = dict(P.context_rows(synthetic, run))
+    rows = dict(CO.context_rows(synthetic, run))
     assert "random weights" in rows["network's starting weights"] and "phantoms" in rows["data"]
 
 
 def test_cache_dir_explains_a_missing_cache(tmp_path):
-    run = SimpleNamespace(run_dir=tmp_path, info_value=lambda *a, default=None: str(tmp_path / "gone"))
+    (tmp_path / "run.json").write_text(json.dumps({"data_cache": str(tmp_path / "gone")}))
     with pytest.raises(FileNotFoundError, match="not on this machine"):
-        P.cache_dir(run)
+        Run(tmp_path).cache_dir()
 
 
 def test_set_threads_refuses_negative():
-    P.set_threads(0)  # leaves the defaults
+    set_threads(0)  # leaves the defaults
     with pytest.raises(ValueError, match=">= 0"):
-        P.set_threads(-1)
+        set_threads(-1)
 
 
 # ---- pages 5 and 6 -----------------------------------------------------------------------------
@@ -110,7 +114,7 @@ def _predictions():
 
 
 def test_dice_summary_per_class_without_empty_rows():
-    t = P.dice_summary(_predictions()).set_index(["outline", "class"])
+    t = RV.dice_summary(_predictions()).set_index(["outline", "class"])
     assert t.loc[("lungs", "healthy"), "films with a reference"] == 2
     assert t.loc[("lungs", "healthy"), "median Dice"] == pytest.approx(0.85)
     assert t.loc[("disease region", "COVID-19"), "median Dice"] == pytest.approx(0.5)
@@ -122,23 +126,23 @@ def test_review_tables_are_plain_and_name_images_by_id_only():
     from cmtlib.explain.review import review
 
     r = review(_predictions())
-    wrong = P.misclassified_table(r.misclassified)
+    wrong = RV.misclassified_table(r.misclassified)
     assert list(wrong.columns[:2]) == ["image", "what went wrong"] and "path" not in wrong.columns
     assert set(wrong["image"]) == {"c1", "c3", "o1", "h2"}
     assert not wrong.astype(str).apply(lambda c: c.str.contains("/data|/secret|img.png")).any().any()
     assert wrong.set_index("image").loc["c1", "day since admission"] == "1"
-    healthy = P.called_healthy_table(r.covid_as_healthy)
+    healthy = RV.called_healthy_table(r.covid_as_healthy)
     assert list(healthy["image"]) == ["c1", "c3"] and set(healthy["also below the COVID-19 threshold"]) == {"yes"}
     assert "finding" not in healthy.columns
-    rates = P.error_rate_table(r.by_view, "view")
+    rates = RV.error_rate_table(r.by_view, "view")
     assert list(rates.columns) == ["view", "films", "wrong", "error rate"] and rates["error rate"].str.endswith("%").all()
-    assert P.review_table(pd.DataFrame({"label_covid": [1.0, 0.0, np.nan]}))["COVID-19 (truth)"].tolist() == ["yes", "no", "unknown"]
+    assert RV.review_table(pd.DataFrame({"label_covid": [1.0, 0.0, np.nan]}))["COVID-19 (truth)"].tolist() == ["yes", "no", "unknown"]
 
 
 def test_cases_table_renames_and_handles_no_cases():
     cases = pd.DataFrame({"class": ["healthy"], "rank": ["best"], "image_id": ["h1"], "dice": [0.9], "cache_row": [3]})
-    assert list(P.cases_table(cases).columns) == ["class", "case", "image", "Dice"]
-    assert P.cases_table(pd.DataFrame()).empty
+    assert list(RV.cases_table(cases).columns) == ["class", "case", "image", "Dice"]
+    assert RV.cases_table(pd.DataFrame()).empty
 
 
 # ---- pages 4, 7 and 8 --------------------------------------------------------------------------
@@ -251,7 +255,7 @@ SECTIONS = {
 @pytest.mark.slow
 def test_smoke_chain_renders_every_result_page_with_its_sections(tmp_path, monkeypatch):
     """The whole chain (train one epoch on 300 phantoms at 64 px, then every page): minutes on 2 cores."""
-    from cmtlib.report.chain import run_report
+    from cmtlib.report.chain.runner import run_report
 
     monkeypatch.chdir(tmp_path)  # the smoke data and run land here, not in the repository
     index = run_report(REPO / "params" / "smoke.yaml", out=tmp_path / "report")
@@ -275,7 +279,7 @@ def test_smoke_chain_renders_every_result_page_with_its_sections(tmp_path, monke
 def test_gradcam_columns_put_cmtnet_first_and_name_each_baseline():
     import numpy as np
 
-    from cmtlib.report.explain_pages import gradcam_columns
+    from cmtlib.report.pages.explain import gradcam_columns
 
     ours, other = np.zeros((2, 4, 4)), np.ones((2, 4, 4))
     cols = gradcam_columns({"Grad-CAM": ours, "ScoreCAM": other}, {"ResNet18 + FC": other})
@@ -286,11 +290,11 @@ def test_gradcam_columns_put_cmtnet_first_and_name_each_baseline():
 def test_data_page_quarantine_counts_only_the_sources_of_its_own_data(tmp_path):
     """Per-collection imports beside a joined manifest: their quarantines count, but not one of a
     collection this data set does not hold (another import that happens to share the folder)."""
-    from cmtlib.data.manifest import write_quarantine
-    from cmtlib.data.synth import make_synthetic
     from cmtlib.data.cache import build_cache
+    from cmtlib.data.manifest import write_quarantine
     from cmtlib.data.split import split_manifest
-    from cmtlib.report.session import load_data
+    from cmtlib.data.synth import make_synthetic
+    from cmtlib.report.pages.data import load_data
 
     manifest = make_synthetic(tmp_path / "synth", n=24, size=32, seed=0, workers=1)
     split = manifest.with_name("split.csv")

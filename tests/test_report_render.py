@@ -11,8 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cmtlib.report import data_summary, figures, page, tables, training_summary
-from cmtlib.report.render import PageRenderer, RenderError, check_self_contained, external_refs, notebook_heading
+from cmtlib import plotting
+from cmtlib.report.chain.render import PageRenderer, RenderError, check_self_contained, external_refs, notebook_heading
+from cmtlib.report.pages import data as data_summary
+from cmtlib.report.pages import figures, tables
+from cmtlib.report.pages import show as page
+from cmtlib.report.pages import training as training_summary
 
 
 def manifest(rows):
@@ -68,7 +72,7 @@ def test_headline_and_ci_text():
     assert h.loc["covid.sens_at_spec99", "text"] == "not available"
     assert h.loc["lung.dice", "text"] == "0.910"
     assert tables.ci_text(float("nan")) == "not available"
-    from cmtlib.report.index import headline_cards
+    from cmtlib.report.chain.index import headline_cards
 
     cards = {c["metric"]: c for c in headline_cards(metrics)}
     assert cards["Equal error rate"]["value_text"] == "8.0 %"
@@ -154,7 +158,7 @@ def test_page_html_builders_escape_and_embed():
     assert "No quarantine." in page.table_html(pd.DataFrame(), empty="No quarantine.")
     long = page.table_html(pd.DataFrame({"n": range(5)}), max_rows=2)
     assert long.count("<tr") == 3 and "and 3 more rows (of 5)" in long
-    fig, axes = figures.new_figure()
+    fig, axes = plotting.new_figure()
     axes[0, 0].plot([0, 1])
     markup = page.figure_html(fig, "A line, going up.")
     src = re.search(r'src="data:image/png;base64,([^"]+)"', markup).group(1)
@@ -181,7 +185,7 @@ def test_external_refs_finds_every_remote_or_file_resource():
 def test_page_renderer_hides_code_and_prompts(tmp_path):
     nb = nbformat.v4.new_notebook()
     nb.cells.append(nbformat.v4.new_markdown_cell("# Data\n\nWhat the data are.\n\nMore text."))
-    png = base64.b64encode(page.figure_png(figures.new_figure()[0])).decode()
+    png = base64.b64encode(page.figure_png(plotting.new_figure()[0])).decode()
     cell = nbformat.v4.new_code_cell("CODE_MARKER = 42\nCODE_MARKER", execution_count=3)
     cell.outputs = [nbformat.v4.new_output("display_data", data={"image/png": png, "text/plain": "<Figure>"}),
                     nbformat.v4.new_output("execute_result", data={"text/plain": "42"}, execution_count=3)]
@@ -237,8 +241,8 @@ def test_weights_text_and_run_facts():
 
 def test_report_index_shows_headline_facts_and_no_image_paths(tmp_path):
     from cmtlib.params import dump_params, load_params
-    from cmtlib.report.index import write_report_index, write_reports_index
-    from cmtlib.report.session import record_facts
+    from cmtlib.report.chain.index import write_report_index, write_reports_index
+    from cmtlib.report.pages.common import record_facts
 
     report = tmp_path / "reports" / "smoke"
     (report / "run").mkdir(parents=True)
@@ -264,8 +268,8 @@ def test_report_index_shows_headline_facts_and_no_image_paths(tmp_path):
 
 
 def test_report_index_lists_the_data_caveats_and_the_within_collection_auc(tmp_path):
-    from cmtlib.report.index import write_report_index
-    from cmtlib.report.session import record_facts
+    from cmtlib.report.chain.index import write_report_index
+    from cmtlib.report.pages.common import record_facts
 
     report = tmp_path / "real"
     (report / "run").mkdir(parents=True)

@@ -34,6 +34,8 @@ import torch
 from torch import nn
 
 from cmtlib.errors import UnknownNameError
+from cmtlib.inference import as_batch, image_batches, infer, model_device
+from cmtlib.metrics import iou
 
 # Method name -> pytorch_grad_cam class name (imported lazily: a bare GPU machine lacks grad-cam).
 CAM_METHODS = {
@@ -98,27 +100,6 @@ def cam_target_layer(model: nn.Module) -> nn.Module:
         "(the module whose output is the encoder's last conv block) or pass target_layer=")
 
 
-def as_batch(images, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Images as a float (N, 3, H, W) tensor in [0, 1] on ``device``.
-
-    Shape:
-        images: (N, H, W) or (N, 1|3, H, W), uint8 (0..255) or float in [0, 1], numpy or torch.
-    """
-    x = torch.as_tensor(np.asarray(images) if not torch.is_tensor(images) else images)
-    if x.dtype == torch.uint8:
-        x = x.float() / 255.0
-    elif not x.is_floating_point():
-        raise TypeError(f"images are {x.dtype}; pass uint8 (0..255) or float in [0, 1]")
-    x = x.float()
-    if x.ndim == 3:
-        x = x[:, None]  # (N, 1, H, W)
-    if x.ndim != 4 or x.shape[1] not in (1, 3):
-        raise ValueError(f"images have shape {tuple(x.shape)}; expected (N, H, W) or (N, 1|3, H, W)")
-    if x.numel() and (x.min() < 0 or x.max() > 1 + 1e-6):
-        raise ValueError(f"float images must lie in [0, 1] (got {float(x.min()):.3g}..{float(x.max()):.3g}); divide by 255")
-    return x.expand(-1, 3, -1, -1).contiguous().to(device)
-
-
 def normalise_maps(maps) -> np.ndarray:
     """Min-max normalise each map to [0, 1]; a constant map becomes all zeros.
 
@@ -145,7 +126,7 @@ def compute_cams(model: nn.Module, images, methods: Sequence[str] = DEFAULT_METH
 
     Args:
         model: exposes ``forward_features`` + ``classify`` (module docstring).
-        images: see ``as_batch``.
+        images: see ``cmtlib.inference.as_batch``.
         methods: names in ``CAM_METHODS``.
         target_index: the logit of ``head`` to explain (multilabel: 0 = COVID, 1 = other disease).
         head: the ``classify`` key.
@@ -192,11 +173,9 @@ def disease_maps(model: nn.Module, images, batch_size: int = 8) -> np.ndarray | 
     """The model's own disease probability map, sigmoid(``disease``), or None without that output.
 
     Shape:
-        images: see ``as_batch``; returns (N, H, W) float32 in [0, 1].
+        images: see ``cmtlib.inference.as_batch``; returns (N, H, W) float32 in [0, 1].
     """
-    from cmtlib.explain.overlays import predict_masks
-
-    return predict_masks(model, images, batch_size=batch_size).get("disease")
+    return infer(model, image_batches(images, batch_size, model_device(model)), maps=("disease",)).maps.get("disease")
 
 
 # ---- agreement with the masks ----------------------------------------------------------------
@@ -244,8 +223,6 @@ def iou_at(maps, masks, threshold: float = IOU_THRESHOLD) -> np.ndarray:
     Shape:
         maps: (N, H, W); masks: (N, H, W) 0/1. Returns (N,).
     """
-    from cmtlib.metrics import iou
-
     maps = normalise_maps(maps)
     return np.atleast_1d(iou(maps >= threshold, _masks(masks, maps, "masks")))
 

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from cmtlib.errors import MissingInputError
+from cmtlib.explain.overlays import true_class
 
 UNKNOWN = "(unknown)"
 
@@ -74,8 +75,6 @@ def _numeric(df: pd.DataFrame, col: str) -> np.ndarray:
 
 def true_labels(predictions: pd.DataFrame, labels: str = "covid") -> np.ndarray:
     """True label names per row (module docstring); UNKNOWN where the label is unknown."""
-    from cmtlib.explain.overlays import true_class
-
     if labels == "covid":
         y = _numeric(predictions, "label_covid")
         return np.where(np.isnan(y), UNKNOWN, np.where(y == 1, "COVID-19", "non-COVID")).astype(object)

@@ -13,12 +13,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import torch
 from torch import nn
+
+from cmtlib.data.cache import open_cache
+from cmtlib.inference import SEG_TASKS, image_batches, infer, model_device
 
 CLASSES = ("healthy", "COVID-19", "other disease")
 RANKS = ("best", "median", "worst")
-SEG_TASKS = ("lung", "disease")
 
 
 @dataclass
@@ -57,8 +58,6 @@ def load_images(cache_dir: str | os.PathLike, split: str | None = None, image_id
     Raises:
         KeyError: an image_id that the cache does not hold (the message names them).
     """
-    from cmtlib.data.cache import open_cache
-
     index, images, lung, disease, _ = open_cache(cache_dir)
     if image_ids is not None:
         pos = pd.Series(np.arange(len(index)), index=index["image_id"].astype(str))
@@ -79,32 +78,16 @@ def load_images(cache_dir: str | os.PathLike, split: str | None = None, image_id
                     flag("has_lung"), flag("has_disease"), index.iloc[rows].reset_index(drop=True))
 
 
-@torch.no_grad()
 def predict_masks(model: nn.Module, images, batch_size: int = 16) -> dict[str, np.ndarray]:
-    """Segmentation probabilities (sigmoid of ``lung`` / ``disease``) for the outputs the model has.
-
-    Runs in eval mode without gradients, ``batch_size`` images at a time; the model's mode is restored.
+    """Segmentation probabilities (sigmoid of ``lung`` / ``disease``) for the outputs the model has,
+    through cmtlib.inference (eval mode, no gradients; the model's mode is restored).
 
     Shape:
         images: (N, H, W) uint8 or float in [0, 1] (or (N, 1|3, H, W)).
         returns: {"lung": (N, H, W), "disease": (N, H, W)} float32, only keys the model outputs.
     """
-    from cmtlib.explain.cam import as_batch
-
-    device = next(model.parameters()).device
-    x = as_batch(images, "cpu")
-    was_training = model.training
-    model.eval()
-    parts: dict[str, list[np.ndarray]] = {}
-    try:
-        for start in range(0, len(x), batch_size):
-            out = model(x[start:start + batch_size].to(device))
-            for task in SEG_TASKS:
-                if task in out:
-                    parts.setdefault(task, []).append(torch.sigmoid(out[task].float())[:, 0].cpu().numpy())
-    finally:
-        model.train(was_training)
-    return {k: np.concatenate(v).astype(np.float32) for k, v in parts.items()}
+    res = infer(model, image_batches(images, batch_size, model_device(model)), maps=SEG_TASKS)
+    return {k: v.astype(np.float32) for k, v in res.maps.items()}
 
 
 def true_class(df: pd.DataFrame) -> pd.Series:

@@ -1,6 +1,6 @@
 """Figures of the evaluation and explanation pages (3-8): arrays / DataFrames in, a Figure out.
 
-Built with the report's style (cmtlib.report.figures: Okabe-Ito colours, object API, no pyplot).
+Built in the project's figure style (cmtlib.plotting: Okabe-Ito colours, object API, no pyplot).
 Images are titled by image_id only, never by file path or file name.
 """
 
@@ -12,8 +12,10 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from cmtlib.explain.cam import MEASURES
 from cmtlib.explain.review import confusion_matrices, group_confusion_table, known_covid
-from cmtlib.report.figures import OKABE_ITO, fit_title, new_figure, styled
+from cmtlib.metrics import reliability_curve, roc_auc, roc_curve, sensitivity_at, specificity_at
+from cmtlib.plotting import OKABE_ITO, fit_title, new_figure, styled
 
 LABEL_COLOURS = {"COVID-19": OKABE_ITO["vermillion"], "non-COVID": OKABE_ITO["blue"], "healthy": OKABE_ITO["green"],
                  "other disease": OKABE_ITO["blue"], "(unknown)": OKABE_ITO["grey"]}
@@ -36,8 +38,6 @@ def roc_figure(y, scores, threshold: float | None = None, name: str = "model", o
     Shape:
         y: (N,) 0/1; scores: (N,); others: name -> (y, scores) drawn as extra curves.
     """
-    from cmtlib.metrics import roc_auc, roc_curve, sensitivity_at, specificity_at
-
     fig, axes = new_figure(1, 2, width=4.2, height=3.8, dpi=dpi)
     curves = {name: (y, scores), **(others or {})}
     for i, (label, (yy, ss)) in enumerate(curves.items()):
@@ -160,8 +160,6 @@ def evaluation_figures(predictions: pd.DataFrame, metrics: dict, threshold: floa
         without both classes), by_view, by_source, confusion_table_by_view, confusion_table_by_source
         (DataFrames).
     """
-    from cmtlib.metrics import reliability_curve
-
     if threshold is None:
         t = (metrics.get("covid") or {}).get("threshold")
         threshold = math.nan if t is None else float(t)
@@ -331,8 +329,6 @@ def cam_figure(images, maps: dict, lung=None, disease=None, titles: Sequence[str
 @styled
 def agreement_figure(summary: pd.DataFrame, dpi: int = 110):
     """Mean ± sd of each agreement measure by method (``cam.agreement_summary`` numeric output)."""
-    from cmtlib.explain.cam import MEASURES
-
     fig, axes = new_figure(1, len(MEASURES), width=3.4, height=3.0, dpi=dpi)
     y = np.arange(len(summary))
     for ax, k in zip(axes.flat, MEASURES):

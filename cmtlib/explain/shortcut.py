@@ -32,6 +32,10 @@ import pandas as pd
 import torch
 from torch import nn
 
+from cmtlib.explain.overlays import load_images, predict_masks
+from cmtlib.inference import image_batches, infer, model_device
+from cmtlib.metrics import roc_auc
+
 # Verdict thresholds. HIGH_AUC: a floor or blanked-model AUC at or above this "separates the classes
 # well". CLOSE: an AUC within this of the model's is "close to" it. PROBE_MARGIN: a probe whose
 # accuracy beats the majority-class rate by this much "encodes" its target. CAM_OUTSIDE: a mean share
@@ -80,29 +84,16 @@ def blank_outside_lungs(images, lung, fill: str = "mean") -> np.ndarray:
     return blank(images, ~np.asarray(lung, dtype=bool), fill)
 
 
-@torch.no_grad()
 def covid_scores(model: nn.Module, images, batch_size: int = 16) -> np.ndarray:
-    """sigmoid(``multilabel``[:, 0]), the COVID-19 probability, in eval mode.
+    """sigmoid(``multilabel``[:, 0]), the COVID-19 probability, in eval mode (cmtlib.inference).
 
     Shape:
         images: (N, H, W) uint8 or float in [0, 1] -> (N,) float64.
     """
-    from cmtlib.explain.cam import as_batch
-
-    device = next(model.parameters()).device
-    x = as_batch(images, "cpu")
-    was_training = model.training
-    model.eval()
-    try:
-        parts = []
-        for s in range(0, len(x), batch_size):
-            out = model(x[s:s + batch_size].to(device))
-            if "multilabel" not in out:
-                raise KeyError(f"the model returns {sorted(out)}: no `multilabel` (COVID-19) output to audit")
-            parts.append(torch.sigmoid(out["multilabel"][:, 0].float()).cpu().numpy())
-    finally:
-        model.train(was_training)
-    return np.concatenate(parts).astype(np.float64) if parts else np.zeros(0)
+    res = infer(model, image_batches(images, batch_size, model_device(model)))
+    if len(res) and np.isnan(res.columns["p_covid"]).all():
+        raise KeyError("the model returns no `multilabel` (COVID-19) output to audit")
+    return res.columns["p_covid"]
 
 
 def lung_masks(model: nn.Module | None, images, lung, has_lung, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
@@ -112,8 +103,6 @@ def lung_masks(model: nn.Module | None, images, lung, has_lung, batch_size: int 
         (masks (N, H, W) bool, predicted (N,) bool: True where the mask is the model's); masks stay
         empty where unknown and the model has no ``lung`` output.
     """
-    from cmtlib.explain.overlays import predict_masks
-
     masks = np.asarray(lung, dtype=bool).copy()
     need = ~np.asarray(has_lung, dtype=bool)
     predicted = np.zeros(len(masks), bool)
@@ -127,8 +116,6 @@ def lung_masks(model: nn.Module | None, images, lung, has_lung, batch_size: int 
 
 def blanking_aucs(model: nn.Module, images, lung, has_lung, y, fill: str = "mean", batch_size: int = 16) -> dict:
     """(a): COVID-19 AUC on the full images, with the lungs blanked, with all but the lungs blanked."""
-    from cmtlib.metrics import roc_auc
-
     y = np.asarray(y, dtype=float)
     keep = ~np.isnan(y)
     images = np.asarray(images)[keep]
@@ -282,8 +269,6 @@ def thumbnail_floor(train_images, train_y, test_images, test_y, train_lung, test
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from cmtlib.metrics import roc_auc
-
     parts = []
     for imgs, y, lung in ((train_images, train_y, train_lung), (test_images, test_y, test_lung)):
         y = np.asarray(y, dtype=float)
@@ -410,8 +395,6 @@ def shortcut_audit(model: nn.Module, cache_dir: str | os.PathLike, embeddings=No
         model_auc: the model's test COVID-19 AUC (metrics.json covid.auc); default: blanking's full AUC.
         max_train: a seeded random subset of the train split above this many images (floors).
     """
-    from cmtlib.explain.overlays import load_images
-
     test = load_images(cache_dir, test_split)
     train = load_images(cache_dir, train_split)
     if len(train.images) > max_train:

@@ -14,7 +14,7 @@ Keep it in float64: cast to float32 it rounds back to v and flags the tied negat
 
 from cmtlib.metrics._kernels import UndefinedMetricWarning
 from cmtlib.metrics.ranking import OperatingPoint, accuracy, confusion_matrix, eer, roc_auc, roc_curve, sensitivity_at, specificity_at, threshold_at_specificity
-from cmtlib.metrics.masks import Reliability, dice, expected_calibration_error, iou, reliability_curve
+from cmtlib.metrics.masks import Reliability, dice, dice_from_counts, expected_calibration_error, iou, iou_from_counts, reliability_curve
 from cmtlib.metrics.bootstrap import BootstrapCI, bootstrap_ci
 from cmtlib.metrics.summary import PREDICTION_COLUMNS, SECTIONS, metrics_from_predictions
 
@@ -31,8 +31,10 @@ __all__ = [
     "threshold_at_specificity",
     "Reliability",
     "dice",
+    "dice_from_counts",
     "expected_calibration_error",
     "iou",
+    "iou_from_counts",
     "reliability_curve",
     "BootstrapCI",
     "bootstrap_ci",

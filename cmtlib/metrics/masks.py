@@ -24,9 +24,26 @@ def _masks(pred_mask, true_mask):
 
 
 def _per_image(num, den, truth):
+    """num / den per image, NaN where the ground truth is empty. Works on numpy arrays and on torch
+    tensors alike (``masked_fill`` marks a tensor), so the device-side loop of cmtlib.inference and
+    these numpy functions share one formula."""
+    if hasattr(num, "masked_fill"):
+        return (num / den.clamp_min(1)).masked_fill(truth <= 0, float("nan"))
     with np.errstate(invalid="ignore", divide="ignore"):
         v = np.where(truth > 0, num / np.maximum(den, 1), np.nan)
     return float(v) if v.ndim == 0 else v
+
+
+def dice_from_counts(inter, pred_area, true_area):
+    """Dice per image from pixel counts |A and B|, |A|, |B| (numpy arrays or torch tensors, (N,));
+    NaN where the ground truth is empty."""
+    return _per_image(2.0 * inter, pred_area + true_area, true_area)
+
+
+def iou_from_counts(inter, pred_area, true_area):
+    """IoU per image from pixel counts (numpy arrays or torch tensors, (N,)); NaN where the ground
+    truth is empty."""
+    return _per_image(inter * 1.0, pred_area + true_area - inter, true_area)
 
 
 def dice(pred_mask, true_mask):
@@ -44,7 +61,7 @@ def dice(pred_mask, true_mask):
         Dice per image.
     """
     inter, a, b = _masks(pred_mask, true_mask)
-    return _per_image(2.0 * inter, a + b, b)
+    return dice_from_counts(inter, a, b)
 
 
 def iou(pred_mask, true_mask):
@@ -61,7 +78,7 @@ def iou(pred_mask, true_mask):
         IoU per image.
     """
     inter, a, b = _masks(pred_mask, true_mask)
-    return _per_image(inter.astype(float), a + b - inter, b)
+    return iou_from_counts(inter, a, b)
 
 
 def _probabilities(y, p):

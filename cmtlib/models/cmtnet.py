@@ -6,8 +6,8 @@ from typing import Sequence
 
 import torch
 
+from cmtlib.configs import ALL_TASKS
 from cmtlib.models.base import ContractModel
-from cmtlib.models.config import ALL_TASKS
 from cmtlib.models.encoder import EncoderOutput, ImageNetPreprocess, VGG16BNEncoder
 from cmtlib.models.heads import ClassificationHead
 from cmtlib.models.segnet import SegNetDecoder

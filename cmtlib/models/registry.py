@@ -15,10 +15,10 @@ from typing import Any, Callable
 
 from torch import nn
 
+from cmtlib.configs import ModelConfig
 from cmtlib.errors import UnknownNameError
 from cmtlib.models.classifiers import VGG19, DenseNet121, MobileNetV2, ResNet18
 from cmtlib.models.cmtnet import CMTNet
-from cmtlib.models.config import ModelConfig
 from cmtlib.models.maskrcnn import MaskRCNNAdapter, MaskRCNNResNet50
 from cmtlib.models.segnet_single import SegNet
 from cmtlib.models.unet import UNet

@@ -16,15 +16,20 @@ from __future__ import annotations
 
 import datetime as _dt
 import sys
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import jinja2
+
+from cmtlib import __version__
+from cmtlib.experiments.ablation import run_each, unique_names
 from cmtlib.fileio import write_json, write_text
-from cmtlib.params import Params, dump_params, load_params
-from cmtlib.report.chain import ReportError, unique_dir
-from cmtlib.report.tables import ci_text, get_path
+from cmtlib.params import Params, load_params
+from cmtlib.report.chain.index import write_reports_index
+from cmtlib.report.chain.render import TEMPLATES, check_self_contained, report_css
+from cmtlib.report.chain.runner import ReportError, unique_dir
+from cmtlib.report.pages.tables import ci_text, get_path
 
 COLUMNS = (("sens", "covid.sens_at_spec99"), ("auc", "covid.auc"), ("eer", "covid.eer"), ("lung_dice", "lung.dice"),
            ("disease_dice", "disease.dice"))
@@ -60,16 +65,6 @@ def load_all(paths: Iterable[str | Path], overrides: Iterable[str] | dict = ()) 
     return [load_params(p, overrides) for p in paths]
 
 
-def _unique_names(all_params: list[Params]) -> list[str]:
-    seen: dict[str, int] = {}
-    names = []
-    for p in all_params:
-        n = seen.get(p.run_name, 0) + 1
-        seen[p.run_name] = n
-        names.append(p.run_name if n == 1 else f"{p.run_name}-{n}")
-    return names
-
-
 def summary_row(name: str, source: str, metrics: dict[str, Any] | None, status: str, seconds: float | None,
                 params: Params | None = None) -> dict[str, Any]:
     """One configuration's row: its task subset as the paper names it, and each metric as
@@ -98,12 +93,6 @@ def common_setting(rows: list[dict[str, Any]]) -> str:
 def write_summary(out: Path, rows: list[dict[str, Any]], failed: str = "", reports_dir: Path | None = None) -> Path:
     """index.html + summary.json (+ report.json so the list of reports shows the ablation, which is
     rewritten when the ablation folder sits in reports_dir)."""
-    import jinja2
-
-    from cmtlib import __version__
-    from cmtlib.report.index import write_reports_index
-    from cmtlib.report.render import TEMPLATES, check_self_contained, report_css
-
     now = _dt.datetime.now()
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True)
     html = env.get_template("ablation.html.j2").render(
@@ -123,18 +112,17 @@ def write_summary(out: Path, rows: list[dict[str, Any]], failed: str = "", repor
 
 
 def run_ablation(paths: Iterable[str | Path], out: str | Path | None = None, overrides: Iterable[str] | dict = ()) -> Path:
-    """Train and evaluate each params file in order; returns the summary page's path.
+    """Train and evaluate each params file in order (cmtlib.experiments.ablation); returns the
+    summary page's path.
 
     All files are validated first (an unknown key in the last file stops the ablation before the
     first training starts). A failed configuration stops the ablation: the summary shows what
-    finished and what failed, and ReportError is raised.
+    finished and what failed, and the error is raised again (a user error prints in one line, a bug
+    keeps its traceback).
     """
-    from cmtlib.report.session import engine_functions, with_run_dir
-
     paths = [Path(p) for p in paths]
     all_params = load_all(paths, overrides)
-    train, evaluate_run = engine_functions()
-    names = _unique_names(all_params)
+    names = unique_names(all_params)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M")
     folder = unique_dir(Path(out).resolve() if out else (Path(all_params[0].report.reports_dir) / f"ablation-{stamp}").resolve())
     print(f"ablation folder: {folder}", flush=True)
@@ -142,24 +130,18 @@ def run_ablation(paths: Iterable[str | Path], out: str | Path | None = None, ove
     reports_dir = Path(all_params[0].report.reports_dir).resolve()
     rows = [summary_row(n, str(p), None, "not run", None, q) for n, p, q in zip(names, paths, all_params)]
     write_summary(folder, rows, reports_dir=reports_dir)
-    for i, (name, path, params) in enumerate(zip(names, paths, all_params)):
-        run_dir = folder / "runs" / name
-        params = with_run_dir(params, run_dir)
-        dump_params(params, folder / "params" / f"{name}.yaml")
-        print(f"[{i + 1}/{len(paths)}] {name} ...", end=" ", flush=True)
-        t0 = time.perf_counter()
-        try:
-            train(params, resume=False, overwrite=False)
-            metrics = evaluate_run(run_dir)
-        except Exception as err:
-            seconds = round(time.perf_counter() - t0, 1)
-            print(f"failed {seconds:.0f} s", flush=True)
-            rows[i] = summary_row(name, str(path), None, "failed", seconds, params)
-            message = f"{name} ({path}) failed: {type(err).__name__}: {err}"
+    print(f"[1/{len(paths)}] {names[0]} ...", end=" ", flush=True)
+    for i, outcome in enumerate(run_each(all_params, names, folder)):
+        if outcome.error is not None:
+            print(f"failed {outcome.seconds:.0f} s", flush=True)
+            rows[i] = summary_row(outcome.name, str(paths[i]), None, "failed", outcome.seconds, outcome.params)
+            message = f"{outcome.name} ({paths[i]}) failed: {type(outcome.error).__name__}: {outcome.error}"
             write_summary(folder, rows, failed=message, reports_dir=reports_dir)
-            raise ReportError(f"ablation stopped: {message}; summary: {folder / 'index.html'}") from err
-        seconds = round(time.perf_counter() - t0, 1)
-        rows[i] = summary_row(name, str(path), metrics, "ok", seconds, params)
-        print(f"ok {seconds:.0f} s; COVID AUC {rows[i]['auc']}", flush=True)
+            print(f"ablation stopped; summary: {folder / 'index.html'}", file=sys.stderr)
+            raise outcome.error
+        rows[i] = summary_row(outcome.name, str(paths[i]), outcome.metrics, "ok", outcome.seconds, outcome.params)
+        print(f"ok {outcome.seconds:.0f} s; COVID AUC {rows[i]['auc']}", flush=True)
         write_summary(folder, rows, reports_dir=reports_dir)
+        if i + 1 < len(paths):
+            print(f"[{i + 2}/{len(paths)}] {names[i + 1]} ...", end=" ", flush=True)
     return folder / "index.html"

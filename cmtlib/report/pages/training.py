@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cmtlib.report.session import info_value
+from cmtlib.run import info_value
 
 
 def weights_text(info: dict[str, Any]) -> str:

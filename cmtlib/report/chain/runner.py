@@ -28,11 +28,18 @@ from pathlib import Path
 from typing import Any
 
 from cmtlib.errors import CmtError
+from cmtlib.experiments.plan import prepare
 from cmtlib.fileio import write_json
 from cmtlib.params import Params, dump_params, load_params
+from cmtlib.report.chain.index import write_report_index, write_reports_index
+from cmtlib.report.chain.kernel import select_kernel
+from cmtlib.report.chain.render import PageRenderer, notebook_heading
+from cmtlib.report.pages.show import PLACEHOLDER_CLASS
+from cmtlib.run import with_run_dir
+from cmtlib.runtime import git_commit
 
 INJECTED = ("params_file", "run_dir", "report_dir")
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 DEFAULT_NOTEBOOKS = REPO / "notebooks"
 # Environment override for the notebooks folder (tests, or a researcher's own chain).
 NOTEBOOKS_ENV = "CMT_NOTEBOOKS"
@@ -122,9 +129,6 @@ def run_report(params_path: str | Path, out: str | Path | None = None, overrides
     Raises ParamsError (unknown key, bad value) or ReportError (bad notebook, failed notebook)
     before writing anything, except a failed notebook: its report folder and index remain.
     """
-    from cmtlib.report.kernel import select_kernel
-    from cmtlib.report.session import with_run_dir
-
     params = load_params(params_path, overrides)
     folder = Path(notebooks_dir or os.environ.get(NOTEBOOKS_ENV) or DEFAULT_NOTEBOOKS)
     notebooks = find_notebooks(folder, params.report.report_notebooks)
@@ -147,15 +151,13 @@ class _Chain:
     """One chain run: executes, renders, records; the index is rewritten after every notebook."""
 
     def __init__(self, params: Params, params_path: str | Path, report_dir: Path, notebooks: list[Path], kernel: str) -> None:
-        from cmtlib.report.index import git_commit
-
         self.params, self.report_dir, self.notebooks, self.kernel = params, report_dir, notebooks, kernel
         self.records = [NotebookRecord(name=nb.stem, **_heading(nb)) for nb in notebooks]
         self.record: dict[str, Any] = {
             "run_name": params.run_name, "name": report_dir.name, "params_source": str(params_path),
-            "date": _dt.datetime.now().isoformat(timespec="seconds"), "commit": git_commit(REPO),
+            "date": _dt.datetime.now().isoformat(timespec="seconds"), "commit": git_commit(REPO, short=True),
             "kernel": kernel, "python": sys.executable, "status": "running", "failed": "", "failed_html": "",
-            "error": "", "total_s": 0.0, "notebooks": [],
+            "error": "", "total_s": 0.0, "notebooks": [], "experiments": {},
         }
         self.renderer = None
         # Kernels run where `cmt report` runs (the repository root for `make report`), so relative
@@ -164,25 +166,23 @@ class _Chain:
         self.cwd = Path.cwd()
 
     def run(self) -> Path:
-        from cmtlib.report.index import write_reports_index
-
         t_all = time.perf_counter()
         (self.report_dir / "notebooks").mkdir(exist_ok=True)
         self._write_index()
-        failure: ReportError | None = None
+        failure = self._experiments()
         for i, (nb, rec) in enumerate(zip(self.notebooks, self.records), 1):
+            if failure is not None:
+                break
             print(f"[{i}/{len(self.notebooks)}] {nb.stem} ...", end=" ", flush=True)
             failure = self._run_one(nb, rec)
             line = f"{rec.status} {rec.seconds or 0:.1f} s" + (f" (+{rec.render_seconds:.1f} s render)" if rec.render_seconds is not None else "")
             print(line, flush=True)
             self.record["total_s"] = round(time.perf_counter() - t_all, 2)
             self._write_index()
-            if failure is not None:
-                break
         self.record["status"] = "failed" if failure else "ok"
         self.record["total_s"] = round(time.perf_counter() - t_all, 2)
         write_json(self.report_dir / "timings.json", {
-            "kernel": self.kernel, "total_s": self.record["total_s"],
+            "kernel": self.kernel, "total_s": self.record["total_s"], "experiments": self.record["experiments"],
             "notebooks": {r.name: {"execute_s": r.seconds, "render_s": r.render_seconds, "status": r.status} for r in self.records},
         })
         index = self._write_index()
@@ -197,9 +197,26 @@ class _Chain:
             raise failure
         return index
 
-    def _write_index(self) -> Path:
-        from cmtlib.report.index import write_report_index
+    def _experiments(self) -> ReportError | None:
+        """Train and evaluate what the pages read (cmtlib.experiments.plan), before any page runs,
+        with the training's progress on the console. A user error (CmtError) fails the report like a
+        failed page; any other error is a bug and propagates with its traceback."""
+        print(f"[0/{len(self.notebooks)}] experiments (data, the run and what the pages compare it with) ...", flush=True)
+        step = self.record["experiments"] = {"status": "running", "seconds": None, "steps": {}, "error": ""}
+        t0 = time.perf_counter()
+        try:
+            step["steps"] = prepare(self.params, self.report_dir / "run", self.report_dir, self.notebooks)
+            step["status"] = "ok"
+        except CmtError as err:
+            step.update(status="failed", error=f"{type(err).__name__}: {err}")
+            self.record.update(failed="experiments", error=step["error"])
+        finally:
+            step["seconds"] = round(time.perf_counter() - t0, 2)
+            self._write_index()
+        print(f"[0/{len(self.notebooks)}] experiments {step['status']} {step['seconds']:.1f} s", flush=True)
+        return None if step["status"] == "ok" else ReportError(f"the experiments step failed: {step['error']}")
 
+    def _write_index(self) -> Path:
         self.record["notebooks"] = [asdict(r) for r in self.records]
         return write_report_index(self.report_dir, self.record)
 
@@ -238,8 +255,6 @@ class _Chain:
 
     def _render(self, nb: Path, executed: Path, rec: NotebookRecord, failed: bool) -> str:
         """Render the executed (or partial) notebook; returns an error text, '' on success."""
-        from cmtlib.report.render import PageRenderer
-
         if not executed.is_file():
             return f"{nb.name} produced no executed notebook to render"
         t0 = time.perf_counter()
@@ -260,8 +275,6 @@ def _is_placeholder(executed: Path) -> bool:
     """Whether an executed notebook shows page.not_implemented (so the index does not call it 'ok')."""
     import nbformat
 
-    from cmtlib.report.page import PLACEHOLDER_CLASS
-
     if not executed.is_file():
         return False
     outputs = [o for c in nbformat.read(executed, as_version=4).cells for o in c.get("outputs", [])]
@@ -280,8 +293,6 @@ def _kernel_config():
 
 def _heading(nb: Path) -> dict[str, str]:
     import nbformat
-
-    from cmtlib.report.render import notebook_heading
 
     title, description = notebook_heading(nbformat.read(nb, as_version=4))
     return {"title": title, "description": description}

@@ -1,13 +1,21 @@
-"""What the data page (01_data) says about a prepared data set, as values and tables."""
+"""What the data page (01_data) says about a prepared data set, as values and tables, and
+`load_data`, which reads the data set (a cache folder with its manifest's quarantine and duplicate
+evidence) for it."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from cmtlib.report.tables import CLASS_ORDER, class_label, safe_table
+from cmtlib.data.manifest import check_manifest, quarantine_path, read_manifest, read_quarantine
+from cmtlib.errors import MissingInputError
+from cmtlib.fileio import read_json
+from cmtlib.metrics.ranking import roc_auc
+from cmtlib.report.pages.tables import CLASS_ORDER, class_label, safe_table
 
 # One plain-language line per known source (see ../shared/data/cxr-public/SOURCES.md).
 SOURCE_NOTES = {
@@ -108,8 +116,6 @@ def provenance_text(params: Any, index: pd.DataFrame, meta: dict[str, Any]) -> s
 
 def check_results(index: pd.DataFrame) -> pd.DataFrame:
     """The manifest checks (`cmt data check`) on the cached rows: one row per check with its result."""
-    from cmtlib.data.manifest import check_manifest
-
     problems = check_manifest(index)
     leaks = [p for p in problems if " is in splits " in p]
     others = [p for p in problems if p not in leaks]
@@ -194,8 +200,6 @@ def mixed_source_auc(predictions: pd.DataFrame, min_per_class: int = 5) -> str:
 
     predictions: a run's predictions.csv (columns source, label_covid, p_covid).
     """
-    from cmtlib.metrics.ranking import roc_auc
-
     if not {"source", "label_covid", "p_covid"} <= set(predictions.columns):
         return ""
     df = predictions.assign(y=pd.to_numeric(predictions["label_covid"], errors="coerce"), p=pd.to_numeric(predictions["p_covid"], errors="coerce"))
@@ -210,3 +214,64 @@ def mixed_source_auc(predictions: pd.DataFrame, min_per_class: int = 5) -> str:
             f"{int((inside['y'] == 1).sum())} with COVID-19) the COVID-19 AUC is {within:.2f}, against {pooled:.2f} over all "
             f"{len(df)} test films. Where these differ, the difference is what telling the collections apart gives away, "
             "not the reading of the lungs.")
+
+
+# ---- reading the data set -----------------------------------------------------------------------
+
+@dataclass
+class DataArtefacts:
+    """A prepared data cache (docs/CONTRACTS.md, Cache folder) and what the data page shows."""
+
+    cache_dir: Path
+    index: pd.DataFrame
+    meta: dict[str, Any]
+    manifest_path: Path | None = None
+    quarantine: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["image_id", "path", "reason"]))
+    duplicates: pd.DataFrame | None = None
+
+    @property
+    def manifest_hash(self) -> str:
+        return str(self.meta.get("manifest_hash", ""))
+
+    def arrays(self, rows: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(images, lung, disease) uint8 arrays (N, S, S) for the given cache rows."""
+        out = []
+        for name in ("images", "lung", "disease"):
+            arr = np.load(self.cache_dir / f"{name}.npy", mmap_mode="r")
+            out.append(np.asarray(arr[rows]))
+        return out[0], out[1], out[2]
+
+
+def load_data(cache_dir: str | Path) -> DataArtefacts:
+    """A cache folder with its manifest's quarantine and duplicate evidence (when beside it)."""
+    cache_dir = Path(cache_dir)
+    index_path = cache_dir / "index.csv"
+    if not index_path.is_file():
+        raise MissingInputError(f"{cache_dir} is not a data cache (no index.csv); build one with `cmt data cache`")
+    index = read_manifest(index_path)
+    meta = read_json(cache_dir / "meta.json", {}) or {}
+    manifest = Path(meta["manifest"]) if meta.get("manifest") else None
+    frames = [read_quarantine(cache_dir / "quarantine.csv")]
+    duplicates = None
+    if manifest is not None:
+        # Unreadable images are quarantined beside the manifest that listed them: the split
+        # manifest, or the imported / synthetic one in a sub-folder (cmtlib/data/prepare.py), or
+        # the per-collection imports a user joined into this manifest. Another import's file in the
+        # same folder may hold collections this data set does not use: only the collections its own
+        # image ids name (their source prefix) count.
+        prefixes = set(index["image_id"].astype(str).str.partition(":")[0]) if "image_id" in index.columns else set()
+        for q in sorted({quarantine_path(manifest), *manifest.parent.glob("*.quarantine.csv"), *manifest.parent.glob("*/*.quarantine.csv")}):
+            frames.append(_of_collections(read_quarantine(q), prefixes))
+        dup_path = manifest.with_name(f"{manifest.stem}.duplicates.csv")
+        duplicates = pd.read_csv(dup_path, dtype=str, keep_default_na=False) if dup_path.is_file() else None
+    quarantine = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) else frames[0]
+    return DataArtefacts(cache_dir, index, meta, manifest, quarantine.drop_duplicates(subset=["image_id", "reason"]), duplicates)
+
+
+def _of_collections(quarantine: pd.DataFrame, prefixes: set[str]) -> pd.DataFrame:
+    """Quarantine rows whose image_id prefix ("nih" of "nih:000..") is one of `prefixes` (all rows
+    when `prefixes` is empty or an id has no prefix)."""
+    if not prefixes or quarantine.empty:
+        return quarantine
+    prefix = quarantine["image_id"].astype(str).str.partition(":")
+    return quarantine[(prefix[1] == "") | prefix[0].isin(prefixes)]

@@ -9,17 +9,21 @@ still leaves an index that says what happened.
 from __future__ import annotations
 
 import datetime as _dt
-import json
-import subprocess
 from pathlib import Path
 from typing import Any, ClassVar
 
+import pandas as pd
 import yaml
 
-from cmtlib.fileio import write_json, write_text
-from cmtlib.report.render import TEMPLATES, check_self_contained, report_css
-from cmtlib.report.session import info_value, read_facts
-from cmtlib.report.tables import as_number, get_path, headline_table, params_table, to_html
+from cmtlib import __version__
+from cmtlib.errors import DataFileError
+from cmtlib.fileio import read_json, write_json, write_text
+from cmtlib.params import key_owner
+from cmtlib.report.chain.render import TEMPLATES, check_self_contained, report_css
+from cmtlib.report.pages.common import read_facts
+from cmtlib.report.pages.data import mixed_source_auc
+from cmtlib.report.pages.tables import as_number, get_path, headline_table, params_table, to_html
+from cmtlib.run import info_value
 
 RECORD = "report.json"
 # Headline numbers shown as percentages (rates) rather than fractions (scores).
@@ -33,28 +37,8 @@ def _env():
     return jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True, undefined=jinja2.StrictUndefined)
 
 
-def git_commit(where: str | Path) -> str:
-    """Short commit of the repository holding `where` ('+dirty' when tracked files changed); '' if none."""
-    try:
-        head = subprocess.run(["git", "-C", str(where), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10, check=False)
-        if head.returncode != 0:
-            return ""
-        dirty = subprocess.run(["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10, check=False)
-        return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-
-
 def read_record(report_dir: str | Path) -> dict[str, Any]:
-    path = Path(report_dir) / RECORD
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-    except json.JSONDecodeError:
-        return None
+    return read_json(Path(report_dir) / RECORD, {}) or {}
 
 
 def _fmt(value: float | None, percent: bool) -> str:
@@ -81,11 +65,9 @@ def headline_cards(metrics: dict[str, Any] | None) -> list[dict[str, str]]:
 
 def summarize(report_dir: Path, record: dict[str, Any] | None = None) -> dict[str, Any]:
     """What the index shows besides the chain's record: facts, headline metrics, parameters."""
-    from cmtlib.params import key_owner
-
     run_dir = report_dir / "run"
-    info = _read_json(run_dir / "run.json") or {}
-    metrics = _read_json(run_dir / "metrics.json")
+    info = read_json(run_dir / "run.json", {}) or {}
+    metrics = read_json(run_dir / "metrics.json")
     facts = read_facts(report_dir)
     params_path = report_dir / "params.yaml"
     flat = yaml.safe_load(params_path.read_text(encoding="utf-8")) if params_path.is_file() else {}
@@ -104,10 +86,6 @@ def summarize(report_dir: Path, record: dict[str, Any] | None = None) -> dict[st
     ]
     caveats = list(facts.get("caveats") or [])
     if (run_dir / "predictions.csv").is_file():
-        import pandas as pd
-
-        from cmtlib.report.data_summary import mixed_source_auc
-
         within = mixed_source_auc(pd.read_csv(run_dir / "predictions.csv", dtype={"source": str}))
         caveats += [within] if within else []
     return {
@@ -120,8 +98,6 @@ def summarize(report_dir: Path, record: dict[str, Any] | None = None) -> dict[st
 
 def write_report_index(report_dir: str | Path, record: dict[str, Any]) -> Path:
     """Write <report>/report.json and <report>/index.html from the chain's record."""
-    from cmtlib import __version__
-
     report_dir = Path(report_dir)
     write_json(report_dir / RECORD, record)
     summary = summarize(report_dir, record)
@@ -133,13 +109,14 @@ def write_report_index(report_dir: str | Path, record: dict[str, Any]) -> Path:
 
 def write_reports_index(reports_dir: str | Path) -> Path:
     """Write <reports_dir>/index.html listing every report folder (report.json), newest first."""
-    from cmtlib import __version__
-
     reports_dir = Path(reports_dir)
     runs = []
     for record_path in reports_dir.glob(f"*/{RECORD}"):
-        rec = _read_json(record_path) or {}
-        metrics = _read_json(record_path.parent / "run" / "metrics.json")
+        try:
+            rec = read_json(record_path, {}) or {}
+            metrics = read_json(record_path.parent / "run" / "metrics.json")
+        except DataFileError as err:  # another report's broken file: listed as such, this report goes on
+            rec, metrics = {"status": f"unreadable ({err})"}, None
         auc, sens = get_path(metrics, "covid.auc"), get_path(metrics, "covid.sens_at_spec99")
         runs.append({
             "name": record_path.parent.name, "href": f"{record_path.parent.name}/index.html",

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from cmtlib import __version__
 from cmtlib.fileio import write_text
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -84,8 +85,6 @@ class PageRenderer:
                seconds: float | None = None, failed: bool = False, index_href: str = "index.html") -> Path:
         """Write `html_path` from an executed notebook; returns the path. Raises RenderError."""
         import nbformat
-
-        from cmtlib import __version__
 
         notebook = Path(notebook)
         nb = nbformat.read(notebook, as_version=4)

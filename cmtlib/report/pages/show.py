@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from cmtlib.report.tables import dict_rows, to_html
+from cmtlib.report.pages.tables import dict_rows, to_html
 
 NOTICE_KINDS = ("info", "warning", "error", "ok", "todo")
 # Marks a page-level "not implemented yet" notice; the chain lists such a page as a placeholder.

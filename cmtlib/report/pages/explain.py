@@ -17,7 +17,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cmtlib.explain.cam import DEFAULT_METHODS, agreement_summary, cam_comparison
+from cmtlib.explain.embeddings import predicted_labels, true_labels
+from cmtlib.explain.overlays import load_images, true_class
 from cmtlib.fileio import write_json
+from cmtlib.runtime import quietly
 
 METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "eigencam": "EigenCAM", "layercam": "LayerCAM",
                 "scorecam": "ScoreCAM", "xgradcam": "XGradCAM", "hirescam": "HiResCAM",
@@ -44,8 +48,6 @@ def named_maps(maps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def class_frame(frame: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFrame:
     """An EmbeddingMaps frame relabelled with the three classes (COVID-19 / healthy / other disease),
     matched by image_id, so the same map is shown a second time without recomputing it."""
-    from cmtlib.explain.embeddings import predicted_labels, true_labels
-
     ids = predictions["image_id"].astype(str).to_numpy()
     true = pd.Series(true_labels(predictions, "class"), index=ids)
     pred = pd.Series(predicted_labels(predictions, "class"), index=ids)
@@ -72,8 +74,6 @@ def choose_cam_images(index: pd.DataFrame, disease_known: np.ndarray, n: int, se
         index: the films' index rows (label_* columns, '' or NaN = unknown).
         disease_known: (N,) bool, True where a non-empty reference disease region exists.
     """
-    from cmtlib.explain.overlays import true_class
-
     if n <= 0 or len(index) == 0:
         return np.zeros(0, int)
     rng = np.random.default_rng(seed)
@@ -95,8 +95,6 @@ def choose_cam_images(index: pd.DataFrame, disease_known: np.ndarray, n: int, se
 
 def cam_images(cache_dir: str | Path, n: int, seed: int = 0, split: str = "test"):
     """The `choose_cam_images` films of a cache's split as an ImageSet (cmtlib.explain.overlays)."""
-    from cmtlib.explain.overlays import load_images
-
     data = load_images(cache_dir, split)
     known = data.has_disease & data.disease.any(axis=(1, 2))
     return data.take(choose_cam_images(data.index, known, n, seed))
@@ -104,8 +102,6 @@ def cam_images(cache_dir: str | Path, n: int, seed: int = 0, split: str = "test"
 
 def cam_titles(data: Any) -> list[str]:
     """'image_id\\nclass' per film of an ImageSet."""
-    from cmtlib.explain.overlays import true_class
-
     cls = true_class(data.index).replace("", "class unknown")
     return [f"{i}\n{c}" for i, c in zip(data.image_ids, cls)]
 
@@ -113,8 +109,6 @@ def cam_titles(data: Any) -> list[str]:
 def cam_films_table(data: Any, predictions: pd.DataFrame | None = None) -> pd.DataFrame:
     """The CAM page's films in row order: image, class, reference disease region, COVID-19
     probability (from predictions.csv, matched by image_id, when given)."""
-    from cmtlib.explain.overlays import true_class
-
     out = pd.DataFrame({"row": np.arange(1, len(data.image_ids) + 1), "image": data.image_ids,
                         "class": true_class(data.index).replace("", "unknown").to_numpy(),
                         "reference disease region": np.where(data.has_disease & data.disease.any(axis=(1, 2)), "yes",
@@ -128,9 +122,6 @@ def cam_films_table(data: Any, predictions: pd.DataFrame | None = None) -> pd.Da
 def compare_cams(model: Any, data: Any, methods=None):
     """cam_comparison on an ImageSet, progress bars and library warnings kept off the page, the
     methods renamed to their display names (so page 8's verdict names them alike)."""
-    from cmtlib.explain.cam import DEFAULT_METHODS, cam_comparison
-    from cmtlib.report.session import quietly
-
     result = quietly(cam_comparison, model, data.images, data.lung, data.disease, data.has_lung, data.has_disease,
                      data.image_ids, methods=tuple(methods or DEFAULT_METHODS))
     result.per_image["method"] = result.per_image["method"].map(method_name)
@@ -153,8 +144,6 @@ def gradcam_columns(cmtnet_maps: dict[str, np.ndarray], baseline_maps: dict[str,
 
 def agreement_table(per_image: pd.DataFrame) -> pd.DataFrame:
     """Mean ± sd (films where defined) of each agreement measure by method, with plain names."""
-    from cmtlib.explain.cam import agreement_summary
-
     table = agreement_summary(per_image, formatted=True).rename(columns=MEASURE_NAMES)
     return table.rename_axis("map").reset_index()
 
@@ -202,7 +191,7 @@ def load_agreement(report_dir: str | Path, run_dir: str | Path) -> pd.DataFrame 
 def audit_agreement(report_dir: str | Path, run: Any, model: Any, cache: str | Path, n: int, seed: int = 0) -> tuple[pd.DataFrame, str]:
     """(per-image CAM agreement, a sentence on where it came from) for page 8: page 7's table, or
     the fast methods computed here on the same films."""
-    found = load_agreement(report_dir, run.run_dir)
+    found = load_agreement(report_dir, run.path)
     if found is not None:
         return found, "The CAMs are those of the 'Where the network looks' page, on the same films."
     result = compare_cams(model, cam_images(cache, n, seed), FAST_METHODS)

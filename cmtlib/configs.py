@@ -1,0 +1,157 @@
+"""Every component's settings, one dataclass each, in one place beside `cmtlib.params` (which maps
+a flat params YAML onto them). Each field has a default and says why; loading refuses unknown keys.
+
+Owner of each class: DataConfig -> cmtlib.data (import, split, cache); ModelConfig -> cmtlib.models
+(the registry); TrainConfig -> cmtlib.engine; ExperimentsConfig -> cmtlib.experiments (what is
+trained beside a run: baselines, seeds); ReportConfig -> cmtlib.report (what the pages show).
+Kept free of torch so that loading params (every notebook does) stays light.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+ALL_TASKS: tuple[str, ...] = ("lung", "disease", "healthy", "multilabel")
+BEST_BY = {"val_loss": "min", "val_covid_auc": "max"}
+LR_SCHEDULES = ("constant", "cosine")
+
+
+@dataclass
+class DataConfig:
+    # synthetic: phantoms made by `cmt data synth`; manifest: an existing manifest at data_root;
+    # any import kind (auto, ieee8023, covidx, nih, chexpert): import the collection(s) at data_root.
+    data_kind: str = "synthetic"
+    # Manifest path (data_kind=manifest) or collection folder (import kinds); '' for synthetic.
+    data_root: str = ""
+    # Phantom count, their stored size and seed: 1,200 images at 128 px train a narrow CMTNet on 2 cores.
+    synth_n: int = 1200
+    synth_size: int = 128
+    synth_seed: int = 0
+    # Training / evaluation resolution (the cache size); the paper uses 224.
+    image_size: int = 224
+    # Patient-disjoint split fractions and seed (`cmt data split`).
+    val_fraction: float = 0.15
+    test_fraction: float = 0.2
+    split_seed: int = 0
+    # A ready cache folder (`cmt data cache`) to train from directly, skipping import/split/cache;
+    # this is how a GPU machine without ../shared trains on real data.
+    cache_dir: str = ""
+
+
+@dataclass
+class ModelConfig:
+    # A name in cmtlib.models.registry (cmtnet, or a baseline such as resnet18).
+    model: str = "cmtnet"
+    # CMTNet tasks (paper's t1..t4 = lung, disease, healthy, multilabel); the ablation drops some,
+    # keeping at least one segmentation task and multilabel (Table V).
+    tasks: list[str] = field(default_factory=lambda: list(ALL_TASKS))
+    # Channel multiplier on VGG16-BN (1.0 = the paper); 0.25 makes CPU runs feasible.
+    width: float = 1.0
+    # imagenet (torchvision's vgg16_bn weights from a local file or cache), none, or a path to a state_dict.
+    encoder_weights: str = "imagenet"
+    # Width of the two hidden layers in each 3-layer FC head (the paper gives none; 256 < D = 512 at width 1).
+    head_hidden: int = 256
+
+
+@dataclass
+class TrainConfig:
+    # The paper: Adam, lr 5e-5, batch 16, 30 epochs (params/paper.yaml).
+    epochs: int = 30
+    # Images per step and process (under torchrun each GPU takes batch_size of every global batch).
+    batch_size: int = 16
+    lr: float = 5e-5
+    weight_decay: float = 0.0
+    # Seeds sampling, augmentation and initialisation; CPU runs repeat exactly for a seed.
+    seed: int = 0
+    # auto = CUDA when available, else CPU.
+    device: str = "auto"
+    # auto = bf16 autocast on CUDA, fp32 on CPU; or bf16 / fp32.
+    precision: str = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    # The paper added five augmented copies of every COVID image: COVID drawn 6x as often.
+    covid_oversample: float = 6.0
+    # Augmentation (the paper): rotation of +/- rotate_deg and translation of +/- translate_px,
+    # in pixels at the paper's 224 px (scaled to the training size), same for image and masks.
+    rotate_deg: float = 10.0
+    translate_px: float = 10.0
+    # Loss weights of the five terms (equal in the paper).
+    w_lung: float = 1.0
+    w_disease: float = 1.0
+    w_healthy: float = 1.0
+    w_covid: float = 1.0
+    w_other: float = 1.0
+    eval_batch_size: int = 64
+    # CPU threads for torch (0 = torch's default).
+    threads: int = 0
+    # Where the run folder goes; '' = runs/<params name>.
+    run_dir: str = ""
+    # Which checkpoint is best.pt: val_loss (lowest; covers every task) or val_covid_auc (highest).
+    best_by: str = "val_loss"
+    # Steps between progress-bar updates; each update waits for the device, so not every step.
+    log_every: int = 10
+    # constant (the paper) or cosine: lr decays per step along a half cosine to 0 at the last step
+    # (short CPU runs end better; extending `epochs` on --resume then changes the schedule).
+    lr_schedule: str = "constant"
+
+
+@dataclass
+class ReportConfig:
+    # The run's name; '' = the params file's stem. Names the report folder reports/<run name>/.
+    run_name: str = ""
+    # Folder that holds one sub-folder per report run, and the index of runs.
+    reports_dir: str = "reports"
+    # Notebooks to run, by number or stem ("01", "02_training"); [] = every notebooks/NN_*.ipynb.
+    # A subset lets a researcher re-render one page without re-running the whole chain.
+    report_notebooks: list[str] = field(default_factory=list)
+    # Jupyter kernel for the chain; '' = the one whose python is the interpreter running `cmt`
+    # (a kernel from another environment would import another cmtlib, or none).
+    report_kernel: str = ""
+    # Longest a single notebook cell may run, in seconds (0 = no limit); a hung cell must not
+    # hold CI forever, and training on a CPU takes minutes, so the default is generous.
+    report_cell_timeout: int = 3600
+    # Figure resolution in the HTML pages: 110 dpi is sharp on screen and keeps a page small.
+    report_dpi: int = 110
+    # Images in the data page's sample grid (masks drawn on top); enough to see every class.
+    report_sample_images: int = 8
+    # Longest table shown in full on a page (quarantine, duplicates); the rest is counted.
+    report_max_rows: int = 50
+    # Test films on the CAM page (and the CAM part of the shortcut audit). ScoreCAM runs the
+    # encoder once per feature channel for every film (about 0.3 s a film at 96 px, width 0.125;
+    # seconds at 224 px, full width), so a handful keeps the page fast; half are COVID-19 films
+    # with a reference disease region, which the agreement measures need.
+    report_cam_images: int = 8
+
+
+@dataclass
+class ExperimentsConfig:
+    """What the experiments layer trains beside a run for the comparison and CAM pages."""
+
+    # Deep baselines the comparison page trains, by params/baselines/<name>.yaml stem ([] = none:
+    # the page then compares CMTNet with its embedding classifiers only). Each takes only its model
+    # keys (model, tasks, width, encoder_weights, head_hidden) from its file and everything else
+    # (data, split, optimiser, augmentation, metrics) from this run, so the comparison is like for like.
+    report_baselines: list[str] = field(default_factory=lambda: [
+        "densenet121", "mobilenet_v2", "resnet18", "vgg19", "unet", "segnet_lung", "segnet_disease", "maskrcnn"])
+    # SVMs and random forest on this run's CMTNet embeddings (cmtlib.experiments.embedding_classifiers);
+    # seconds each on a CPU, so all five by default, as in the paper's Table IV.
+    report_embedding_classifiers: list[str] = field(default_factory=lambda: [
+        "svm_sigmoid", "svm_rbf", "svm_poly", "svm_linear", "random_forest"])
+    # Image side of the baselines and of a CMTNet trained beside them at the same setting; 0 = this
+    # run's image_size. 64 px: the eight baselines must fit about 5 minutes of a 2-core CPU inside
+    # `make report`'s 15 (params/paper.yaml sets 0: 224 px, as the paper).
+    baseline_image_size: int = 64
+    # Epochs of the baselines and of the CMTNet beside them; 0 = this run's epochs. One pass on the
+    # CPU for the same budget (ResNet18, not narrowable, takes about a minute a pass at 64 px).
+    baseline_epochs: int = 1
+    # Training films Mask R-CNN sees (a seeded sample; validation cut to a quarter of it, test
+    # complete so its masks are scored on the same films as the others); 0 = all. A Mask R-CNN step
+    # costs about three CMTNet steps; 600 films (47 steps, under a minute at 64 px) is the fewest
+    # that found the lungs in one pass (300 films, 27 steps: lung Dice 0; 600: 0.90).
+    baseline_maskrcnn_max_images: int = 600
+    # key=value settings applied to the baselines after their files: "width=1.0" for all,
+    # "maskrcnn:model=maskrcnn_resnet50" for one (params/paper.yaml: full width, ImageNet starts).
+    baseline_overrides: list[str] = field(default_factory=list)
+    # Training seeds of every deep model on the comparison page (CMTNet included): the paper's
+    # Fig. 7 spread needs >= 3 (params/paper.yaml: [0, 1, 2]); one on the CPU, to fit the budget.
+    report_seeds: list[int] = field(default_factory=lambda: [0])

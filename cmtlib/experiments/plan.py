@@ -1,0 +1,69 @@
+"""What each report page reads, and `prepare`, which makes it before any page opens.
+
+A page declares what it reads in its notebook's metadata, `{"cmtlib": {"needs": [...]}}`, from
+    data           the prepared data (import, split, cache)
+    run            the report's own run, trained and evaluated
+    cmtnet, classifier, segmentation, embedding
+                   the comparison's methods of that role (cmtlib.experiments.comparison.ROLES)
+`cmt report` calls `prepare` for the union over its pages first (its own step in timings.json), so
+the pages only read finished runs, and a chain of one page trains only what that page needs. A
+notebook that declares nothing gets nothing made ahead: opened on its own, a page still asks the
+experiments layer for what it reads (`ensure_run`, `ensure_comparison`), which makes it then.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from cmtlib.errors import ConfigError
+from cmtlib.experiments.comparison import ROLES, ensure_comparison
+from cmtlib.experiments.runs import ensure_data, ensure_run
+from cmtlib.params import Params
+
+KNOWN_NEEDS = frozenset({"data", "run", *ROLES})
+
+
+def declared_needs(notebook: str | Path) -> frozenset[str]:
+    """The `cmtlib.needs` a notebook's metadata declares (empty when it declares none)."""
+    path = Path(notebook)
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8")).get("metadata", {})
+    except (OSError, json.JSONDecodeError) as err:
+        raise ConfigError(f"cannot read {path}: {err}") from err
+    needs = frozenset((meta.get("cmtlib") or {}).get("needs") or ())
+    unknown = sorted(needs - KNOWN_NEEDS)
+    if unknown:
+        raise ConfigError(f"{path.name} declares needs {unknown} in its metadata (cmtlib.needs); known: {', '.join(sorted(KNOWN_NEEDS))}")
+    return needs
+
+
+def needs(notebooks: Iterable[str | Path]) -> frozenset[str]:
+    """Everything the notebooks read together."""
+    out: set[str] = set()
+    for nb in notebooks:
+        out |= declared_needs(nb)
+    return frozenset(out)
+
+
+def prepare(params: Params, run_dir: str | Path, report_dir: str | Path, notebooks: Iterable[str | Path], verbose: bool = True) -> dict[str, float]:
+    """Make what the notebooks read; returns seconds per step ('data', 'run', 'comparison').
+    `verbose` shows the training's progress and each compared method's time on the console."""
+    wanted, seconds = needs(notebooks), {}
+    if not wanted:
+        return seconds
+    t0 = time.perf_counter()
+    ensure_data(params)
+    seconds["data"] = round(time.perf_counter() - t0, 2)
+    if wanted & ({"run"} | set(ROLES)):
+        t0 = time.perf_counter()
+        ensure_run(params, run_dir, quiet=not verbose)
+        seconds["run"] = round(time.perf_counter() - t0, 2)
+    roles = tuple(r for r in ROLES if r in wanted)
+    if roles:
+        t0 = time.perf_counter()
+        ensure_comparison(params, run_dir, report_dir, roles=roles, progress=(lambda m: print(m, flush=True)) if verbose else None)
+        seconds["comparison"] = round(time.perf_counter() - t0, 2)
+    return seconds

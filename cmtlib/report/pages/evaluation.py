@@ -1,0 +1,134 @@
+"""The evaluation page (03): the test metrics, the COVID-19 threshold, results by view and by source,
+in plain words and tables."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+import pandas as pd
+
+from cmtlib.explain.plots import group_table
+from cmtlib.report.pages.tables import as_number, get_path
+
+# metrics.json key -> (plain name, how to read it). The order is the page's.
+METRICS = (
+    ("covid.auc", "COVID-19 detection: area under the ROC curve",
+     "1 = every COVID-19 film scores above every other film; 0.5 = chance"),
+    ("covid.sens_at_spec99", "COVID-19 detection: sensitivity at 99 % specificity (threshold chosen on validation)",
+     "share of COVID-19 films flagged at the threshold fixed beforehand on the validation films to allow 1 false alarm in 100"),
+    ("covid.sens_at_spec99_oracle", "COVID-19 detection: sensitivity at 99 % specificity (threshold chosen on the test films)",
+     "the same with the threshold tuned on the test films themselves: optimistic, an upper bound"),
+    ("covid.eer", "COVID-19 detection: equal error rate",
+     "error rate at the threshold where missed COVID-19 films and false alarms are equally common (lower is better)"),
+    ("covid.accuracy", "COVID-19 detection: accuracy at probability 0.5", "share of films called correctly COVID-19 or not"),
+    ("healthy.accuracy", "Healthy or unhealthy: accuracy at probability 0.5", "share of films called correctly healthy or unhealthy"),
+    ("other.accuracy", "Other disease: accuracy at probability 0.5", "share of films called correctly as showing another disease or not"),
+    ("covid_as_unhealthy", "COVID-19 films called unhealthy",
+     "share of COVID-19 films that the healthy/unhealthy output calls unhealthy (higher is better)"),
+    ("lung.dice", "Lung outline: Dice overlap", "overlap of the outlined lungs with the reference outline (1 = identical, 0 = none)"),
+    ("lung.iou", "Lung outline: intersection over union", "a stricter overlap score (1 = identical)"),
+    ("disease.dice", "Disease region: Dice overlap", "overlap with the reference disease region, on films that have one (1 = identical)"),
+    ("disease.iou", "Disease region: intersection over union", "a stricter overlap score (1 = identical)"),
+    ("calibration.ece", "COVID-19 probability: expected calibration error",
+     "average gap between the stated COVID-19 probability and how often it is COVID-19 (0 = honest probabilities)"),
+)
+# by_view / by_source tables: (metrics key, plain column name).
+GROUP_KEYS = (("covid.auc", "COVID-19 AUC"), ("covid.sens_at_spec99", "sensitivity at 99 % specificity"),
+              ("covid.accuracy", "COVID-19 accuracy"), ("healthy.accuracy", "healthy/unhealthy accuracy"),
+              ("lung.dice", "lung Dice"), ("disease.dice", "disease Dice"), ("calibration.ece", "calibration error"))
+CONFUSION_COLUMNS = {"n": "films", "tn": "true negatives", "fp": "false positives", "fn": "false negatives",
+                     "tp": "true positives", "task": "decision"}
+MIN_NEGATIVES = 100  # below this a 1 % false-alarm rate cannot be estimated (DESIGN.md, Metrics)
+
+
+def _metric(metrics: dict | None, key: str) -> tuple[Any, Any, Any]:
+    """(value, ci_low, ci_high) of a dotted metrics.json key ('covid_as_unhealthy' is top-level)."""
+    section, _, name = key.rpartition(".")
+    block = get_path(metrics, section) if section else metrics
+    if not isinstance(block, dict):
+        return None, None, None
+    return block.get(name), block.get(f"{name}_ci_low"), block.get(f"{name}_ci_high")
+
+
+def metrics_table(metrics: dict | None) -> pd.DataFrame:
+    """The test metrics with plain names: measure, value, 95 % confidence interval, how to read it."""
+    rows = []
+    for key, name, meaning in METRICS:
+        value, low, high = _metric(metrics, key)
+        v, lo, hi = as_number(value), as_number(low), as_number(high)
+        rows.append({"measure": name,
+                     "value": "not available (no ground truth)" if v is None else f"{v:.3f}",
+                     "95 % confidence interval": "" if v is None or lo is None or hi is None else f"{lo:.3f} to {hi:.3f}",
+                     "how to read it": meaning})
+    return pd.DataFrame(rows)
+
+
+def threshold_text(metrics: dict | None, threshold: dict | None) -> str:
+    """The COVID-19 threshold in words: its value and how it was chosen."""
+    t = as_number((threshold or {}).get("covid_threshold", get_path(metrics, "covid.threshold")))
+    if t is None:
+        return ("No COVID-19 threshold could be chosen on the validation films (none is COVID-negative, or the model has "
+                "no COVID-19 output), so sensitivity at 99 % specificity is not available.")
+    return (f"The COVID-19 threshold is {t:.3g}: a film whose COVID-19 probability is at or above it is called COVID-19. "
+            "It was chosen on the validation films, before the test films were scored, so that at most 1 in 100 "
+            "COVID-negative validation films is falsely flagged, and then held fixed.")
+
+
+def negatives_warnings(metrics: dict | None, threshold: dict | None) -> list[str]:
+    """With fewer than 100 COVID-negative films in validation or test, that the 1 % false-alarm rate
+    cannot be estimated there (DESIGN.md, Metrics); [] otherwise."""
+    out = []
+    n_val = (threshold or {}).get("n_negative")
+    if n_val is not None and int(n_val) < MIN_NEGATIVES:
+        out.append(f"The validation split has only {int(n_val)} COVID-negative films, fewer than {MIN_NEGATIVES}: the 1 % "
+                   "false-alarm rate cannot be estimated. The threshold sits above every validation negative, so "
+                   "'sensitivity at 99 % specificity' here means sensitivity with no validation false alarm.")
+    n_test = get_path(metrics, "counts.n_negative")
+    if n_test is not None and int(n_test) < MIN_NEGATIVES:
+        out.append(f"The test split has only {int(n_test)} COVID-negative films, fewer than {MIN_NEGATIVES}: the 1 % "
+                   "false-alarm rate cannot be estimated on it (a single false alarm is already more than 1 %).")
+    return out
+
+
+# metrics.json names in the evaluation's notes -> plain words (longest first, so no name is cut).
+_NOTE_WORDS = {"sens_at_spec99_oracle": "sensitivity at 99 % specificity (threshold chosen on the test films)",
+               "sens_at_spec99": "sensitivity at 99 % specificity", "covid_as_unhealthy": "COVID-19 films called unhealthy",
+               "calibration.ece": "calibration error", "covid.": "COVID-19 ", "healthy.": "healthy/unhealthy ",
+               "other.": "other-disease ", "lung.": "lung ", "disease.": "disease ", "dice": "Dice", "iou": "IoU",
+               "auc": "AUC", "eer": "equal error rate", "CIs": "confidence intervals", "CI null": "no confidence interval"}
+_NOTE_RE = re.compile("|".join(rf"(?<!\w){re.escape(k)}" + (r"(?!\w)" if k[-1].isalnum() else "")
+                               for k in sorted(_NOTE_WORDS, key=len, reverse=True)))
+
+
+def plain_notes(notes: Iterable[str]) -> list[str]:
+    """metrics.json's notes with its key names replaced by plain words."""
+    return [_NOTE_RE.sub(lambda m: _NOTE_WORDS[m.group(0)], str(n)) for n in notes or []]
+
+
+def counts_text(metrics: dict | None) -> str:
+    c = get_path(metrics, "counts") or {}
+    if not c:
+        return "The test counts were not recorded."
+    return (f"{c.get('n_images', '?')} test films from {c.get('n_patients', '?')} patients: {c.get('n_covid', '?')} "
+            f"COVID-19 and {c.get('n_negative', '?')} COVID-negative (the rest have no COVID-19 label).")
+
+
+def group_metrics_table(metrics: dict, by: str) -> pd.DataFrame:
+    """metrics.json's by_view / by_source with plain column names (values 'x (low-high)')."""
+    if f"by_{by}" not in (metrics or {}):
+        return pd.DataFrame()
+    return group_table(metrics, by, GROUP_KEYS).rename(columns={"images": "films", "COVID-19": "COVID-19 films"})
+
+
+def confusion_table(table: pd.DataFrame) -> pd.DataFrame:
+    """review.group_confusion_table with plain column names."""
+    return table.rename(columns=CONFUSION_COLUMNS)
+
+
+def ci_sentence(metrics: dict | None) -> str:
+    ci = get_path(metrics, "ci") or {}
+    n = ci.get("n_boot")
+    return ("Confidence intervals: 95 %, from " + (f"{n} " if n else "") + "bootstrap resamples of the test patients "
+            "(a patient's films stay together), with the threshold held fixed. A wide interval means few test films.")
