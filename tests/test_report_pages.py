@@ -306,3 +306,34 @@ def test_data_page_quarantine_counts_only_the_sources_of_its_own_data(tmp_path):
     build_cache(split, size=32, out=tmp_path / "cache", workers=1)
     data = load_data(tmp_path / "cache")
     assert data.quarantine["image_id"].tolist() == ["synth:broken"]
+
+
+def test_data_page_shows_fields_left_unknown_and_collections_not_imported(tmp_path):
+    """The import's notes and its list of collections not imported reach the data page and the index facts,
+    without file paths."""
+    from cmtlib.data.cache import build_cache
+    from cmtlib.data.manifest import NOT_IMPORTED_COLUMNS, NOTES_COLUMNS, not_imported_path, notes_path, write_listing
+    from cmtlib.data.split import split_manifest
+    from cmtlib.data.synth import make_synthetic
+    from cmtlib.report.pages import data as data_page
+    from cmtlib.report.pages import tables
+
+    manifest = make_synthetic(tmp_path / "synth", n=24, size=32, seed=0, workers=1)
+    split = manifest.with_name("split.csv")
+    split_manifest(manifest, split, val=0.2, test=0.2, seed=0, find_duplicates=False)
+    write_listing(pd.DataFrame([{"image_id": "synth:3", "column": "age", "value": "250", "reason": "outside 0-120 years"},
+                                {"image_id": "synth:4", "column": "path", "value": "/secret/x.png", "reason": "leaves the folder"}]),
+                  notes_path(split), NOTES_COLUMNS)
+    write_listing(pd.DataFrame([{"collection": "covidx", "folder": "/data/figure1", "reason": "metadata.csv is cut off in /data/figure1/m.csv"}]),
+                  not_imported_path(split), NOT_IMPORTED_COLUMNS)
+    build_cache(split, size=32, out=tmp_path / "cache", workers=1)
+    data = data_page.load_data(tmp_path / "cache")
+    assert len(data.notes) == 2 and data.not_imported["collection"].tolist() == ["covidx"]
+    notes = tables.notes_table(data.notes)
+    assert notes["value found"].tolist() == ["250", "(a file name: not shown)"]
+    shown = tables.not_imported_table(data.not_imported)
+    assert shown.columns.tolist() == ["collection", "reason"] and "/data/figure1" not in shown.to_string()
+    facts = data_page.data_facts(data.index, data.quarantine, data.manifest_hash, data.notes, data.not_imported)
+    assert facts["notes_count"] == 2 and facts["not_imported"] == ["covidx"]
+    caveats = data_page.data_caveats(data.index, 0, facts["notes_count"], facts["not_imported"])
+    assert any("2 field(s)" in c for c in caveats) and any("could not be imported" in c and "covidx" in c for c in caveats)

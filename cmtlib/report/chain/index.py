@@ -83,6 +83,8 @@ def summarize(report_dir: Path, record: dict[str, Any] | None = None) -> dict[st
         ("data manifest hash", facts.get("manifest_hash") or info_value(info, "manifest_hash", default="not recorded")),
         ("images (train / val / test)", facts.get("split_counts", "not recorded")),
         ("quarantined images (could not be read or used)", quarantine if quarantine is not None else "not recorded"),
+        ("fields left unknown at import (could not be read as given)", facts.get("notes_count", "not recorded")),
+        ("collections not imported", ", ".join(facts["not_imported"]) or "none" if "not_imported" in facts else "not recorded"),
     ]
     caveats = list(facts.get("caveats") or [])
     if (run_dir / "predictions.csv").is_file():

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cmtlib.data.manifest import check_manifest, quarantine_path, read_manifest, read_quarantine
+from cmtlib.data.manifest import check_manifest, import_findings, quarantine_path, read_manifest, read_quarantine
 from cmtlib.errors import MissingInputError
 from cmtlib.fileio import read_json
 from cmtlib.metrics.ranking import roc_auc
@@ -84,13 +84,17 @@ def duplicate_summary(index: pd.DataFrame, evidence: pd.DataFrame | None, data_k
     return {"groups": groups, "evidence": table, "checked": checked, "text": text, "empty": empty}
 
 
-def data_facts(index: pd.DataFrame, quarantine: pd.DataFrame, manifest_hash: str) -> dict[str, Any]:
-    """What the index page repeats from the data page (session.record_facts)."""
+def data_facts(index: pd.DataFrame, quarantine: pd.DataFrame, manifest_hash: str, notes: pd.DataFrame | None = None,
+               not_imported: pd.DataFrame | None = None) -> dict[str, Any]:
+    """What the index page repeats from the data page (common.record_facts): counts, and the
+    collections that were not imported, by name, so a run cannot lose one without the index saying so."""
     splits = index["split"].value_counts() if "split" in index.columns else pd.Series(dtype=int)
     return {
         "images": len(index),
         "split_counts": " / ".join(str(int(splits.get(s, 0))) for s in ("train", "val", "test")),
         "quarantine_count": len(quarantine),
+        "notes_count": 0 if notes is None else len(notes),
+        "not_imported": [] if not_imported is None else sorted(set(not_imported["collection"].astype(str))),
         "manifest_hash": manifest_hash,
     }
 
@@ -141,7 +145,7 @@ MIN_TEST_COVID = 50  # fewer COVID-19 test films than this: intervals are wide
 MIN_NEGATIVES = 100  # fewer validation negatives than this: the 1 % false-alarm threshold cannot be placed
 
 
-def data_caveats(index: pd.DataFrame, quarantine_count: int = 0) -> list[str]:
+def data_caveats(index: pd.DataFrame, quarantine_count: int = 0, notes_count: int = 0, not_imported: list[str] | tuple = ()) -> list[str]:
     """What this data can and cannot show, in plain sentences computed from the cached rows: where
     the COVID-19 label follows the source, the original image size or the view; classes too small
     to judge; files left out. [] when none of these applies.
@@ -190,6 +194,12 @@ def data_caveats(index: pd.DataFrame, quarantine_count: int = 0) -> list[str]:
                    "threshold at a 1 % false-alarm rate: sensitivity at 99 % specificity is not a reliable figure here.")
     if quarantine_count:
         out.append(f"{quarantine_count} file(s) could not be read or used and were left out; the data page lists each with its reason.")
+    if notes_count:
+        out.append(f"{notes_count} field(s) (a label, a box, an age, ...) could not be read as given and were left unknown "
+                   "rather than guessed; the data page lists each with its reason.")
+    if not_imported:
+        out.append(f"{len(not_imported)} collection(s) found under the data folder could not be imported and are not in this "
+                   f"run: {', '.join(not_imported)}. The data page says why.")
     return out
 
 
@@ -228,6 +238,10 @@ class DataArtefacts:
     manifest_path: Path | None = None
     quarantine: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["image_id", "path", "reason"]))
     duplicates: pd.DataFrame | None = None
+    # Fields blanked at import (image_id, column, value, reason) and collections not imported
+    # (collection, folder, reason): cmtlib.data.manifest.import_findings.
+    notes: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["image_id", "column", "value", "reason"]))
+    not_imported: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["collection", "folder", "reason"]))
 
     @property
     def manifest_hash(self) -> str:
@@ -243,7 +257,8 @@ class DataArtefacts:
 
 
 def load_data(cache_dir: str | Path) -> DataArtefacts:
-    """A cache folder with its manifest's quarantine and duplicate evidence (when beside it)."""
+    """A cache folder with what its manifest's import left out or unknown (quarantine, notes, collections
+    not imported: cmtlib.data.manifest.import_findings) and its duplicate evidence."""
     cache_dir = Path(cache_dir)
     index_path = cache_dir / "index.csv"
     if not index_path.is_file():
@@ -252,20 +267,22 @@ def load_data(cache_dir: str | Path) -> DataArtefacts:
     meta = read_json(cache_dir / "meta.json", {}) or {}
     manifest = Path(meta["manifest"]) if meta.get("manifest") else None
     frames = [read_quarantine(cache_dir / "quarantine.csv")]
-    duplicates = None
+    notes = not_imported = duplicates = None
     if manifest is not None:
-        # Unreadable images are quarantined beside the manifest that listed them: the split
-        # manifest, or the imported / synthetic one in a sub-folder (cmtlib/data/prepare.py), or
-        # the per-collection imports a user joined into this manifest. Another import's file in the
-        # same folder may hold collections this data set does not use: only the collections its own
-        # image ids name (their source prefix) count.
+        quarantine, notes, not_imported = import_findings(manifest)
+        frames.append(quarantine)
+        # A manifest joined by hand from per-collection imports has their quarantine files beside it;
+        # only the collections its own image ids name (their source prefix) count.
         prefixes = set(index["image_id"].astype(str).str.partition(":")[0]) if "image_id" in index.columns else set()
-        for q in sorted({quarantine_path(manifest), *manifest.parent.glob("*.quarantine.csv"), *manifest.parent.glob("*/*.quarantine.csv")}):
+        for q in sorted({*manifest.parent.glob("*.quarantine.csv"), *manifest.parent.glob("*/*.quarantine.csv")} - {quarantine_path(manifest)}):
             frames.append(_of_collections(read_quarantine(q), prefixes))
         dup_path = manifest.with_name(f"{manifest.stem}.duplicates.csv")
         duplicates = pd.read_csv(dup_path, dtype=str, keep_default_na=False) if dup_path.is_file() else None
     quarantine = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) else frames[0]
-    return DataArtefacts(cache_dir, index, meta, manifest, quarantine.drop_duplicates(subset=["image_id", "reason"]), duplicates)
+    data = DataArtefacts(cache_dir, index, meta, manifest, quarantine.drop_duplicates(subset=["image_id", "reason"]), duplicates)
+    if notes is not None:
+        data.notes, data.not_imported = notes.drop_duplicates(), not_imported.drop_duplicates()
+    return data
 
 
 def _of_collections(quarantine: pd.DataFrame, prefixes: set[str]) -> pd.DataFrame:

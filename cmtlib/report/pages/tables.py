@@ -106,6 +106,26 @@ def quarantine_table(df: pd.DataFrame) -> pd.DataFrame:
     return out.drop_duplicates().reset_index(drop=True)
 
 
+def notes_table(df: pd.DataFrame | None) -> pd.DataFrame:
+    """Fields the import left unknown: image, field, the value it found (paths hidden) and why."""
+    cols = ["image_id", "field", "value found", "reason"]
+    if df is None or len(df) == 0:
+        return pd.DataFrame(columns=cols)
+    hidden = df["column"].astype(str).isin(("path", "lung_mask", "disease_mask"))
+    value = df["value"].astype(str).map(redact_paths).where(~hidden, "(a file name: not shown)")
+    out = pd.DataFrame({"image_id": df["image_id"].astype(str), "field": df["column"].astype(str), "value found": value,
+                        "reason": df["reason"].astype(str).map(redact_paths)}, columns=cols)
+    return out.drop_duplicates().reset_index(drop=True)
+
+
+def not_imported_table(df: pd.DataFrame | None) -> pd.DataFrame:
+    """Collections the import could not use, with the reason (their folders are not shown)."""
+    if df is None or len(df) == 0:
+        return pd.DataFrame(columns=["collection", "reason"])
+    return pd.DataFrame({"collection": df["collection"].astype(str),
+                         "reason": df["reason"].astype(str).map(redact_paths)}).drop_duplicates().reset_index(drop=True)
+
+
 def params_table(flat: dict[str, Any], owner: dict[str, str] | None = None, sections: Iterable[str] = ()) -> pd.DataFrame:
     """Parameters as rows (section, parameter, value), sorted by section then name; `sections`
     keeps only those sections (owner maps key -> section, as cmtlib.params.key_owner())."""
