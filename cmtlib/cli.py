@@ -9,7 +9,7 @@ from pathlib import Path
 
 # The evaluate splits, kept here rather than imported from cmtlib.evaluate (torch) so --help stays fast;
 # tests/test_evaluate.py checks they match evaluate.SPLIT_CHOICES.
-SPLIT_CHOICES = ("train", "val", "test", "all")
+SPLIT_CHOICES = ("train", "val", "test", "holdout", "all")
 
 
 def _cmd_synth(a: argparse.Namespace) -> int:
@@ -210,7 +210,8 @@ def _add_run_commands(sub) -> None:
         description="Evaluate a trained run. Without --manifest: the run's own test split, written into RUN "
                     "(the report reads it there). With --manifest (an external test set): written into "
                     "RUN/external/<manifest stem>/ unless --out says otherwise, so the run's own results stay. "
-                    "The COVID threshold is always the one chosen on the run's validation split.")
+                    "The COVID threshold is the run's operating threshold, fixed when the run was trained (threshold.json); "
+                    "it is never re-chosen on the films being evaluated. --split holdout: the films the params' holdout held out.")
     p.add_argument("run", help="run folder (from `cmt train`)")
     p.add_argument("--manifest", default="", help="manifest to evaluate (default: the run's own data)")
     p.add_argument("--split", default="test", choices=SPLIT_CHOICES,

@@ -36,6 +36,10 @@ class DataConfig:
     # A ready cache folder (`cmt data cache`) to train from directly, skipping import/split/cache;
     # this is how a GPU machine without ../shared trains on real data.
     cache_dir: str = ""
+    # Films held out entirely, to be judged as a collection the run never saw (cmtlib.data.holdout):
+    # filters `column=value` or `column~pattern` (e.g. source=figure1; location~italy|canada). Films
+    # sharing a patient or a duplicate group with them are excluded from training. [] = none.
+    holdout: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -93,6 +97,13 @@ class TrainConfig:
     # constant (the paper) or cosine: lr decays per step along a half cosine to 0 at the last step
     # (short CPU runs end better; extending `epochs` on --resume then changes the schedule).
     lr_schedule: str = "constant"
+    # How the run's operating COVID-19 threshold (what `cmt predict`, the confusion tables and external
+    # validation decide with) is chosen, once, on the validation films at the end of training
+    # (cmtlib.metrics.operating): specificity:S (at most 1 - S of the validation negatives flagged)
+    # or logit_normal:Q (a quantile of a curve fitted to their scores). The paper's 99 % point is
+    # specificity:0.99; with the few dozen negatives of a small validation split it sits above every
+    # one of them and flags almost nothing on a collection the run never saw.
+    threshold_rule: str = "specificity:0.95"
 
 
 @dataclass
@@ -125,7 +136,13 @@ class ReportConfig:
 
 @dataclass
 class ExperimentsConfig:
-    """What the experiments layer trains beside a run for the comparison and CAM pages."""
+    """What the experiments layer trains or evaluates beside a run: the comparison and CAM pages'
+    baselines and seeds, and the external sets of the External validation page."""
+
+    # Manifests of films from outside the run's collections, each judged at the run's frozen
+    # threshold on the External validation page (every row; cmtlib.experiments.external). Films held
+    # out by the data key `holdout` are judged there too. [] = none.
+    external: list[str] = field(default_factory=list)
 
     # Deep baselines the comparison page trains, by params/baselines/<name>.yaml stem ([] = none:
     # the page then compares CMTNet with its embedding classifiers only). Each takes only its model

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
@@ -33,7 +34,8 @@ from cmtlib.data.prepare import prepare_data
 from cmtlib.errors import ConfigError
 from cmtlib.fileio import atomic_path, write_json
 from cmtlib.inference import infer
-from cmtlib.metrics import roc_auc
+from cmtlib.metrics import roc_auc, threshold_at_specificity
+from cmtlib.metrics.operating import describe_rule, operating_threshold, parse_rule
 from cmtlib.models.losses_for import loss_for
 from cmtlib.models.registry import build_model
 from cmtlib.params import dump_params
@@ -62,6 +64,7 @@ def _check(cfg: TrainConfig) -> None:
         raise ConfigError(f"best_by must be one of {', '.join(BEST_BY)}, got {cfg.best_by!r}")
     if cfg.lr_schedule not in LR_SCHEDULES:
         raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {cfg.lr_schedule!r}")
+    parse_rule(cfg.threshold_rule)  # a misspelt rule must stop the run before training, not after it
     if cfg.epochs < 1 or cfg.lr <= 0 or cfg.log_every < 1:
         raise ConfigError(f"need epochs >= 1, lr > 0 and log_every >= 1; got {cfg.epochs}, {cfg.lr}, {cfg.log_every}")
 
@@ -354,8 +357,32 @@ def _train_in(run: Run, params, device: torch.device, dist: DistInfo, resume: bo
     )
     history = fit(model, loss_fn, train_batches, val_batches, cfg, run.path, dist=dist, resume=ckpt, config=params.flat())
     if dist.is_main:
-        run.update_info(status="finished", end_time=_now(), seconds_per_epoch=[round(r["seconds"], 3) for r in history], epochs_done=len(history))
-        log.info("run folder: %s", run.path)
+        threshold = freeze_threshold(run, model, val_batches, val_data.index, cfg.threshold_rule, autocast_dtype(cfg.precision, device))
+        run.update_info(status="finished", end_time=_now(), seconds_per_epoch=[round(r["seconds"], 3) for r in history], epochs_done=len(history),
+                        threshold_rule=cfg.threshold_rule, covid_threshold=threshold["covid_threshold"])
+        log.info("COVID-19 operating threshold %.4g (%s): validation specificity %.3f, sensitivity %.3f; run folder: %s",
+                 threshold["covid_threshold"], cfg.threshold_rule, threshold["val_specificity"], threshold["val_sensitivity"], run.path)
+
+
+def freeze_threshold(run: Run, model: nn.Module, val_batches, val_index, rule: str, amp: torch.dtype | None = None) -> dict[str, Any]:
+    """Choose the run's operating COVID-19 threshold once, on the validation films scored by the best
+    checkpoint, by `rule` (cmtlib.metrics.operating), beside the paper's 99 %-specificity point; write
+    threshold.json. Evaluation and prediction only read it (DESIGN.md, Metrics)."""
+    best = read_checkpoint(run.checkpoint("best"), map_location=next(model.parameters()).device)
+    model.load_state_dict(best["state_dict"])
+    p = infer(model, val_batches, amp=amp, heads_only=True).columns["p_covid"]
+    y = pd.to_numeric(val_index["label_covid"].replace("", np.nan), errors="coerce").to_numpy(dtype=float)
+    keep = ~np.isnan(y) & ~np.isnan(p)
+    chosen = operating_threshold(y[keep].astype(int), p[keep], rule)
+    paper = threshold_at_specificity(y[keep].astype(int), p[keep], 0.99) if (y[keep] == 0).any() else None
+    out = {"covid_threshold": chosen["threshold"], "threshold_rule": rule, "rule_text": describe_rule(rule),
+           "val_specificity": chosen["val_specificity"], "val_sensitivity": chosen["val_sensitivity"],
+           "n_negative": chosen["n_negative"], "n_positive": chosen["n_positive"], "note": chosen["note"],
+           "spec99_threshold": paper.threshold if paper else math.nan, "spec99_estimable": bool(paper and paper.estimable),
+           "chosen_on": "val", "checkpoint": "best", "epoch": int(best["epoch"])}
+    write_json(run.file("threshold.json"), out)
+    run.refresh()
+    return out
 
 
 def _training_data(params, device: torch.device):

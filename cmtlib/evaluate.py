@@ -1,23 +1,23 @@
-"""`cmt evaluate`: predictions.csv, metrics.json and the validation COVID threshold of a run.
+"""`cmt evaluate`: predictions.csv and metrics.json of a run, at its frozen operating threshold.
 
-The COVID operating point is always chosen on the run's own validation split (DESIGN.md: chosen
-on validation, then held fixed), stored in `threshold.json`, and applied to whatever is evaluated:
-the run's own test split by default, or the `split` rows of another manifest (an external test
-set), which is cached at the run's image size into `<run>/eval_cache/`. When the run's own cache is
-not on this machine (a run trained elsewhere on a carried cache), the stored threshold.json is used.
+Two thresholds (DESIGN.md, Metrics). The operating threshold (`covid.threshold`, `pred_covid`) was
+chosen once, when the run was trained, by the rule in `threshold_rule` (threshold.json); evaluation
+never recomputes it, on the run's own test split or on any other manifest (an external test set,
+cached at the run's image size into `<run>/eval_cache/`). The paper's 99 %-specificity point
+(`covid.sens_at_spec99`) is a metric: chosen on the run's validation films here when its cache is
+on this machine, else read from threshold.json. A run trained before thresholds were frozen gets
+its threshold chosen once here, by the paper's rule, and stored with a note.
 
 Where the files go: the run folder itself when the run's own data is evaluated (the report chain
 reads them there); for another manifest, `out_dir` or by default `<run>/external/<manifest stem>/`,
 so an external test set never replaces the run's own predictions and metrics (`output_dir`).
-threshold.json always stays in the run folder: it belongs to the run, not to one evaluation.
 
 Written:
     predictions.csv        docs/CONTRACTS.md columns (+ cache_row), one row per evaluated image
-    predictions_val.csv    the same for the validation split the threshold came from
+    predictions_val.csv    the same for the validation split (the 99 % point's films)
     embeddings.npy         (N, D) float32 embeddings, rows in predictions.csv order, and
     embeddings_index.csv   image_id, split, cache_row of each row (for the t-SNE page)
     metrics.json           metrics_from_predictions (DESIGN.md, Metrics) + an `evaluation` block
-    threshold.json         the COVID threshold and how it was chosen
 
 Models without some outputs (ablation variants, baselines) leave the matching columns empty and
 their metrics null: everything branches on the keys present, never on the model type.
@@ -44,6 +44,7 @@ from cmtlib.errors import CmtError, MissingInputError
 from cmtlib.fileio import atomic_path, write_json
 from cmtlib.inference import infer
 from cmtlib.metrics import metrics_from_predictions, threshold_at_specificity
+from cmtlib.metrics.operating import describe_rule
 from cmtlib.run import Run
 from cmtlib.runtime import autocast_dtype, resolve_device
 
@@ -51,7 +52,7 @@ log = logging.getLogger("cmtlib.evaluate")
 META_COLUMNS = ("image_id", "patient_id", "source", "view", "offset_days", "sex", "age", "finding", "label_healthy", "label_covid", "label_other")
 PRED_COLUMNS = ("p_healthy", "p_covid", "p_other", "pred_healthy", "pred_covid", "pred_other", "lung_dice", "lung_iou", "disease_dice", "disease_iou")
 SPECIFICITY = 0.99
-SPLIT_CHOICES = ("train", "val", "test", "all")
+SPLIT_CHOICES = ("train", "val", "test", "holdout", "all")
 
 
 class EvaluateError(CmtError, ValueError):
@@ -130,6 +131,33 @@ def _manifest_cache(run_dir: Path, manifest: Path, size: int, own: Path | None) 
     return out
 
 
+def _number(v: Any) -> float:
+    return math.nan if v is None else float(v)
+
+
+def frozen_threshold(run: Run, model, meta: dict, which: str, own: Path | None, dev, batch_size: int, amp) -> dict[str, Any]:
+    """The run's operating threshold (threshold.json, chosen when it was trained). A run trained
+    before thresholds were frozen gets one now, once, by the paper's rule on its validation films,
+    stored with a note; it is never chosen again."""
+    stored = run.threshold
+    if stored is not None and "threshold_rule" in stored:
+        return {**stored, "covid_threshold": _number(stored.get("covid_threshold"))}
+    if own is None:
+        if stored is not None:  # an older threshold.json: the 99 % point it holds is the decision it made
+            return {**stored, "covid_threshold": _number(stored.get("covid_threshold")), "threshold_rule": "specificity:0.99"}
+        raise MissingInputError(f"{run.path}: the run has no threshold.json and its data cache (run.json data_cache) is not on this "
+                                "machine; evaluate where the cache is, or copy it")
+    val = load_split(open_cache_folder(own), "val", dev)
+    cols, _ = predict_split(model, val, batch_size, amp)
+    chosen = choose_threshold(predictions_frame(val.index, cols, math.nan))
+    out = {**chosen, "threshold_rule": "specificity:0.99", "rule_text": describe_rule("specificity:0.99"),
+           "spec99_threshold": chosen["covid_threshold"], "checkpoint": which, "epoch": meta["epoch"],
+           "note": "chosen by cmt evaluate: the run was trained before operating thresholds were frozen at training"}
+    write_json(run.file("threshold.json"), out)
+    run.refresh()
+    return out
+
+
 def output_dir(run_dir: str | os.PathLike, manifest: str | os.PathLike | None = None, out_dir: str | os.PathLike | None = None) -> Path:
     """Where evaluate_run writes: `out_dir` when given, else the run folder for its own data and
     `<run>/external/<manifest stem>/` for another manifest (never over the run's own results)."""
@@ -162,25 +190,18 @@ def evaluate_run(
     size = int(meta["preprocessing"]["input_size"][0])
     amp = autocast_dtype(config.get("precision", "auto"), dev)
     batch_size = int(config.get("eval_batch_size", 64))
-    own = Run(run_dir).cache_dir(required=False)
-
-    if own is not None:
+    run = Run(run_dir)
+    own = run.cache_dir(required=False)
+    frozen = frozen_threshold(run, model, meta, which, own, dev, batch_size, amp)
+    threshold = frozen["covid_threshold"]
+    val_df = None
+    if own is not None:  # the paper's 99 % point is a metric of its own, chosen on these validation films
         val = load_split(open_cache_folder(own), "val", dev)
         cols, _ = predict_split(model, val, batch_size, amp)
-        val_df = predictions_frame(val.index, cols, math.nan)
-        chosen = choose_threshold(val_df)
-        chosen.update(checkpoint=which, epoch=meta["epoch"], cache=str(own))
-        threshold = float(chosen["covid_threshold"])
-        val_df["pred_covid"] = _decisions(val_df["p_covid"].to_numpy(dtype=float), threshold)
+        val_df = predictions_frame(val.index, cols, threshold)
         write_csv(val_df, out / "predictions_val.csv")
-        write_json(run_dir / "threshold.json", chosen)
-    elif (run_dir / "threshold.json").is_file():
-        chosen = json.loads((run_dir / "threshold.json").read_text(encoding="utf-8"))
-        threshold = math.nan if chosen.get("covid_threshold") is None else float(chosen["covid_threshold"])
-        val_df = None
-        log.info("the run's cache is not here; using the stored threshold %s", threshold)
     else:
-        raise MissingInputError(f"{run_dir}: the run's data cache (run.json data_cache) is not on this machine and there is no threshold.json; evaluate where the cache is, or copy it")
+        log.info("the run's cache is not here; using the stored thresholds (operating %s, 99 %% point %s)", threshold, frozen.get("spec99_threshold"))
 
     cache_dir = _manifest_cache(run_dir, Path(manifest).resolve(), size, own) if manifest else own
     if cache_dir is None:
@@ -204,11 +225,12 @@ def evaluate_run(
         with atomic_path(out / "embeddings.npy") as tmp:
             np.save(tmp, embeddings)
         write_csv(df[["image_id", "split", "cache_row"]], out / "embeddings_index.csv")
-    metrics = metrics_from_predictions(df, threshold, val_df=val_df, n_boot=n_boot)
+    spec99 = None if val_df is not None else _number(frozen.get("spec99_threshold"))
+    metrics = metrics_from_predictions(df, spec99, val_df=val_df, n_boot=n_boot, operating_threshold=threshold)
     metrics["evaluation"] = {
         "run": str(run_dir), "checkpoint": which, "epoch": meta["epoch"], "model": meta["model"].get("name", config.get("model")),
         "split": split, "manifest": str(manifest) if manifest else cache.meta.get("manifest", ""), "cache": str(cache_dir),
-        "threshold": threshold, "threshold_source": "validation split of the run's own data" if own is not None else "stored threshold.json",
+        "threshold": threshold, "threshold_rule": frozen.get("threshold_rule", ""), "threshold_source": "threshold.json, chosen when the run was trained",
         "outputs": meta["model"].get("outputs", []), "out_dir": str(out),
     }
     write_json(out / "metrics.json", metrics)

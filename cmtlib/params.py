@@ -33,7 +33,7 @@ COMPONENTS: dict[str, type] = {
 # from their own folder) and the command line agree.
 # A params file may name another as its base (read first, then overridden); not a component key.
 BASE_KEY = "base"
-PATH_KEYS = frozenset({"data_root", "cache_dir", "run_dir", "reports_dir"})
+PATH_KEYS = frozenset({"data_root", "cache_dir", "run_dir", "reports_dir", "external"})
 
 
 class ParamsError(CmtError, ValueError):
@@ -133,7 +133,9 @@ def build_params(values: dict[str, Any], name: str = "default", source: str = ""
     for key, value in values.items():
         comp = owner[key]
         value = _coerce(key, value, _hints(COMPONENTS[comp])[key])
-        if key in PATH_KEYS and value and not Path(value).is_absolute():
+        if key in PATH_KEYS and isinstance(value, list):
+            value = [v if Path(v).is_absolute() else str((base_dir / v).resolve()) for v in value]
+        elif key in PATH_KEYS and value and not Path(value).is_absolute():
             value = str((base_dir / value).resolve())
         per_comp[comp][key] = value
     p = Params(**{c: COMPONENTS[c](**kw) for c, kw in per_comp.items()}, name=name, source=source)

@@ -1,8 +1,8 @@
 """`cmt predict`: a trained run's decision on image files, folders and DICOM files.
 
 Per image, into the output folder:
-    <stem>.json          probabilities, the COVID decision at the run's validation threshold, the
-                         threshold, model and run, and a research-use note. No DICOM identifiers
+    <stem>.json          probabilities, the COVID decision at the run's operating threshold (fixed
+                         at training, with the rule that chose it), model and run, and a research-use note. No DICOM identifiers
                          (patient name, ids, dates) are ever copied: only the file name, format and size.
     <stem>_overlay.png   the image with the predicted lung outline (green), the disease heat-map
                          (red, opacity = probability) and the decision written on it; drawn with
@@ -27,6 +27,7 @@ import torch
 
 from cmtlib.fileio import atomic_path, write_json
 from cmtlib.inference import Inference, infer
+from cmtlib.metrics.operating import describe_rule
 from cmtlib.run import Run
 
 log = logging.getLogger("cmtlib.predict")
@@ -60,11 +61,13 @@ def collect_inputs(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list
     return files, missing
 
 
-def _threshold(run: Run) -> tuple[float, str]:
-    value = (run.threshold or {}).get("covid_threshold")
-    if value is not None:
-        return float(value), "chosen on the validation split at 99 % specificity (threshold.json)"
-    return 0.5, "0.5 by default: the run has no validation threshold yet (run `cmt evaluate RUN` to choose it)"
+def _threshold(run: Run) -> tuple[float, str, str]:
+    """(threshold, rule, where it comes from in words): the run's frozen operating threshold."""
+    stored = run.threshold or {}
+    if stored.get("covid_threshold") is not None:
+        rule = stored.get("threshold_rule", "specificity:0.99")
+        return float(stored["covid_threshold"]), rule, f"fixed when the run was trained, on its validation films: {describe_rule(rule)}"
+    return 0.5, "", "0.5 by default: the run has no threshold.json (it did not finish training with this cmtlib)"
 
 
 class Predictor:
@@ -78,7 +81,7 @@ class Predictor:
         self.model.to(memory_format=torch.channels_last)
         self.device = torch.device(device)
         self.size = int(self.meta["preprocessing"]["input_size"][0])
-        self.threshold, self.threshold_source = _threshold(self.run)
+        self.threshold, self.threshold_rule, self.threshold_source = _threshold(self.run)
         self.which = which
 
     def load(self, path: Path) -> tuple[np.ndarray, dict[str, Any], torch.Tensor]:
@@ -115,6 +118,7 @@ class Predictor:
             "probabilities": probs,
             "decision": {"covid_suspected": suspected, "text": text},
             "threshold": self.threshold,
+            "threshold_rule": self.threshold_rule,
             "threshold_source": self.threshold_source,
             "image": {"format": info.get("format", ""), "original_size": list(info.get("orig_size", image.shape)), "model_input_size": [self.size, self.size]},
             "lung_area_fraction": float((maps["lung"] >= 0.5).mean()) if "lung" in maps else None,

@@ -170,7 +170,7 @@ def test_evaluate_help_documents_split_and_out(capsys):
     with pytest.raises(SystemExit):
         main(["evaluate", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "{train,val,test,all}" in text and "--out DIR" in text and "RUN/external/<manifest stem>/" in text
+    assert "{train,val,test,holdout,all}" in text and "fixed when the run was trained" in text and "--out DIR" in text and "RUN/external/<manifest stem>/" in text
     assert cli.SPLIT_CHOICES == SPLIT_CHOICES
     with pytest.raises(SystemExit):
         main(["evaluate", "runs/x", "--split", "tset"])

@@ -64,11 +64,11 @@ def test_duplicate_group_in_two_splits_named():
 
 def test_bad_split_view_and_boxes_named():
     df = _manifest()
-    df.loc[0, "split"] = "holdout"
+    df.loc[0, "split"] = "heldout"
     df.loc[1, "view"] = "L"
     df.loc[2, "lung_boxes"] = "[[1, 2, 3]]"
     problems = check_manifest(df)
-    assert any(p.startswith("split has values ['holdout']") and "row 2 (syn:0)" in p for p in problems)
+    assert any(p.startswith("split has values ['heldout']") and "row 2 (syn:0)" in p for p in problems)
     assert any(p.startswith("view has values ['L']") and "row 3 (syn:1)" in p for p in problems)
     assert any(p.startswith("lung_boxes at row 4 (syn:2)") for p in problems)
 

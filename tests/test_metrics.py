@@ -346,7 +346,7 @@ def _ci(*names):
 
 
 SECTION_KEYS = {
-    "covid": _ci("auc", "eer", "sens_at_spec99", "sens_at_spec99_oracle", "accuracy") | {"threshold"},
+    "covid": _ci("auc", "eer", "sens_at_spec99", "sens_at_spec99_oracle", "accuracy", "sensitivity", "specificity") | {"threshold", "spec99_threshold"},
     "healthy": _ci("accuracy"), "other": _ci("accuracy"), "lung": _ci("dice", "iou"),
     "disease": _ci("dice", "iou"), "calibration": _ci("ece"),
 }
@@ -361,6 +361,17 @@ def _check_structure(m):
     for section, keys in SECTION_KEYS.items():
         assert set(m[section]) == keys, section
     assert set(m["counts"]) == {"n_images", "n_patients", "n_covid", "n_negative"}
+
+
+def test_the_operating_threshold_is_not_the_papers_point():
+    """covid.threshold, sensitivity and specificity follow the run's frozen operating threshold;
+    sens_at_spec99 keeps the paper's."""
+    m = M.metrics_from_predictions(_frame(), threshold=0.8, operating_threshold=0.3, n_boot=50)
+    c = m["covid"]
+    assert c["threshold"] == 0.3 and c["spec99_threshold"] == 0.8
+    assert c["sens_at_spec99"] == pytest.approx(1 / 3)  # .95 of .95 .75 .35
+    assert c["sensitivity"] == pytest.approx(1.0)  # all three positives >= .3
+    assert c["specificity"] == pytest.approx(2 / 3)  # negatives .25 .65 .15: .25 and .15 fall below .3
 
 
 def test_metrics_from_predictions_hand_computed():
@@ -382,6 +393,9 @@ def test_metrics_from_predictions_hand_computed():
     assert c["sens_at_spec99_oracle"] == pytest.approx(2 / 3)
     # At 0.5: r0 r1 r2 r6 right, r3 (.65, neg) and r5 (.35, pos) wrong -> 4/6.
     assert c["accuracy"] == pytest.approx(4 / 6)
+    # Without an operating threshold the decision is the 99 % point: sensitivity 1/3; negatives
+    # .25 .65 .15 all below .8 -> specificity 1.
+    assert c["sensitivity"] == pytest.approx(1 / 3) and c["specificity"] == 1.0 and c["spec99_threshold"] == 0.8
     # Healthy at 0.5: only r1 (.6 but unhealthy) wrong of 6 known -> 5/6; other: all 6 right.
     assert m["healthy"]["accuracy"] == pytest.approx(5 / 6)
     assert m["other"]["accuracy"] == 1.0
@@ -396,7 +410,7 @@ def test_metrics_from_predictions_hand_computed():
     assert any("fewer than 100 COVID-negative" in n for n in m["notes"])
     for sec in SECTION_KEYS:
         for key, v in m[sec].items():
-            if not key.endswith(("_ci_low", "_ci_high")) and key != "threshold" and not math.isnan(v):
+            if not key.endswith(("_ci_low", "_ci_high")) and key not in ("threshold", "spec99_threshold") and not math.isnan(v):
                 assert m[sec][f"{key}_ci_low"] <= v <= m[sec][f"{key}_ci_high"], (sec, key)
 
 

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 PARAMS_FILES = sorted((REPO / "params").rglob("*.yaml"))
 DEFAULTS = {"params_file": "../params/smoke.yaml", "run_dir": "../runs/smoke", "report_dir": "../reports/interactive"}
-EXPECTED = ["01_data", "02_training", "03_evaluation", "04_embeddings", "05_overlays", "06_misclassification", "07_cam", "08_shortcut_audit", "09_baselines"]
+EXPECTED = ["01_data", "02_training", "03_evaluation", "04_embeddings", "05_overlays", "06_misclassification", "07_cam", "08_shortcut_audit", "09_baselines", "10_external"]
 
 
 def test_the_numbered_chain_is_complete():

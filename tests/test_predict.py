@@ -113,4 +113,16 @@ def test_without_threshold_json_the_default_is_said(run, tmp_path):
     finally:
         (tmp_path / "saved.json").rename(run / "threshold.json")
     data = json.loads((tmp_path / "out" / "x.json").read_text())
-    assert data["threshold"] == 0.5 and "cmt evaluate" in data["threshold_source"]
+    assert data["threshold"] == 0.5 and "no threshold.json" in data["threshold_source"] and data["threshold_rule"] == ""
+
+
+def test_the_json_states_the_frozen_threshold_and_its_rule(run, tmp_path):
+    old = (run / "threshold.json").read_text()
+    write_json(run / "threshold.json", {"covid_threshold": 0.31, "threshold_rule": "specificity:0.95", "chosen_on": "val"})
+    try:
+        predict_files(run, [write_png(tmp_path / "x.png")], tmp_path / "out")
+    finally:
+        (run / "threshold.json").write_text(old)
+    data = json.loads((tmp_path / "out" / "x.json").read_text())
+    assert data["threshold"] == 0.31 and data["threshold_rule"] == "specificity:0.95"
+    assert "fixed when the run was trained" in data["threshold_source"] and "5 % of the COVID-negative" in data["threshold_source"]

@@ -47,7 +47,10 @@ def test_metrics_table_has_plain_names_values_and_intervals():
 
 
 def test_threshold_sentences_and_the_fewer_than_100_negatives_note():
-    assert "0.83" in EV.threshold_text(_metrics(), {"covid_threshold": 0.83, "n_negative": 150})
+    text = EV.threshold_text(_metrics(), {"covid_threshold": 0.83, "n_negative": 150, "threshold_rule": "specificity:0.95",
+                                          "val_specificity": 0.95, "val_sensitivity": 0.7})
+    assert "0.83" in text and "5 % of the COVID-negative validation films" in text and "caught 70%" in text
+    assert "held fixed" in text
     assert "No COVID-19 threshold" in EV.threshold_text({}, {"covid_threshold": None})
     assert EV.negatives_warnings(_metrics(), {"n_negative": 150}) == []
     few = EV.negatives_warnings(_metrics(n_negative=40), {"n_negative": 60})

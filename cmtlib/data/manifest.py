@@ -25,7 +25,11 @@ COLUMNS: tuple[str, ...] = (
 LABEL_COLUMNS: tuple[str, ...] = ("label_healthy", "label_covid", "label_other")
 LABEL_VALUES = frozenset({"", "0", "1"})
 VIEWS = frozenset({"PA", "AP", "AP Supine", ""})
-SPLITS = frozenset({"train", "val", "test", ""})
+# train / val / test (DESIGN.md); holdout: a fold held out entirely and judged as external
+# (cmtlib.data.holdout); excluded: films that share a patient or a duplicate group with the holdout,
+# used for nothing; empty: not assigned.
+SPLITS = frozenset({"train", "val", "test", "holdout", "excluded", ""})
+UNUSED_SPLITS = frozenset({"excluded", ""})
 # Optional columns written by `cmt data split` / the cache; absent in a fresh import.
 DUPLICATE_GROUP = "duplicate_group"
 
@@ -224,7 +228,7 @@ def check_manifest(df: pd.DataFrame) -> list[str]:
             problems.append(f"{col} has values {values} (allowed: 1, 0, empty) at {_rows(df, bad)}")
     bad = ~df["split"].isin(SPLITS)
     if bad.any():
-        problems.append(f"split has values {sorted(set(df.loc[bad, 'split']))[:5]} (allowed: train, val, test, empty) at {_rows(df, bad)}")
+        problems.append(f"split has values {sorted(set(df.loc[bad, 'split']))[:5]} (allowed: train, val, test, holdout, excluded, empty) at {_rows(df, bad)}")
     bad = ~df["view"].isin(VIEWS)
     if bad.any():
         problems.append(f"view has values {sorted(set(df.loc[bad, 'view']))[:5]} (allowed: PA, AP, AP Supine, empty) at {_rows(df, bad)}")
@@ -242,13 +246,13 @@ def check_manifest(df: pd.DataFrame) -> list[str]:
 
 def _leaks(df: pd.DataFrame, key: str, what: str) -> list[str]:
     """A patient (or duplicate group) whose images sit in more than one split leaks test data."""
-    assigned = df[(df["split"] != "") & (df[key] != "")]
+    assigned = df[~df["split"].isin(UNUSED_SPLITS) & (df[key] != "")]
     n_splits = assigned.groupby(key)["split"].nunique()
     leaking = n_splits[n_splits > 1].index
     out = []
     for k in leaking[:20]:
         mask = df[key] == k
-        splits = sorted(set(df.loc[mask, "split"]) - {""})
+        splits = sorted(set(df.loc[mask, "split"]) - UNUSED_SPLITS)
         out.append(f"{what} {k} is in splits {splits}: {_rows(df, mask)}")
     if len(leaking) > 20:
         out.append(f"... and {len(leaking) - 20} more {what}s in two splits")

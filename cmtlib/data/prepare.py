@@ -31,10 +31,12 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
 from cmtlib.errors import ConfigError
+from cmtlib.data.holdout import apply_holdout
 from cmtlib.data.manifest import carry_findings, manifest_hash, read_manifest, resolve_path, write_manifest
 from cmtlib.fileio import write_json
 
@@ -54,6 +56,8 @@ def data_key(data) -> dict[str, Any]:
     key: dict[str, Any] = {"data_kind": kind, "val_fraction": data.val_fraction, "test_fraction": data.test_fraction, "split_seed": data.split_seed}
     if kind == "synthetic":
         key.update(synth_n=data.synth_n, synth_size=data.synth_size, synth_seed=data.synth_seed)
+    if data.holdout:
+        key["holdout"] = list(data.holdout)
     else:
         key["data_root"] = str(Path(data.data_root).resolve())
         if kind == "manifest":
@@ -147,10 +151,10 @@ def _split_manifest(data, source: Path, folder: Path) -> Path:
     if assigned:
         if assigned < len(df):
             log.warning("%s: %d of %d rows have no split and are not used", source, len(df) - assigned, len(df))
-        return source
+        return _with_holdout(data, source, folder) if data.holdout else source
     out = folder / "manifest.csv"
     if out.is_file():
-        return out
+        return _with_holdout(data, out, folder) if data.holdout else out
     from cmtlib.data.split import split_manifest
 
     # Absolute paths first: the split manifest lives in another folder than the source.
@@ -164,6 +168,21 @@ def _split_manifest(data, source: Path, folder: Path) -> Path:
     # Phantoms are all distinct by construction, so duplicate detection is skipped for them.
     report = split_manifest(absolute, out, val=data.val_fraction, test=data.test_fraction, seed=data.split_seed, find_duplicates=data.data_kind != "synthetic")
     log.info(report.summary() if hasattr(report, "summary") else str(report))
+    return _with_holdout(data, out, folder) if data.holdout else out
+
+
+def _with_holdout(data, split: Path, folder: Path) -> Path:
+    """The split manifest with data.holdout's films held out (cmtlib.data.holdout), beside it."""
+    out = folder / "holdout.csv"
+    if out.is_file() and out.stat().st_mtime >= split.stat().st_mtime:
+        return out
+    df, report = apply_holdout(read_manifest(split), list(data.holdout))
+    write_manifest(df, out)
+    carry_findings(split, out)
+    dup = split.with_name(f"{split.stem}.duplicates.csv")
+    if dup.is_file():
+        shutil.copyfile(dup, out.with_name(f"{out.stem}.duplicates.csv"))
+    log.info(report.summary())
     return out
 
 

@@ -3,6 +3,7 @@
 A page declares what it reads in its notebook's metadata, `{"cmtlib": {"needs": [...]}}`, from
     data           the prepared data (import, split, cache)
     run            the report's own run, trained and evaluated
+    external       the run judged on its external sets (cmtlib.experiments.external)
     cmtnet, classifier, segmentation, embedding
                    the comparison's methods of that role (cmtlib.experiments.comparison.ROLES)
 `cmt report` calls `prepare` for the union over its pages first (its own step in timings.json), so
@@ -20,10 +21,11 @@ from pathlib import Path
 
 from cmtlib.errors import ConfigError
 from cmtlib.experiments.comparison import ROLES, ensure_comparison
+from cmtlib.experiments.external import ensure_external, external_sets
 from cmtlib.experiments.runs import ensure_data, ensure_run
 from cmtlib.params import Params
 
-KNOWN_NEEDS = frozenset({"data", "run", *ROLES})
+KNOWN_NEEDS = frozenset({"data", "run", "external", *ROLES})
 
 
 def declared_needs(notebook: str | Path) -> frozenset[str]:
@@ -49,7 +51,7 @@ def needs(notebooks: Iterable[str | Path]) -> frozenset[str]:
 
 
 def prepare(params: Params, run_dir: str | Path, report_dir: str | Path, notebooks: Iterable[str | Path], verbose: bool = True) -> dict[str, float]:
-    """Make what the notebooks read; returns seconds per step ('data', 'run', 'comparison').
+    """Make what the notebooks read; returns seconds per step ('data', 'run', 'external', 'comparison').
     `verbose` shows the training's progress and each compared method's time on the console."""
     wanted, seconds = needs(notebooks), {}
     if not wanted:
@@ -57,10 +59,14 @@ def prepare(params: Params, run_dir: str | Path, report_dir: str | Path, noteboo
     t0 = time.perf_counter()
     ensure_data(params)
     seconds["data"] = round(time.perf_counter() - t0, 2)
-    if wanted & ({"run"} | set(ROLES)):
+    if wanted & ({"run", "external"} | set(ROLES)):
         t0 = time.perf_counter()
         ensure_run(params, run_dir, quiet=not verbose)
         seconds["run"] = round(time.perf_counter() - t0, 2)
+    if "external" in wanted and external_sets(params):
+        t0 = time.perf_counter()
+        ensure_external(params, run_dir)
+        seconds["external"] = round(time.perf_counter() - t0, 2)
     roles = tuple(r for r in ROLES if r in wanted)
     if roles:
         t0 = time.perf_counter()

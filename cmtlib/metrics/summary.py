@@ -54,8 +54,9 @@ def _choose_threshold(val_df: pd.DataFrame) -> OperatingPoint:
     return threshold_at_specificity(y[keep], p[keep])
 
 
-def _statistics(c: dict, rows: np.ndarray, threshold: float, notes: list) -> dict:
-    """(section, key) -> kernel W (B, len(rows)) -> (B,) for one group of rows."""
+def _statistics(c: dict, rows: np.ndarray, threshold: float, notes: list, operating: float = math.nan) -> dict:
+    """(section, key) -> kernel W (B, len(rows)) -> (B,) for one group of rows. `threshold` is the
+    paper's 99 %-specificity point (sens_at_spec99), `operating` the run's decision threshold."""
     g = {k: v[rows] for k, v in c.items()}
     y, p = g["label_covid"], g["p_covid"]
     known = ~np.isnan(y) & ~np.isnan(p)
@@ -77,9 +78,12 @@ def _statistics(c: dict, rows: np.ndarray, threshold: float, notes: list) -> dic
     if 0 < oracle.n_negative and not oracle.estimable:
         notes.append(f"fewer than 100 COVID-negative images ({oracle.n_negative}): the 1 % false-alarm rate "
                      "cannot be estimated; sens_at_spec99_oracle puts the threshold above every negative")
-    for key, t in (("sens_at_spec99", threshold), ("sens_at_spec99_oracle", oracle.threshold)):
+    for key, t in (("sens_at_spec99", threshold), ("sens_at_spec99_oracle", oracle.threshold), ("sensitivity", operating)):
         if pos.any() and not math.isnan(t):
             stats[("covid", key)] = masked(p >= t, pos)
+    negatives = known & ~pos
+    if negatives.any() and not math.isnan(operating):
+        stats[("covid", "specificity")] = masked(p < operating, negatives)
     for task in ("covid", "healthy", "other"):
         lab, prob = g[f"label_{task}"], g[f"p_{task}"]
         m = ~np.isnan(lab) & ~np.isnan(prob)
@@ -101,14 +105,14 @@ def _statistics(c: dict, rows: np.ndarray, threshold: float, notes: list) -> dic
     return stats
 
 
-SECTIONS = {"covid": ("auc", "eer", "sens_at_spec99", "sens_at_spec99_oracle", "accuracy"),
+SECTIONS = {"covid": ("auc", "eer", "sens_at_spec99", "sens_at_spec99_oracle", "accuracy", "sensitivity", "specificity"),
             "healthy": ("accuracy",), "other": ("accuracy",), None: ("covid_as_unhealthy",),
             "lung": ("dice", "iou"), "disease": ("dice", "iou"), "calibration": ("ece",)}
 
 
-def _group(c: dict, rows: np.ndarray, threshold: float, n_boot: int, seed: int, alpha: float) -> dict:
+def _group(c: dict, rows: np.ndarray, threshold: float, n_boot: int, seed: int, alpha: float, operating: float = math.nan) -> dict:
     notes: list[str] = []
-    stats = _statistics(c, rows, threshold, notes)
+    stats = _statistics(c, rows, threshold, notes, operating)
     n, codes = rows.size, pd.factorize(c["patient"][rows])[0]
     n_patients = int(codes.max()) + 1 if n else 0
     with np.errstate(all="ignore"):
@@ -131,7 +135,8 @@ def _group(c: dict, rows: np.ndarray, threshold: float, n_boot: int, seed: int, 
                 partial.append(f"{sec + '.' if sec else ''}{key} {used}{' (too few: CI null)' if math.isnan(low) else ''}")
             target.update({key: value, f"{key}_ci_low": low, f"{key}_ci_high": high})
             if key == "sens_at_spec99_oracle":
-                target["threshold"] = float(threshold)
+                target["threshold"] = float(operating)
+                target["spec99_threshold"] = float(threshold)
     if partial:
         notes.append(f"CIs from fewer than {n_boot} resamples (the metric was undefined in the others): "
                      + ", ".join(partial))
@@ -143,7 +148,7 @@ def _group(c: dict, rows: np.ndarray, threshold: float, n_boot: int, seed: int, 
 
 
 def metrics_from_predictions(df: pd.DataFrame, threshold: float | None, val_df: pd.DataFrame | None = None,
-                             n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> dict:
+                             n_boot: int = 1000, seed: int = 0, alpha: float = 0.05, operating_threshold: float | None = None) -> dict:
     """The metrics.json of DESIGN.md from predictions.csv rows (docs/CONTRACTS.md).
 
     Accuracies are at probability 0.5 over rows whose label is known; `covid.sens_at_spec99` applies
@@ -154,7 +159,9 @@ def metrics_from_predictions(df: pd.DataFrame, threshold: float | None, val_df: 
 
     Args:
         df: predictions (labels as '1' / '0' / '' strings or floats with NaN).
-        threshold: the COVID threshold chosen on validation; None chooses it on `val_df`.
+        threshold: the paper's 99 %-specificity COVID threshold chosen on validation; None chooses it on `val_df`.
+        operating_threshold: the run's frozen decision threshold (metrics.json's `covid.threshold`, with
+            `covid.sensitivity` and `covid.specificity` at it); None = `threshold`.
         val_df: validation predictions: choose the threshold (if None) and check its negatives.
         n_boot: bootstrap resamples (0: no intervals).
         seed: seeds the bootstrap.
@@ -176,15 +183,16 @@ def metrics_from_predictions(df: pd.DataFrame, threshold: float | None, val_df: 
     if threshold is None or math.isnan(threshold):
         threshold = math.nan
         notes.append("no validation threshold: covid.sens_at_spec99 is null")
+    operating = threshold if operating_threshold is None or math.isnan(operating_threshold) else float(operating_threshold)
     rows = np.arange(len(df))
-    out = _group(c, rows, threshold, n_boot, seed, alpha)
+    out = _group(c, rows, threshold, n_boot, seed, alpha, operating)
     out["notes"] = notes + out["notes"]
     out["ci"] = {"level": 1 - alpha, "n_boot": n_boot, "seed": seed,
                  "method": "percentile bootstrap over patients, thresholds held fixed"}
     for by in ("view", "source"):
         groups = {}
         for name in sorted(set(c[by])):
-            groups[name] = _group(c, rows[c[by] == name], threshold, n_boot, seed, alpha)
+            groups[name] = _group(c, rows[c[by] == name], threshold, n_boot, seed, alpha, operating)
             out["notes"] += [f"{by} {name}: {note}" for note in groups[name]["notes"]]
         out[f"by_{by}"] = groups
     return out

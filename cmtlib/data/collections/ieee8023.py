@@ -180,6 +180,9 @@ def _row(folder: Path, line: int, r, lungs: dict, clashing: set, ctx: ImportCont
     # Raw text: validate.py cleans age, offset and sex, and notes what it has to leave unknown.
     row.update(view=view, sex=cell(r.get("sex", "")), age=cell(r.get("age", "")), offset_days=cell(r.get("offset", "")),
                license=cell(r.get("license", "")), _size=size, _where=guard.where)
+    # Where the film was taken (hospital, city, country): an extra column, so a params file can hold
+    # one place out (`holdout: location~...`) to judge the network on hospitals it never saw.
+    row["location"] = cell(r.get("location", ""))
     if isinstance(boxes, tuple):
         found, frame = boxes
         row["lung_boxes"] = format_boxes(found if frame == size else scale_boxes(found, frame, size))

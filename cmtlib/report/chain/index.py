@@ -20,6 +20,8 @@ from cmtlib.errors import DataFileError
 from cmtlib.fileio import read_json, write_json, write_text
 from cmtlib.params import key_owner
 from cmtlib.report.chain.render import TEMPLATES, check_self_contained, report_css
+from cmtlib.metrics.operating import describe_rule
+from cmtlib.report.pages import external as external_page
 from cmtlib.report.pages.common import read_facts
 from cmtlib.report.pages.data import mixed_source_auc
 from cmtlib.report.pages.tables import as_number, get_path, headline_table, params_table, to_html
@@ -90,12 +92,25 @@ def summarize(report_dir: Path, record: dict[str, Any] | None = None) -> dict[st
     if (run_dir / "predictions.csv").is_file():
         within = mixed_source_auc(pd.read_csv(run_dir / "predictions.csv", dtype={"source": str}))
         caveats += [within] if within else []
+    threshold = read_json(run_dir / "threshold.json", {}) or {}
     return {
         "headline": headline_cards(metrics),
+        "threshold": threshold_sentence(threshold),
+        "external": external_page.index_rows(run_dir),
         "caveats": caveats,
         "facts": [(k, v) for k, v in rows if v != ""],
         "params_html": to_html(params_table(flat or {}, key_owner()), max_rows=None) if flat else "<p>params.yaml is missing.</p>",
     }
+
+
+def threshold_sentence(threshold: dict[str, Any]) -> str:
+    """The operating threshold and its rule in one sentence ('' when the run has none)."""
+    t = as_number(threshold.get("covid_threshold"))
+    if t is None:
+        return ""
+    rule = threshold.get("threshold_rule") or "specificity:0.99"
+    return (f"Films are called COVID-19 at a probability of {t:.3g} or more: a threshold fixed when the network was trained, "
+            f"on its validation films, as {describe_rule(rule)} (rule {rule}). It is never re-tuned on the films being judged.")
 
 
 def write_report_index(report_dir: str | Path, record: dict[str, Any]) -> Path:

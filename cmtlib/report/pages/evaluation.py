@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 
 from cmtlib.explain.plots import group_table
+from cmtlib.metrics.operating import describe_rule
 from cmtlib.report.pages.tables import as_number, get_path
 
 # metrics.json key -> (plain name, how to read it). The order is the page's.
@@ -20,6 +21,10 @@ METRICS = (
      "share of COVID-19 films flagged at the threshold fixed beforehand on the validation films to allow 1 false alarm in 100"),
     ("covid.sens_at_spec99_oracle", "COVID-19 detection: sensitivity at 99 % specificity (threshold chosen on the test films)",
      "the same with the threshold tuned on the test films themselves: optimistic, an upper bound"),
+    ("covid.sensitivity", "COVID-19 detection: sensitivity at the run's threshold",
+     "share of COVID-19 films flagged at the operating threshold fixed at training (see below)"),
+    ("covid.specificity", "COVID-19 detection: specificity at the run's threshold",
+     "share of COVID-negative films left unflagged at that threshold"),
     ("covid.eer", "COVID-19 detection: equal error rate",
      "error rate at the threshold where missed COVID-19 films and false alarms are equally common (lower is better)"),
     ("covid.accuracy", "COVID-19 detection: accuracy at probability 0.5", "share of films called correctly COVID-19 or not"),
@@ -66,14 +71,22 @@ def metrics_table(metrics: dict | None) -> pd.DataFrame:
 
 
 def threshold_text(metrics: dict | None, threshold: dict | None) -> str:
-    """The COVID-19 threshold in words: its value and how it was chosen."""
+    """The COVID-19 operating threshold in words: its value, the rule that chose it, how it did on the
+    validation films, and how it differs from the paper's 99 %-specificity point."""
     t = as_number((threshold or {}).get("covid_threshold", get_path(metrics, "covid.threshold")))
     if t is None:
         return ("No COVID-19 threshold could be chosen on the validation films (none is COVID-negative, or the model has "
-                "no COVID-19 output), so sensitivity at 99 % specificity is not available.")
-    return (f"The COVID-19 threshold is {t:.3g}: a film whose COVID-19 probability is at or above it is called COVID-19. "
-            "It was chosen on the validation films, before the test films were scored, so that at most 1 in 100 "
-            "COVID-negative validation films is falsely flagged, and then held fixed.")
+                "no COVID-19 output), so no film is called COVID-19 and sensitivity at 99 % specificity is not available.")
+    rule = (threshold or {}).get("threshold_rule") or "specificity:0.99"
+    spec, sens = as_number((threshold or {}).get("val_specificity")), as_number((threshold or {}).get("val_sensitivity"))
+    on_val = (f" On those films it left {spec:.0%} of the COVID-negative films unflagged and caught {sens:.0%} of the COVID-19 films."
+              if spec is not None and sens is not None else "")
+    paper = as_number(get_path(metrics, "covid.spec99_threshold"))
+    return (f"The COVID-19 threshold is {t:.3g}: a film whose COVID-19 probability is at or above it is called COVID-19. It was "
+            f"fixed when the network was trained, on the validation films, by this rule: {describe_rule(rule)} "
+            f"(`{rule}`).{on_val} It is held fixed for the test films and for any other collection: nothing is re-tuned on the "
+            "films being judged." + (f" The paper's measure, sensitivity at 99 % specificity, uses a threshold of its own "
+                                      f"({paper:.3g}), set on the same validation films." if paper is not None else ""))
 
 
 def negatives_warnings(metrics: dict | None, threshold: dict | None) -> list[str]:
