@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 import cmtlib
-from cmtlib.checkpoint import make_checkpoint, read_checkpoint, restore_rng, save_checkpoint
+from cmtlib.checkpoint import INFERENCE_FILE, versions, make_checkpoint, read_checkpoint, restore_rng, save_checkpoint, save_inference_checkpoint
 from cmtlib.configs import BEST_BY, LR_SCHEDULES, TrainConfig
 from cmtlib.data.loader import EvalBatches, TrainBatches, load_split, open_cache_folder
 from cmtlib.data.prepare import prepare_data
@@ -221,6 +221,7 @@ class _TrainState:
         # best.pt before last.pt: a kill in between leaves last.pt at the previous epoch, so a
         # resume redoes this epoch and writes best.pt again.
         if is_best:
+            save_inference_checkpoint(ckpt, run_dir / "checkpoints" / INFERENCE_FILE)
             save_checkpoint(ckpt, run_dir / "checkpoints" / "best.pt")
         save_checkpoint(ckpt, run_dir / "checkpoints" / "last.pt")
         write_history(self.history, run_dir)
@@ -406,15 +407,13 @@ def _now() -> str:
 def _run_info(run: Run, params, model: nn.Module, device: torch.device, dist: DistInfo, cache, train_batches, n_val: int,
               resume: bool, ckpt: Mapping[str, Any] | None) -> dict[str, Any]:
     """run.json at the start of training (a resumed run keeps its start time and lists each resume)."""
-    import torchvision
-
     old = run.info if resume else {}
     info: dict[str, Any] = {
         **old,
         "name": params.run_name, "params_file": params.source, "run_dir": str(run.path), "status": "running",
         "device": describe_device(device), "world_size": dist.world_size,
         "precision": "bf16" if autocast_dtype(params.train.precision, device) else "fp32",
-        "torch": torch.__version__, "torchvision": torchvision.__version__, "cmtlib": cmtlib.__version__,
+        "torch": torch.__version__, "torchvision": versions()["torchvision"], "cmtlib": cmtlib.__version__,
         "git_commit": git_commit(), "model": params.model.model,
         "encoder_weights_source": getattr(model, "encoder_weights_source", params.model.encoder_weights),
         "data_cache": str(cache.path), "manifest": cache.meta.get("manifest", ""), "manifest_hash": cache.meta.get("manifest_hash", ""),

@@ -20,14 +20,16 @@ import functools
 import logging
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import yaml
 
 from cmtlib.errors import ConfigError, MissingInputError, RunFolderError
 from cmtlib.fileio import read_json, write_json
 from cmtlib.params import key_owner
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # Keys that may change between a run and its --resume (they do not change what is learned).
 RESUMABLE_CHANGES = frozenset({"epochs", "device", "threads", "compile", "log_every", "eval_batch_size", "cache_dir", "reports_dir"})
@@ -132,6 +134,8 @@ class Run:
         return read_json(self.file("threshold.json"))
 
     def read_csv(self, name: str) -> pd.DataFrame | None:
+        import pandas as pd  # here, not at the top: `cmt predict` reads no CSV and starts faster without pandas
+
         path = self.file(name)
         return pd.read_csv(path, dtype={"image_id": str, "patient_id": str}) if path.is_file() else None
 

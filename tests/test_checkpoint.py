@@ -48,6 +48,23 @@ def test_load_model_rebuilds_the_trained_network(run):
         assert torch.equal(again(x)["multilabel"], out["multilabel"])
 
 
+def test_prediction_reads_the_light_checkpoint_with_the_best_weights(run):
+    """checkpoints/model.pt holds best.pt's weights without the optimizer, RNG or history; load_model
+    prefers it, builds the network on the meta device and gives the same outputs as an ordinary build."""
+    light, best = run / "checkpoints" / "model.pt", run / "checkpoints" / "best.pt"
+    assert light.stat().st_size < best.stat().st_size / 2  # Adam keeps two moments per weight
+    slim, full = read_checkpoint(light), read_checkpoint(best)
+    assert not {"optimizer", "rng", "history"} & set(slim) and slim["epoch"] == full["epoch"]
+    assert all(torch.equal(slim["state_dict"][k], v) for k, v in full["state_dict"].items())
+    model, meta = load_model(run, "best")
+    assert meta["path"] == str(light) and not any(t.is_meta for t in model.state_dict().values())
+    ordinary = create_model("cmtnet", **{k: full["config"][k] for k in ("tasks", "width", "head_hidden")}, encoder_weights="none")
+    ordinary.load_state_dict(full["state_dict"])
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x)["multilabel"], ordinary.eval()(x)["multilabel"])
+
+
 def test_a_bare_state_dict_is_refused(tmp_path):
     path = tmp_path / "bare.pt"
     torch.save(create_model("cmtnet", **TINY_MODEL).state_dict(), path)

@@ -12,11 +12,26 @@ the negatives scoring above v, at most k of them, are flagged (ties at v are all
 Keep it in float64: cast to float32 it rounds back to v and flags the tied negatives too.
 """
 
-from cmtlib.metrics._kernels import UndefinedMetricWarning
-from cmtlib.metrics.ranking import OperatingPoint, accuracy, confusion_matrix, eer, roc_auc, roc_curve, sensitivity_at, specificity_at, threshold_at_specificity
-from cmtlib.metrics.masks import Reliability, dice, dice_from_counts, expected_calibration_error, iou, iou_from_counts, reliability_curve
-from cmtlib.metrics.bootstrap import BootstrapCI, bootstrap_ci
-from cmtlib.metrics.summary import PREDICTION_COLUMNS, SECTIONS, metrics_from_predictions
+import importlib
+
+# Names are resolved from their submodule on first use (PEP 562): importing cmtlib.metrics.masks for the
+# inference loop must not import pandas (metrics.summary), which `cmt predict` never needs.
+_WHERE = {
+    "UndefinedMetricWarning": "_kernels",
+    **dict.fromkeys(("OperatingPoint", "accuracy", "confusion_matrix", "eer", "roc_auc", "roc_curve", "sensitivity_at",
+                     "specificity_at", "threshold_at_specificity"), "ranking"),
+    **dict.fromkeys(("Reliability", "dice", "dice_from_counts", "expected_calibration_error", "iou", "iou_from_counts",
+                     "reliability_curve"), "masks"),
+    **dict.fromkeys(("BootstrapCI", "bootstrap_ci"), "bootstrap"),
+    **dict.fromkeys(("PREDICTION_COLUMNS", "SECTIONS", "metrics_from_predictions"), "summary"),
+}
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"cmtlib.metrics.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'cmtlib.metrics' has no attribute {name!r}")
+
 
 __all__ = [
     "UndefinedMetricWarning",

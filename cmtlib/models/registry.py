@@ -11,29 +11,48 @@ tests/test_model_contract.py checks every entry.
 from __future__ import annotations
 
 import dataclasses
+import importlib
+from collections.abc import Iterator, Mapping
 from typing import Any, Callable
 
 from torch import nn
 
 from cmtlib.configs import ModelConfig
 from cmtlib.errors import UnknownNameError
-from cmtlib.models.classifiers import VGG19, DenseNet121, MobileNetV2, ResNet18
-from cmtlib.models.cmtnet import CMTNet
-from cmtlib.models.maskrcnn import MaskRCNNAdapter, MaskRCNNResNet50
-from cmtlib.models.segnet_single import SegNet
-from cmtlib.models.unet import UNet
 
-MODELS: dict[str, Callable[..., nn.Module]] = {
-    "cmtnet": CMTNet,
-    "densenet121": DenseNet121,
-    "mobilenet_v2": MobileNetV2,
-    "resnet18": ResNet18,
-    "vgg19": VGG19,
-    "unet": UNet,
-    "segnet": SegNet,
-    "maskrcnn": MaskRCNNAdapter,
-    "maskrcnn_resnet50": MaskRCNNResNet50,
-}
+class _Registry(Mapping[str, Callable[..., nn.Module]]):
+    """A read-only name -> model class mapping whose classes are imported on first use.
+
+    Why not a dict of classes: the baselines' modules import torchvision, which pulls in torch's
+    compiler stack (seconds of start-up); `cmt predict` with a CMTNet needs none of it. Keys,
+    membership and iteration never import anything.
+    """
+
+    def __init__(self, entries: dict[str, str]):
+        self._entries = dict(entries)  # name -> "module:Class"
+
+    def __getitem__(self, name: str) -> Callable[..., nn.Module]:
+        module, _, cls = self._entries[name].partition(":")
+        return getattr(importlib.import_module(module), cls)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+MODELS = _Registry({
+    "cmtnet": "cmtlib.models.cmtnet:CMTNet",
+    "densenet121": "cmtlib.models.classifiers:DenseNet121",
+    "mobilenet_v2": "cmtlib.models.classifiers:MobileNetV2",
+    "resnet18": "cmtlib.models.classifiers:ResNet18",
+    "vgg19": "cmtlib.models.classifiers:VGG19",
+    "unet": "cmtlib.models.unet:UNet",
+    "segnet": "cmtlib.models.segnet_single:SegNet",
+    "maskrcnn": "cmtlib.models.maskrcnn:MaskRCNNAdapter",
+    "maskrcnn_resnet50": "cmtlib.models.maskrcnn:MaskRCNNResNet50",
+})
 
 
 def create_model(name: str, **cfg: Any) -> nn.Module:
