@@ -118,6 +118,9 @@ class ReportConfig:
     # Jupyter kernel for the chain; '' = the one whose python is the interpreter running `cmt`
     # (a kernel from another environment would import another cmtlib, or none).
     report_kernel: str = ""
+    # Pages executed at once, each in its own kernel (0 = one per CPU core). Pages only read finished
+    # runs, so they are independent, except where a notebook says it runs after another (cmtlib.after).
+    report_jobs: int = 0
     # Longest a single notebook cell may run, in seconds (0 = no limit); a hung cell must not
     # hold CI forever, and training on a CPU takes minutes, so the default is generous.
     report_cell_timeout: int = 3600

@@ -43,7 +43,7 @@ def test_prepare_makes_only_what_is_declared(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(plan, "ensure_data", lambda p: calls.append("data"))
     monkeypatch.setattr(plan, "ensure_run", lambda p, r, quiet: calls.append("run"))
-    monkeypatch.setattr(plan, "ensure_comparison", lambda p, r, d, roles, progress: calls.append(("comparison", roles)))
+    monkeypatch.setattr(plan, "ensure_comparison", lambda p, r, d, roles, progress, seconds: calls.append(("comparison", roles)))
     assert plan.prepare(None, tmp_path / "run", tmp_path, [_nb(tmp_path / "c.ipynb")]) == {}
     assert calls == []
     steps = plan.prepare(None, tmp_path / "run", tmp_path, [_nb(tmp_path / "a.ipynb", ["data"]), _nb(tmp_path / "b.ipynb", ["run", "classifier"])])

@@ -39,6 +39,7 @@ from cmtlib.experiments.embedding_classifiers import EMBEDDING_CLASSIFIERS, run_
 from cmtlib.experiments.runs import ensure_run
 from cmtlib.fileio import read_json, write_json
 from cmtlib.run import Run
+from cmtlib.runtime import set_threads
 
 ROLES = ("cmtnet", "classifier", "segmentation", "embedding")
 LABELS = {"segnet_lung": "SegNet, lung only", "segnet_disease": "SegNet, disease only"}
@@ -149,26 +150,24 @@ def _baseline_size(params) -> int:
 
 
 def ensure_comparison(params, run_dir: str | Path, report_dir: str | Path, roles: tuple[str, ...] = ROLES,
-                      progress: Callable[[str], None] | None = None) -> Comparison:
+                      progress: Callable[[str], None] | None = None, seconds: dict | None = None) -> Comparison:
     """Every compared method of `roles` trained (or found) and evaluated; see the module docstring.
     The report's own run is always the first entry. `progress` is told each method's time as it is
-    made (the console of `cmt report`; a notebook page stays quiet)."""
+    made (the console of `cmt report`; a notebook page stays quiet); `seconds` gives the times of
+    runs `train_deep` made in another process, (key, seed) -> seconds."""
     t0 = time.perf_counter()
     rc, root, run_dir = params.experiments, Path(report_dir).resolve() / "comparison", Path(run_dir).resolve()
     with contextlib.redirect_stdout(io.StringIO()):
         ensure_run(params, run_dir)
     old = read_json(root / "comparison.json", {})
-    spent = {(e["key"], e["seed"]): e["seconds"] for e in old.get("entries", [])}  # a reused run keeps its first time
+    # A reused run keeps the time it took when it was made (here before, or in train_deep's process).
+    spent = {**{(e["key"], e["seed"]): e["seconds"] for e in old.get("entries", [])}, **(seconds or {})}
     seeds, size, epochs = list(rc.report_seeds) or [params.train.seed], _baseline_size(params), rc.baseline_epochs or params.train.epochs
     reduced = (size, epochs) != (params.data.image_size, params.train.epochs)
     entries = [_entry("cmtnet-run", "CMTNet (this report's run)" if reduced else "CMTNet", "cmtnet", run_dir, params.train.seed, None)]
-    for key, file, seed in plan(params):
-        entry = _deep_entry(params, root, key, file, seed, (size, epochs), roles, spent)
-        if entry is not None and progress is not None:
-            progress(f"  {entry.label}, seed {seed}: " + ("found" if entry.seconds is None or (key, seed) in spent else f"{entry.seconds:.0f} s"))
-        if entry is not None:
-            entry.primary = seed == seeds[0] and not (file is None and not reduced)  # without reduction the run is CMTNet's row
-            entries.append(entry)
+    for entry in deep_entries(params, report_dir, roles, spent, progress):
+        entry.primary = entry.seed == seeds[0] and not (entry.key == "cmtnet" and not reduced)  # without reduction the run is CMTNet's row
+        entries.append(entry)
     if "embedding" in roles:
         # Embedding classifiers per CMTNet seed trained at the run's own setting (the run; more with >1 seed and no reduction).
         sources = [(params.train.seed, run_dir)] + ([] if reduced else [(e.seed, e.folder) for e in entries if e.key == "cmtnet"])
@@ -183,6 +182,30 @@ def ensure_comparison(params, run_dir: str | Path, report_dir: str | Path, roles
                                           "seconds_trained": round(sum(e["seconds"] or 0 for e in made.values()), 1),
                                           "entries": list(made.values())})
     return comp
+
+
+def deep_entries(params, report_dir: str | Path, roles: tuple[str, ...] = ROLES, spent: dict | None = None,
+                 progress: Callable[[str], None] | None = None) -> list[Entry]:
+    """The deep runs of the plan (the baselines and CMTNet at their setting) whose role is wanted,
+    trained (or found) and evaluated. They need nothing of the report's own run: `train_deep` makes
+    them in another process while that run trains."""
+    rc, root, spent = params.experiments, Path(report_dir).resolve() / "comparison", dict(spent or {})
+    setting = (_baseline_size(params), rc.baseline_epochs or params.train.epochs)
+    out = []
+    for key, file, seed in plan(params):
+        entry = _deep_entry(params, root, key, file, seed, setting, roles, spent)
+        if entry is not None and progress is not None:
+            progress(f"  {entry.label}, seed {seed}: " + ("found (made earlier)" if entry.seconds is None else f"{entry.seconds:.0f} s"))
+        if entry is not None:
+            out.append(entry)
+    return out
+
+
+def train_deep(params, report_dir: str | Path, roles: tuple[str, ...], threads: int = 1) -> dict[tuple[str, int], float]:
+    """`deep_entries` in a worker process, with `threads` CPU threads: (key, seed) -> seconds of the
+    runs it trained, for ensure_comparison's timing table."""
+    set_threads(threads)
+    return {(e.key, e.seed): e.seconds for e in deep_entries(params, report_dir, roles) if e.seconds is not None}
 
 
 def _deep_entry(params, root: Path, key: str, file: Path | None, seed: int, setting: tuple[int, int], roles: tuple[str, ...],

@@ -21,6 +21,7 @@ import datetime as _dt
 import os
 import re
 import sys
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -34,6 +35,7 @@ from cmtlib.params import Params, dump_params, load_params
 from cmtlib.report.chain.index import write_report_index, write_reports_index
 from cmtlib.report.chain.kernel import select_kernel
 from cmtlib.report.chain.render import PageRenderer, notebook_heading
+from cmtlib.report.chain.schedule import run_pages
 from cmtlib.report.pages.show import PLACEHOLDER_CLASS
 from cmtlib.run import with_run_dir
 from cmtlib.runtime import git_commit
@@ -160,6 +162,9 @@ class _Chain:
             "error": "", "total_s": 0.0, "notebooks": [], "experiments": {},
         }
         self.renderer = None
+        # Pages run `report_jobs` at a time (0: one per CPU core); the index and the renderer are shared.
+        self.jobs = params.report.report_jobs or (os.cpu_count() or 1)
+        self.lock = threading.RLock()
         # Kernels run where `cmt report` runs (the repository root for `make report`), so relative
         # locations inside cmtlib (./data, ./runs) are the ones `cmt train` uses; every path the
         # chain injects is absolute.
@@ -170,15 +175,20 @@ class _Chain:
         (self.report_dir / "notebooks").mkdir(exist_ok=True)
         self._write_index()
         failure = self._experiments()
-        for i, (nb, rec) in enumerate(zip(self.notebooks, self.records), 1):
-            if failure is not None:
-                break
-            print(f"[{i}/{len(self.notebooks)}] {nb.stem} ...", end=" ", flush=True)
-            failure = self._run_one(nb, rec)
-            line = f"{rec.status} {rec.seconds or 0:.1f} s" + (f" (+{rec.render_seconds:.1f} s render)" if rec.render_seconds is not None else "")
-            print(line, flush=True)
-            self.record["total_s"] = round(time.perf_counter() - t_all, 2)
-            self._write_index()
+        if failure is None:
+            records = {nb.stem: (i, rec) for i, (nb, rec) in enumerate(zip(self.notebooks, self.records), 1)}
+
+            def one(nb: Path) -> ReportError | None:
+                i, rec = records[nb.stem]
+                result = self._run_one(nb, rec)
+                with self.lock:
+                    print(f"[{i}/{len(self.notebooks)}] {nb.stem} {rec.status} {rec.seconds or 0:.1f} s"
+                          + (f" (+{rec.render_seconds:.1f} s render)" if rec.render_seconds is not None else ""), flush=True)
+                    self.record["total_s"] = round(time.perf_counter() - t_all, 2)
+                    self._write_index()
+                return result
+
+            failure = run_pages(self.notebooks, one, self.jobs)
         self.record["status"] = "failed" if failure else "ok"
         self.record["total_s"] = round(time.perf_counter() - t_all, 2)
         write_json(self.report_dir / "timings.json", {
@@ -205,7 +215,7 @@ class _Chain:
         step = self.record["experiments"] = {"status": "running", "seconds": None, "steps": {}, "error": ""}
         t0 = time.perf_counter()
         try:
-            step["steps"] = prepare(self.params, self.report_dir / "run", self.report_dir, self.notebooks)
+            step["steps"] = prepare(self.params, self.report_dir / "run", self.report_dir, self.notebooks, jobs=self.jobs)
             step["status"] = "ok"
         except CmtError as err:
             step.update(status="failed", error=f"{type(err).__name__}: {err}")
@@ -249,7 +259,9 @@ class _Chain:
             rec.status, rec.error = "failed", render_error
         if rec.status != "failed":
             return None
-        self.record.update(failed=nb.stem, failed_html=rec.html, error=rec.error)
+        with self.lock:
+            if not self.record.get("failed"):  # the first page to fail is the one the index names
+                self.record.update(failed=nb.stem, failed_html=rec.html, error=rec.error)
         where = f"; see {self.report_dir / rec.html}" if rec.html else ""
         return ReportError(f"notebook {nb.name} failed: {rec.error.splitlines()[0] if rec.error else 'unknown error'}{where}")
 
@@ -259,10 +271,11 @@ class _Chain:
             return f"{nb.name} produced no executed notebook to render"
         t0 = time.perf_counter()
         try:
-            if self.renderer is None:
-                self.renderer = PageRenderer()
-            html = self.report_dir / f"{nb.stem}.html"
-            self.renderer.render(executed, html, title=rec.title, run_name=self.params.run_name, seconds=rec.seconds, failed=failed)
+            with self.lock:  # one nbconvert exporter for the chain; pages rendering one at a time take well under a second each
+                if self.renderer is None:
+                    self.renderer = PageRenderer()
+                html = self.report_dir / f"{nb.stem}.html"
+                self.renderer.render(executed, html, title=rec.title, run_name=self.params.run_name, seconds=rec.seconds, failed=failed)
             rec.html = html.name
             return ""
         except Exception as err:  # noqa: BLE001 -- a page that cannot be rendered fails the chain like a failed cell
