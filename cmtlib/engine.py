@@ -333,7 +333,11 @@ def train(params, resume: bool = False, overwrite: bool = False) -> Path:
 def _train_in(run: Run, params, device: torch.device, dist: DistInfo, resume: bool) -> None:
     """The body of `train` once the run folder is claimed and logging to it."""
     cfg = params.train
-    set_threads(cfg.threads)
+    threads = int(run.info.get("threads") or 0) if resume else 0
+    if threads and threads != torch.get_num_threads():
+        # A CPU run's numbers depend on its thread count (the order of sums): resume with the count it used.
+        log.info("resuming with the %d CPU thread(s) the run used (threads=%s asked for now)", threads, cfg.threads)
+    set_threads(threads or cfg.threads)
     seed_everything(cfg.seed)
     cache, train_data, val_data = _training_data(params, device)
     torch.manual_seed(cfg.seed)
@@ -411,7 +415,7 @@ def _run_info(run: Run, params, model: nn.Module, device: torch.device, dist: Di
     info: dict[str, Any] = {
         **old,
         "name": params.run_name, "params_file": params.source, "run_dir": str(run.path), "status": "running",
-        "device": describe_device(device), "world_size": dist.world_size,
+        "device": describe_device(device), "world_size": dist.world_size, "threads": torch.get_num_threads(),
         "precision": "bf16" if autocast_dtype(params.train.precision, device) else "fp32",
         "torch": torch.__version__, "torchvision": versions()["torchvision"], "cmtlib": cmtlib.__version__,
         "git_commit": git_commit(), "model": params.model.model,

@@ -65,6 +65,17 @@ def test_in_process_stop_then_resume(tmp_path, reference, monkeypatch):
     assert info["status"] == "finished" and info["resumed_at"][0]["from_epoch"] == 1
 
 
+def test_resume_uses_the_thread_count_the_run_recorded(tmp_path, reference):
+    """A run started with 1 thread and resumed where 2 are asked for continues with 1 (recorded in
+    run.json): the thread count changes a CPU run's sums, and a resumed run must equal an
+    uninterrupted one."""
+    first = train(toy_params(tmp_path, epochs=1, threads=1))
+    assert json.loads((first / "run.json").read_text())["threads"] == 1
+    run = train(toy_params(tmp_path, epochs=3, threads=2), resume=True)
+    assert json.loads((run / "run.json").read_text())["threads"] == 1 and torch.get_num_threads() == 1
+    assert_same_weights(run, reference)
+
+
 def test_resume_extends_a_finished_run(tmp_path, reference):
     train(toy_params(tmp_path, epochs=1))
     run = train(toy_params(tmp_path, epochs=3), resume=True)
