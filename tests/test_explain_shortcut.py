@@ -89,10 +89,15 @@ def test_blanking_aucs_with_a_model_that_reads_the_lungs():
     x = _images(12, y, "lung", 3)
     known = np.array([True] * 6 + [False] * 6)  # the rest get the model's predicted lung box
     lung = _lung(12) & known[:, None, None]
+    # One mask source for every film (the default): the network's own lungs, reference outlines or not.
     out = S.blanking_aucs(LungReader(), x, lung, known, y)
-    assert out["n"] == 12 and out["n_predicted_masks"] == 6 and out["n_left_out"] == 0
+    assert out["n"] == 12 and out["n_predicted_masks"] == 12 and out["n_left_out"] == 0 and out["mask_source"] == "model"
     assert out["auc_full"] == 1.0 and out["auc_outside_blanked"] == 1.0
     assert out["auc_lungs_blanked"] < 0.8  # the lungs are gone, and the fill carries nothing of them
+    mixed = S.blanking_aucs(LungReader(), x, lung, known, y, source="reference")  # reference where known, the network's elsewhere
+    assert mixed["n_predicted_masks"] == 6 and mixed["mask_source"] == "reference"
+    with pytest.raises(ValueError, match="mask source"):
+        S.lung_masks(LungReader(), x, lung, known, source="boxes")
 
 
 def test_linear_probe_finds_an_encoded_source():

@@ -96,15 +96,26 @@ def covid_scores(model: nn.Module, images, batch_size: int = 16) -> np.ndarray:
     return res.columns["p_covid"]
 
 
-def lung_masks(model: nn.Module | None, images, lung, has_lung, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """Ground-truth lung masks where known, the model's prediction (p >= 0.5) elsewhere.
+MASK_SOURCES = ("model", "reference")
+
+
+def lung_masks(model: nn.Module | None, images, lung, has_lung, batch_size: int = 16, source: str = "model") -> tuple[np.ndarray, np.ndarray]:
+    """The lung masks the audit blanks with.
+
+    source "model" (the default): the network's own lung output (p >= 0.5) for EVERY film. One mask
+    source for all films: reference outlines exist only for some collections, so mixing them with
+    predicted ones would make the mask's shape itself a collection cue. "reference": the reference
+    outline where known, the network's elsewhere (the older behaviour). Without a lung output the
+    reference outlines are used where known.
 
     Returns:
         (masks (N, H, W) bool, predicted (N,) bool: True where the mask is the model's); masks stay
         empty where unknown and the model has no ``lung`` output.
     """
+    if source not in MASK_SOURCES:
+        raise ValueError(f"mask source must be one of {', '.join(MASK_SOURCES)}, got {source!r}")
     masks = np.asarray(lung, dtype=bool).copy()
-    need = ~np.asarray(has_lung, dtype=bool)
+    need = np.ones(len(masks), bool) if source == "model" else ~np.asarray(has_lung, dtype=bool)
     predicted = np.zeros(len(masks), bool)
     if need.any() and model is not None:
         probs = predict_masks(model, np.asarray(images)[need], batch_size).get("lung")
@@ -114,16 +125,17 @@ def lung_masks(model: nn.Module | None, images, lung, has_lung, batch_size: int 
     return masks, predicted
 
 
-def blanking_aucs(model: nn.Module, images, lung, has_lung, y, fill: str = "mean", batch_size: int = 16) -> dict:
-    """(a): COVID-19 AUC on the full images, with the lungs blanked, with all but the lungs blanked."""
+def blanking_aucs(model: nn.Module, images, lung, has_lung, y, fill: str = "mean", batch_size: int = 16, source: str = "model") -> dict:
+    """(a): COVID-19 AUC on the full images, with the lungs blanked, with all but the lungs blanked
+    (lungs from one mask source for every film: `lung_masks`)."""
     y = np.asarray(y, dtype=float)
     keep = ~np.isnan(y)
     images = np.asarray(images)[keep]
-    masks, predicted = lung_masks(model, images, np.asarray(lung)[keep], np.asarray(has_lung)[keep], batch_size)
+    masks, predicted = lung_masks(model, images, np.asarray(lung)[keep], np.asarray(has_lung)[keep], batch_size, source)
     nonempty = masks.any(axis=(1, 2))
     images, masks, yk = images[nonempty], masks[nonempty], y[keep][nonempty].astype(int)
     out = {"n": int(nonempty.sum()), "n_predicted_masks": int(predicted[nonempty].sum()),
-           "n_left_out": int((~nonempty).sum()), "fill": fill}
+           "n_left_out": int((~nonempty).sum()), "fill": fill, "mask_source": source}
     for key, x in (("auc_full", images), ("auc_lungs_blanked", blank_lungs(images, masks, fill)),
                    ("auc_outside_blanked", blank_outside_lungs(images, masks, fill))):
         out[key] = roc_auc(yk, covid_scores(model, x, batch_size)) if len(yk) and 0 < yk.sum() < len(yk) else math.nan

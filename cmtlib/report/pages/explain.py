@@ -236,7 +236,11 @@ def blanking_table(audit: Any) -> pd.DataFrame:
 def blanking_text(audit: Any) -> str:
     b = audit.blanking
     text = f"{b.get('n', 0)} test films with a COVID-19 label"
-    if b.get("n_predicted_masks"):
+    if b.get("mask_source") == "model" and b.get("n_predicted_masks"):
+        text += (f"; on every one of them ({b['n_predicted_masks']}) the lungs are the network's own outline, even where a reference "
+                 "outline exists: reference outlines come from some collections only, so mixing the two would let the outline's "
+                 "shape itself name the collection")
+    elif b.get("n_predicted_masks"):
         text += f"; on {b['n_predicted_masks']} of them the lungs were outlined by the network (no reference outline)"
     if b.get("n_left_out"):
         text += f"; {b['n_left_out']} left out (no lung outline at all)"
