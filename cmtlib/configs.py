@@ -55,6 +55,10 @@ class ModelConfig:
     encoder_weights: str = "imagenet"
     # Width of the two hidden layers in each 3-layer FC head (the paper gives none; 256 < D = 512 at width 1).
     head_hidden: int = 256
+    # Acquisition harmonisation: the network sees every film reduced to this many pixels and enlarged
+    # back to image_size (in training, evaluation and `cmt predict` alike: it is part of the model),
+    # so that resolution and sharpness, which differ by collection, stop naming the collection. 0 = off.
+    effective_px: int = 0
 
 
 @dataclass

@@ -93,3 +93,18 @@ def test_a_failed_save_keeps_the_old_file_and_leaves_no_temp_file(tmp_path, monk
         save_checkpoint(dict(ckpt, epoch=2), tmp_path / "last.pt")
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
     assert read_checkpoint(path)["epoch"] == 1
+
+
+def test_the_harmonisation_setting_travels_in_the_checkpoint(tmp_path):
+    """A run trained with effective_px is evaluated and predicted with it: load_model rebuilds it from
+    the checkpoint's config, so no consumer can forget it."""
+    from cmtlib.configs import ModelConfig
+    from cmtlib.models.registry import build_model
+
+    cfg = ModelConfig(model="cmtnet", width=0.0625, encoder_weights="none", head_hidden=8, effective_px=24)
+    model = build_model(cfg)
+    config = {"model": "cmtnet", "tasks": list(cfg.tasks), "width": 0.0625, "head_hidden": 8, "effective_px": 24}
+    ckpt = make_checkpoint(model, None, config=config, epoch=1, history=[], best={}, image_size=64)
+    save_checkpoint(ckpt, tmp_path / "checkpoints" / "best.pt")
+    loaded, meta = load_model(tmp_path, "best")
+    assert loaded.preprocess.effective_px == 24 and meta["preprocessing"]["effective_px"] == 24

@@ -444,3 +444,19 @@ def test_build_model_passes_every_config_field():
     assert model.multilabel_head[0].out_features == 8
     with pytest.raises(TypeError):
         create_model("cmtnet", widht=0.5)
+
+
+def test_effective_px_harmonises_resolution_inside_the_model():
+    """ModelConfig.effective_px: the model sees every film reduced to that side and enlarged back, so a
+    sharp film and its blurred copy look alike to it; the setting travels in the model itself."""
+    from cmtlib.models.encoder import ImageNetPreprocess
+
+    sharp = torch.zeros(1, 1, 64, 64)
+    sharp[..., ::2, :] = 1.0  # a one-pixel stripe pattern: pure fine detail
+    blurred = torch.full_like(sharp, 0.5)
+    pre = ImageNetPreprocess(effective_px=16)
+    assert torch.allclose(pre(sharp), pre(blurred), atol=1e-5)  # the detail a 16-px film cannot hold is gone
+    assert torch.equal(ImageNetPreprocess(effective_px=64)(sharp), ImageNetPreprocess()(sharp))  # no-op at its own size
+    model = build_model(ModelConfig(model="cmtnet", width=0.0625, encoder_weights="none", head_hidden=8, effective_px=32))
+    assert model.preprocess.effective_px == 32 and model.describe()["preprocessing"]["effective_px"] == 32
+    assert build_model(ModelConfig(model="cmtnet", width=0.0625, encoder_weights="none", head_hidden=8)).preprocess.effective_px == 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import NamedTuple, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 # torchvision's ImageNet statistics (VGG16_BN_Weights.IMAGENET1K_V1.transforms()).
@@ -147,10 +148,14 @@ class ImageNetPreprocess(nn.Module):
     The range is not checked at run time (that would sync the device); callers pass [0, 1].
     """
 
-    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
+    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, effective_px: int = 0) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        # Acquisition harmonisation (ModelConfig.effective_px): every film is reduced to this side and
+        # enlarged back before the network sees it, in training, evaluation and prediction alike, so
+        # that a collection's resolution and sharpness stop naming it. 0 = off.
+        self.effective_px = int(effective_px)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise with the ImageNet mean and std.
@@ -168,6 +173,10 @@ class ImageNetPreprocess(nn.Module):
             raise TypeError(f"expected float images in [0, 1], got {x.dtype}; divide uint8 images by 255")
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)  # (B, 3, H, W), a view
+        if self.effective_px and max(x.shape[-2:]) > self.effective_px:
+            size = x.shape[-2:]
+            x = F.interpolate(x, size=(self.effective_px, self.effective_px), mode="area")  # (B, 3, px, px): detail averaged away
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)  # (B, 3, H, W) again
         return (x - self.mean) / self.std
 
     def describe(self) -> dict:
@@ -178,4 +187,6 @@ class ImageNetPreprocess(nn.Module):
             "grayscale_input": "a (B, 1, H, W) input is repeated to 3 channels",
             "mean": [round(float(v), 6) for v in self.mean.flatten()],
             "std": [round(float(v), 6) for v in self.std.flatten()],
+            **({"effective_px": self.effective_px, "harmonisation": f"reduced to {self.effective_px} px and enlarged back"}
+               if self.effective_px else {}),
         }

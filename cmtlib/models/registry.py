@@ -66,7 +66,17 @@ def create_model(name: str, **cfg: Any) -> nn.Module:
     return MODELS[name](**cfg)
 
 
+# ModelConfig fields every model shares through its `preprocess` module rather than its builder.
+PREPROCESS_FIELDS = ("effective_px",)
+
+
 def build_model(cfg: ModelConfig) -> nn.Module:
-    """Build the model a ModelConfig names, passing its other fields as keywords."""
-    kwargs = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "model"}
-    return create_model(cfg.model, **kwargs)
+    """Build the model a ModelConfig names, passing its other fields as keywords; the preprocessing
+    fields (acquisition harmonisation) are set on the model's `preprocess` module, which every
+    registered model has."""
+    kwargs = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in ("model", *PREPROCESS_FIELDS)}
+    model = create_model(cfg.model, **kwargs)
+    for name in PREPROCESS_FIELDS:
+        if getattr(cfg, name):
+            setattr(model.preprocess, name, getattr(cfg, name))
+    return model
