@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 
 from cmtlib.checkpoint import load_model
 from cmtlib.data.cache import build_cache, open_cache
@@ -49,7 +50,8 @@ from cmtlib.run import Run
 from cmtlib.runtime import autocast_dtype, resolve_device
 
 log = logging.getLogger("cmtlib.evaluate")
-META_COLUMNS = ("image_id", "patient_id", "source", "view", "offset_days", "sex", "age", "finding", "label_healthy", "label_covid", "label_other")
+META_COLUMNS = ("image_id", "patient_id", "source", "view", "offset_days", "sex", "age", "finding", "label_healthy", "label_covid", "label_other",
+                "orig_height", "orig_width")
 PRED_COLUMNS = ("p_healthy", "p_covid", "p_other", "pred_healthy", "pred_covid", "pred_other", "lung_dice", "lung_iou", "disease_dice", "disease_iou")
 SPECIFICITY = 0.99
 SPLIT_CHOICES = ("train", "val", "test", "holdout", "all")
@@ -60,16 +62,30 @@ class EvaluateError(CmtError, ValueError):
     message says what to pass instead."""
 
 
-def predict_split(model: torch.nn.Module, data: SplitData, batch_size: int = 64, amp: torch.dtype | None = None) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    """Run `model` over a split in order (cmtlib.inference.infer).
+def predict_split(model: torch.nn.Module, data: SplitData, batch_size: int = 64, amp: torch.dtype | None = None,
+                  degrade_px: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """Run `model` over a split in order (cmtlib.inference.infer). `degrade_px`: every film reduced
+    to that side and enlarged back first, as a thumbnail of it would look (0 = as cached).
 
     Returns:
         columns: p_healthy, p_covid, p_other and lung/disease dice and iou at 0.5, each (N,) float64
         with NaN where the model lacks the output or the ground truth is unknown or empty;
         embeddings: (N, D) float32, or None when the model gives no `embedding`.
     """
-    res = infer(model, EvalBatches(data, batch_size), amp=amp)
+    batches = EvalBatches(data, batch_size)
+    res = infer(model, degraded(batches, degrade_px) if degrade_px else batches, amp=amp)
     return res.columns, res.embedding
+
+
+def degraded(batches, px: int):
+    """The batches with each image reduced to `px` and enlarged back (area, then bilinear), as a
+    `px`-pixel thumbnail of the film would arrive."""
+    for batch in batches:
+        x = batch["image"]
+        if max(x.shape[-2:]) > px:
+            small = F.interpolate(x, size=(px, px), mode="area")
+            x = F.interpolate(small, size=x.shape[-2:], mode="bilinear", align_corners=False).clamp_(0, 1)
+        yield {**batch, "image": x}
 
 
 def _decisions(p: np.ndarray, threshold: float) -> pd.array:
@@ -176,6 +192,7 @@ def evaluate_run(
     device: str = "auto",
     n_boot: int = 1000,
     out_dir: str | os.PathLike | None = None,
+    degrade_px: int = 0,
 ) -> dict[str, Any]:
     """Evaluate a run's `which` checkpoint on `split` (`all` = every row) of its own data or of
     `manifest`; write the files of the module docstring into `output_dir(run_dir, manifest,
@@ -218,7 +235,7 @@ def evaluate_run(
             fix = "pass --split all to evaluate every row of an external manifest" + (f", or {other}" if other else "")
             raise EvaluateError(f"no rows with split={split!r} in manifest {manifest} ({has}); {fix}")
         raise EvaluateError(f"no rows with split={split!r} in the run's cache {cache_dir} ({has}); pass {other or '--split all'}")
-    cols, embeddings = predict_split(model, data, batch_size, amp)
+    cols, embeddings = predict_split(model, data, batch_size, amp, degrade_px)
     df = predictions_frame(data.index, cols, threshold)
     write_csv(df, out / "predictions.csv")
     if embeddings is not None:
@@ -231,7 +248,7 @@ def evaluate_run(
         "run": str(run_dir), "checkpoint": which, "epoch": meta["epoch"], "model": meta["model"].get("name", config.get("model")),
         "split": split, "manifest": str(manifest) if manifest else cache.meta.get("manifest", ""), "cache": str(cache_dir),
         "threshold": threshold, "threshold_rule": frozen.get("threshold_rule", ""), "threshold_source": "threshold.json, chosen when the run was trained",
-        "outputs": meta["model"].get("outputs", []), "out_dir": str(out),
+        "outputs": meta["model"].get("outputs", []), "out_dir": str(out), "degraded_to_px": degrade_px or None,
     }
     write_json(out / "metrics.json", metrics)
     log.info("evaluated %d images of %s: COVID AUC %s, lung Dice %s", len(df), split, metrics["covid"]["auc"], metrics["lung"]["dice"])

@@ -487,3 +487,14 @@ def test_metrics_speed_1000_rows():
     print(f"metrics_from_predictions: 1000 rows, 1000 resamples, 7 groups: {elapsed:.2f} s")
     assert m["covid"]["auc_ci_low"] < m["covid"]["auc"] < m["covid"]["auc_ci_high"]
     assert elapsed < 10, "the vectorised bootstrap got slow"
+
+
+def test_within_group_auc_counts_only_pairs_inside_a_group():
+    # Group a: positives .9 .8 over negative .1 -> 1.0 (2 pairs); group b: positive .2 below negative .3 -> 0.0 (1 pair);
+    # group c: negatives only, no pair. Across groups the score would separate perfectly by group alone.
+    y = np.array([1, 1, 0, 1, 0, 0])
+    s = np.array([0.9, 0.8, 0.1, 0.2, 0.3, 0.95])
+    g = np.array(["a", "a", "a", "b", "b", "c"])
+    assert M.within_group_auc(y, s, g) == pytest.approx((2 * 1.0 + 1 * 0.0) / 3)
+    with pytest.warns(M.UndefinedMetricWarning):
+        assert math.isnan(M.within_group_auc([1, 0], [0.5, 0.4], ["a", "b"]))

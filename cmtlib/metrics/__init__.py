@@ -19,7 +19,7 @@ import importlib
 _WHERE = {
     "UndefinedMetricWarning": "_kernels",
     **dict.fromkeys(("OperatingPoint", "accuracy", "confusion_matrix", "eer", "roc_auc", "roc_curve", "sensitivity_at",
-                     "specificity_at", "threshold_at_specificity"), "ranking"),
+                     "specificity_at", "threshold_at_specificity", "within_group_auc"), "ranking"),
     **dict.fromkeys(("Reliability", "dice", "dice_from_counts", "expected_calibration_error", "iou", "iou_from_counts",
                      "reliability_curve"), "masks"),
     **dict.fromkeys(("BootstrapCI", "bootstrap_ci"), "bootstrap"),
@@ -44,6 +44,7 @@ __all__ = [
     "sensitivity_at",
     "specificity_at",
     "threshold_at_specificity",
+    "within_group_auc",
     "Reliability",
     "dice",
     "dice_from_counts",

@@ -69,6 +69,30 @@ def roc_auc(y, scores) -> float:
     return float(_w_auc(np.ones((1, y.size)), _ranked(y, s))[0]) if _two_classes(y, "AUC") else math.nan
 
 
+def within_group_auc(y, scores, groups) -> float:
+    """AUC over positive-negative pairs from the same group only (e.g. one collection): the ranking
+    that a cue naming the group cannot help. The pair-weighted mean of each group's AUC; NaN (with a
+    warning) when no group holds both classes.
+
+    Args:
+        y: (N,) binary labels; scores: (N,) finite scores; groups: (N,) group names.
+    """
+    y = _binary(y)
+    s = _scores(scores, y.size)
+    g = np.asarray(groups, dtype=object)
+    total = weight = 0.0
+    for name in dict.fromkeys(g):
+        m = g == name
+        n_pos, n_neg = int(y[m].sum()), int((~y[m]).sum())
+        if n_pos and n_neg:
+            total += n_pos * n_neg * float(_w_auc(np.ones((1, int(m.sum()))), _ranked(y[m], s[m]))[0])
+            weight += n_pos * n_neg
+    if not weight:
+        _warn("no group holds both classes: within-group AUC undefined (NaN)")
+        return math.nan
+    return total / weight
+
+
 def eer(y, scores) -> float:
     """Equal error rate: where FPR = FNR on the ROC, linearly interpolated between the two ROC points
     that bracket the crossing (a tie between classes makes a diagonal segment, crossed midway).
