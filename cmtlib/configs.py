@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 ALL_TASKS: tuple[str, ...] = ("lung", "disease", "healthy", "multilabel")
-BEST_BY = {"val_loss": "min", "val_covid_auc": "max"}
+BEST_BY = {"val_loss": "min", "val_covid_auc": "max", "last": "last"}
 LR_SCHEDULES = ("constant", "cosine")
 
 
@@ -94,7 +94,9 @@ class TrainConfig:
     threads: int = 0
     # Where the run folder goes; '' = runs/<params name>.
     run_dir: str = ""
-    # Which checkpoint is best.pt: val_loss (lowest; covers every task) or val_covid_auc (highest).
+    # Which checkpoint is best.pt: val_loss (lowest; covers every task), val_covid_auc (highest) or
+    # last (the final epoch: with a cosine schedule the settled model; on small real collections the
+    # validation loss can be lowest at an underfit first epoch while the AUC still rises).
     best_by: str = "val_loss"
     # Steps between progress-bar updates; each update waits for the device, so not every step.
     log_every: int = 10

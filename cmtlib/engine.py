@@ -211,7 +211,10 @@ class _TrainState:
     def record(self, row: dict[str, Any], cfg: TrainConfig) -> bool:
         """Append an epoch's row; True when it is the best so far."""
         self.history.append(row)
-        if _improved(row[cfg.best_by], self.best["value"], BEST_BY[cfg.best_by]):
+        mode = BEST_BY[cfg.best_by]
+        if mode == "last":
+            self.best = {"by": "last", "value": row["epoch"], "epoch": row["epoch"]}
+        elif _improved(row[cfg.best_by], self.best["value"], mode):
             self.best = {"by": cfg.best_by, "value": row[cfg.best_by], "epoch": row["epoch"]}
         return self.best["epoch"] == row["epoch"]
 

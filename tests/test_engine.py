@@ -240,3 +240,9 @@ def _write_params(tmp_path: Path, params) -> Path:
     path = tmp_path / "toy.yaml"
     path.write_text(yaml.safe_dump(params.flat()))
     return path
+
+
+def test_best_by_last_keeps_the_final_epoch(tmp_path):
+    run = train_toy(tmp_path, epochs=3, best_by="last")
+    best = read_checkpoint(run / "checkpoints" / "best.pt")
+    assert best["epoch"] == 3 and best["best"] == {"by": "last", "value": 3, "epoch": 3}

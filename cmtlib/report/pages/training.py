@@ -57,6 +57,9 @@ def _precision(p: str) -> str:
 
 def best_epoch_text(history: pd.DataFrame | None, best_by: str = "val_loss") -> str:
     """Which epoch's weights the run keeps and why (the engine's best_by)."""
+    if best_by == "last" and history is not None and not history.empty:
+        return (f"The evaluated weights are those of the last epoch ({int(history['epoch'].max())}): the learning rate has "
+                "decayed to zero there, and on small collections the lowest validation loss can fall on an underfit early epoch.")
     if history is None or history.empty or best_by not in history.columns:
         return ""
     values = pd.to_numeric(history[best_by], errors="coerce")
