@@ -103,6 +103,16 @@ class TrainConfig:
     # constant (the paper) or cosine: lr decays per step along a half cosine to 0 at the last step
     # (short CPU runs end better; extending `epochs` on --resume then changes the schedule).
     lr_schedule: str = "constant"
+    # Shortcut mitigations in training (issue 12; measured with `cmt mitigation`):
+    # covid_loss_within: the COVID-19 loss counts only for films of collections whose COVID-19 labels
+    # take both values in the training split; where a collection holds one class only, learning its
+    # label teaches the collection's look, not the disease.
+    covid_loss_within: bool = False
+    # balance_sources: batches drawn so that every collection x COVID-19 label stratum is equally
+    # common (strata under balance_cap films weighted as if they had balance_cap; replaces
+    # covid_oversample's repeats).
+    balance_sources: bool = False
+    balance_cap: int = 20
     # How the run's operating COVID-19 threshold (what `cmt predict`, the confusion tables and external
     # validation decide with) is chosen, once, on the validation films at the end of training
     # (cmtlib.metrics.operating): specificity:S (at most 1 - S of the validation negatives flagged)

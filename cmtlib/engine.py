@@ -29,7 +29,7 @@ from torch import nn
 import cmtlib
 from cmtlib.checkpoint import INFERENCE_FILE, versions, make_checkpoint, read_checkpoint, restore_rng, save_checkpoint, save_inference_checkpoint
 from cmtlib.configs import BEST_BY, LR_SCHEDULES, TrainConfig
-from cmtlib.data.loader import EvalBatches, TrainBatches, load_split, open_cache_folder
+from cmtlib.data.loader import EvalBatches, TrainBatches, load_split, mixed_label_rows, open_cache_folder, stratum_weights
 from cmtlib.data.prepare import prepare_data
 from cmtlib.errors import ConfigError
 from cmtlib.fileio import atomic_path, write_json
@@ -346,9 +346,15 @@ def _train_in(run: Run, params, device: torch.device, dist: DistInfo, resume: bo
     torch.manual_seed(cfg.seed)
     model = build_model(params.model)
     loss_fn = loss_for(model, cfg)  # the model's own loss when it has one (Mask R-CNN), else MultiTaskLoss
+    if cfg.covid_loss_within:
+        keep = torch.from_numpy(mixed_label_rows(train_data.index)).to(train_data.device)
+        log.info("covid_loss_within: the COVID-19 loss counts for %d of %d training films (collections holding both labels)",
+                 int((train_data.targets["has_covid"] & keep).sum()), len(train_data))
+        train_data.targets["has_covid"] &= keep
     train_batches = TrainBatches(
         train_data, cfg.batch_size, seed=cfg.seed, covid_oversample=cfg.covid_oversample, rotate_deg=cfg.rotate_deg,
         translate_px=cfg.translate_px, dist=dist, channels_last=cfg.channels_last,
+        weights=stratum_weights(train_data.index, cfg.balance_cap) if cfg.balance_sources else None,
     )
     val_batches = EvalBatches(val_data, cfg.eval_batch_size, channels_last=cfg.channels_last)
     last = run.checkpoint("last")

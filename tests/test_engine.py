@@ -246,3 +246,12 @@ def test_best_by_last_keeps_the_final_epoch(tmp_path):
     run = train_toy(tmp_path, epochs=3, best_by="last")
     best = read_checkpoint(run / "checkpoints" / "best.pt")
     assert best["epoch"] == 3 and best["best"] == {"by": "last", "value": 3, "epoch": 3}
+
+
+def test_covid_loss_within_keeps_the_covid_loss_only_where_a_collection_holds_both_labels(tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="cmtlib")
+    run = train_toy(tmp_path, epochs=1, covid_loss_within=True, balance_sources=True)
+    assert (run / "checkpoints" / "best.pt").is_file()
+    assert any("covid_loss_within" in r.getMessage() for r in caplog.records)

@@ -250,3 +250,28 @@ def test_a_given_cache_is_used_directly_and_its_size_checked(tmp_path):
     assert prepare_data(_params(tmp_path, cache_dir=str(cache), image_size=32)) == cache
     with pytest.raises(CacheError, match="image_size=32"):
         prepare_data(_params(tmp_path, cache_dir=str(cache), image_size=64))
+
+
+def test_balanced_draws_make_every_collection_label_stratum_equally_common():
+    from cmtlib.data.loader import mixed_label_rows, stratum_weights
+
+    index = pd.DataFrame({"source": ["a"] * 60 + ["b"] * 30 + ["c"] * 10,
+                          "label_covid": ["1"] * 50 + ["0"] * 10 + ["0"] * 30 + ["1"] * 5 + [""] * 5})
+    w = stratum_weights(index, cap=20)
+    share = pd.Series(w).groupby(index["source"] + "|" + index["label_covid"]).sum()
+    # a|1 (50 films), b|0 (30), and the small strata a|0 (10), c|1 (5), c| (5) weighted as if they had 20.
+    assert share["a|1"] == pytest.approx(1.0) and share["b|0"] == pytest.approx(1.0) and share["a|0"] == pytest.approx(0.5)
+    assert share["c|1"] == pytest.approx(0.25)
+    # Only collection a holds both known labels: the COVID-19 loss is kept for its films alone.
+    assert mixed_label_rows(index).tolist() == [True] * 60 + [False] * 40
+
+
+def test_train_batches_draw_by_the_weights_reproducibly(tmp_path):
+    cache = open_cache_folder(write_toy_cache(tmp_path / "c", n=40, size=32))
+    data = load_split(cache, "train")
+    w = np.zeros(len(data))
+    w[:3] = 1.0  # only the first three films may be drawn
+    batches = TrainBatches(data, 4, seed=1, covid_oversample=3.0, weights=w)
+    order = batches.epoch_order(0)
+    assert len(order) == batches.epoch_size and set(order.tolist()) <= {0, 1, 2}
+    assert torch.equal(order, TrainBatches(data, 4, seed=1, covid_oversample=3.0, weights=w).epoch_order(0))

@@ -155,6 +155,29 @@ def make_batch(data: SplitData, idx: torch.Tensor, affine: torch.Tensor | None =
     return batch
 
 
+def strata(index: pd.DataFrame) -> np.ndarray:
+    """Each row's stratum for balanced sampling: its collection (source) and its COVID-19 label."""
+    source = index["source"].astype(str) if "source" in index.columns else pd.Series("", index=index.index)
+    return (source + "|" + index["label_covid"].astype(str)).to_numpy()
+
+
+def stratum_weights(index: pd.DataFrame, cap: int = 20) -> np.ndarray:
+    """Per-row draw weights under which every stratum (collection x COVID-19 label) is drawn equally
+    often; a stratum of fewer than `cap` films is weighted as if it had `cap`, so two films are not
+    repeated eighty times an epoch."""
+    st = strata(index)
+    counts = pd.Series(st).value_counts()
+    return np.array([1.0 / max(int(counts[s]), cap) for s in st], dtype=np.float64)
+
+
+def mixed_label_rows(index: pd.DataFrame, column: str = "label_covid") -> np.ndarray:
+    """True for rows of collections whose known `column` labels take both values in these rows: where
+    a label is constant within a collection, learning it teaches the collection, not the disease."""
+    known = index[index[column] != ""]
+    mixed = {s for s, v in known.groupby("source")[column] if v.nunique() > 1} if "source" in index.columns else set()
+    return index["source"].isin(mixed).to_numpy() if "source" in index.columns else np.zeros(len(index), bool)
+
+
 class TrainBatches:
     """Shuffled, oversampled, augmented training batches; `epoch(e)` iterates one epoch."""
 
@@ -169,6 +192,7 @@ class TrainBatches:
         translate_px: float = 0.0,
         dist: DistInfo = DistInfo(),
         channels_last: bool = False,
+        weights: np.ndarray | None = None,
     ):
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
@@ -179,6 +203,9 @@ class TrainBatches:
         self.data, self.batch_size, self.seed, self.dist = data, int(batch_size), int(seed), dist
         self.covid_oversample, self.rotate_deg, self.translate_px = float(covid_oversample), float(rotate_deg), float(translate_px)
         self.channels_last = channels_last
+        # Draw weights per row (stratum_weights): an epoch draws epoch_size rows with replacement by them
+        # instead of shuffling the split with COVID-19 oversampled.
+        self.weights = None if weights is None else torch.as_tensor(np.asarray(weights, dtype=np.float64))
         covid = (data.targets["covid"] > 0.5) & data.targets["has_covid"]
         self.covid_positions = torch.nonzero(covid.cpu()).flatten()
         whole = math.floor(self.covid_oversample)
@@ -197,8 +224,11 @@ class TrainBatches:
         return len(self) * self.global_batch
 
     def epoch_order(self, epoch: int) -> torch.Tensor:
-        """(epoch_size,) positions into the split, COVID rows repeated, shuffled for this epoch."""
+        """(epoch_size,) positions into the split, COVID rows repeated, shuffled for this epoch (or drawn
+        by the balancing weights)."""
         g = generator(self.seed, epoch, 1)
+        if self.weights is not None:
+            return torch.multinomial(self.weights, self.epoch_size, replacement=True, generator=g)
         whole = math.floor(self.covid_oversample)
         parts = [torch.arange(len(self.data))] + [self.covid_positions] * (whole - 1)
         if self.n_extra:
