@@ -59,6 +59,10 @@ class ModelConfig:
     # back to image_size (in training, evaluation and `cmt predict` alike: it is part of the model),
     # so that resolution and sharpness, which differ by collection, stop naming the collection. 0 = off.
     effective_px: int = 0
+    # Lung focus: the classification heads read the film with everything outside the network's OWN
+    # lung outline painted over and the lungs normalised (a second encoder pass; CMTNet with its lung
+    # task). One mask source for every film, so the mask's shape cannot name a collection.
+    lung_focus: bool = False
 
 
 @dataclass

@@ -35,7 +35,7 @@ from cmtlib.errors import ConfigError
 from cmtlib.fileio import atomic_path, write_json
 from cmtlib.inference import infer
 from cmtlib.metrics import roc_auc, threshold_at_specificity
-from cmtlib.metrics.operating import describe_rule, operating_threshold, parse_rule
+from cmtlib.metrics.operating import describe_rule, format_groups, operating_threshold, parse_rule
 from cmtlib.models.losses_for import loss_for
 from cmtlib.models.registry import build_model
 from cmtlib.params import dump_params
@@ -387,11 +387,14 @@ def freeze_threshold(run: Run, model: nn.Module, val_batches, val_index, rule: s
     p = infer(model, val_batches, amp=amp, heads_only=True).columns["p_covid"]
     y = pd.to_numeric(val_index["label_covid"].replace("", np.nan), errors="coerce").to_numpy(dtype=float)
     keep = ~np.isnan(y) & ~np.isnan(p)
-    chosen = operating_threshold(y[keep].astype(int), p[keep], rule)
+    sizes = [pd.to_numeric(val_index.get(c, pd.Series(np.nan, index=val_index.index)), errors="coerce").to_numpy(float)
+             for c in ("orig_height", "orig_width")]
+    chosen = operating_threshold(y[keep].astype(int), p[keep], rule, groups=format_groups(*sizes)[keep])
     paper = threshold_at_specificity(y[keep].astype(int), p[keep], 0.99) if (y[keep] == 0).any() else None
     out = {"covid_threshold": chosen["threshold"], "threshold_rule": rule, "rule_text": describe_rule(rule),
            "val_specificity": chosen["val_specificity"], "val_sensitivity": chosen["val_sensitivity"],
            "n_negative": chosen["n_negative"], "n_positive": chosen["n_positive"], "note": chosen["note"],
+           "negatives_by_format": chosen.get("groups"),
            "spec99_threshold": paper.threshold if paper else math.nan, "spec99_estimable": bool(paper and paper.estimable),
            "chosen_on": "val", "checkpoint": "best", "epoch": int(best["epoch"])}
     write_json(run.file("threshold.json"), out)

@@ -100,6 +100,7 @@ def _overlap(out: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor],
 def _forward(model: nn.Module, x: torch.Tensor, heads_only: bool) -> dict[str, torch.Tensor]:
     """The output dict; `heads_only` skips the decoders where the model has the encoder + heads API."""
     if heads_only and hasattr(model, "forward_features") and hasattr(model, "classify"):
+        x = model.focus_input(x) if hasattr(model, "focus_input") else x
         return model.classify(model.forward_features(x).features)
     return model(x)
 

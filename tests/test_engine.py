@@ -254,3 +254,13 @@ def test_covid_loss_within_keeps_the_covid_loss_only_where_a_collection_holds_bo
     log = (run / "train.log").read_text()
     # The toy cache is one collection holding both labels: every labelled film keeps the loss.
     assert "covid_loss_within: the COVID-19 loss counts for" in log
+
+
+def test_a_lung_focus_run_trains_and_reloads_with_its_focus(tmp_path):
+    from cmtlib.checkpoint import load_model
+
+    run = train_toy(tmp_path, epochs=1, lung_focus=True, threshold_rule="format_balanced:0.9")
+    model, meta = load_model(run)
+    assert model.lung_focus and meta["model"]["lung_focus"] is True
+    threshold = json.loads((run / "threshold.json").read_text())
+    assert threshold["threshold_rule"] == "format_balanced:0.9" and threshold["negatives_by_format"]

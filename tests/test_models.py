@@ -14,6 +14,7 @@ from cmtlib.models.cmtnet import CMTNet, validate_tasks
 from cmtlib.configs import ALL_TASKS, ModelConfig
 from cmtlib.models.encoder import IMAGENET_MEAN, IMAGENET_STD, ImageNetPreprocess, VGG16BNEncoder
 from cmtlib.models.heads import ClassificationHead
+from cmtlib.errors import ConfigError
 from cmtlib.models.registry import MODELS, build_model, create_model
 from cmtlib.models.segnet import SegNetDecoder, unpool2x2_mask
 from cmtlib.models import weights as weights_mod
@@ -460,3 +461,29 @@ def test_effective_px_harmonises_resolution_inside_the_model():
     model = build_model(ModelConfig(model="cmtnet", width=0.0625, encoder_weights="none", head_hidden=8, effective_px=32))
     assert model.preprocess.effective_px == 32 and model.describe()["preprocessing"]["effective_px"] == 32
     assert build_model(ModelConfig(model="cmtnet", width=0.0625, encoder_weights="none", head_hidden=8)).preprocess.effective_px == 0
+
+
+def test_lung_focus_classifies_only_the_networks_own_lung_region():
+    """With lung_focus, the heads see the film with everything outside the network's own lung outline
+    painted over: changing pixels outside the outline changes no COVID-19 score; inside, it does."""
+    from cmtlib.models.cmtnet import focus_on_lungs
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(model="cmtnet", width=0.0625, encoder_weights="none", head_hidden=8, lung_focus=True)).eval()
+    x = torch.rand(2, 3, 64, 64)
+    lung = torch.full((2, 1, 64, 64), -5.0)
+    lung[:, :, 16:48, 8:56] = 5.0  # the "network's" outline: a box
+    focused = focus_on_lungs(x, lung)
+    assert torch.allclose(focused[:, :, :16], torch.full_like(focused[:, :, :16], 0.5))  # outside: mid-grey
+    inside = focused[:, :1, 16:48, 8:56]
+    assert inside.mean().item() == pytest.approx(0.5, abs=0.02)  # normalised per film
+    assert torch.equal(focus_on_lungs(x.clone().index_fill_(3, torch.arange(4), 1.0), lung), focused)  # outside edits vanish
+    empty = focus_on_lungs(x, torch.full_like(lung, -5.0))
+    assert not torch.allclose(empty, torch.full_like(empty, 0.5))  # no outline at all: the whole film is classified
+    with torch.no_grad():
+        out = model(x)
+        heads = model.classify(model.forward_features(model.focus_input(x)).features)
+    assert torch.allclose(out["multilabel"], heads["multilabel"], atol=1e-6)  # heads-only code sees what forward's heads see
+    assert model.describe()["lung_focus"] is True
+    with pytest.raises(ConfigError, match="lung_focus needs a model that outlines the lungs itself"):
+        build_model(ModelConfig(model="resnet18", width=1.0, encoder_weights="none", head_hidden=8, lung_focus=True))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cmtlib.errors import ConfigError
-from cmtlib.metrics.operating import describe_rule, operating_threshold, parse_rule
+from cmtlib.metrics.operating import describe_rule, format_groups, operating_threshold, parse_rule
 
 # 20 negatives 0.01 .. 0.20 and 5 positives.
 NEG = np.round(np.arange(1, 21) / 100, 2)
@@ -48,10 +48,27 @@ def test_no_negatives_gives_no_threshold():
 
 @pytest.mark.parametrize("rule", ["spec95", "specificity", "specificity:1.5", "logit_normal:0", "quantile:0.9"])
 def test_a_bad_rule_says_which_forms_exist(rule):
-    with pytest.raises(ConfigError, match="specificity:S or logit_normal:Q"):
+    with pytest.raises(ConfigError, match="specificity:S, logit_normal:Q or format_balanced:S"):
         parse_rule(rule)
 
 
 def test_rules_read_as_plain_sentences():
     assert "5 %" in describe_rule("specificity:0.95") and "COVID-negative validation films" in describe_rule("specificity:0.95")
     assert "95th percentile" in describe_rule("logit_normal:0.95")
+
+
+def test_format_balanced_averages_the_specificity_of_large_and_small_films():
+    # 10 large negatives score high (0.5 .. 0.95), 30 small ones low (0.01 .. 0.10). A plain 90 % rule on
+    # the 40 negatives lets 4 through, all large (large specificity 0.6); the balanced rule asks 90 % on
+    # average over the two formats, so the large films must be 80 % unflagged.
+    large, small = np.linspace(0.5, 0.95, 10), np.linspace(0.01, 0.10, 30)
+    y = np.r_[np.zeros(40, int), np.ones(3, int)]
+    s = np.r_[large, small, [0.2, 0.6, 0.99]]
+    groups = np.r_[["large"] * 10, ["small"] * 30, ["large"] * 3]
+    out = operating_threshold(y, s, "format_balanced:0.9", groups=groups)
+    assert out["threshold"] == pytest.approx(np.nextafter(0.85, 1))  # 8 of 10 large below, every small one
+    assert out["groups"] == {"large": 10, "small": 30} and out["val_specificity"] == pytest.approx(38 / 40)
+    plain = operating_threshold(y, s, "specificity:0.9")
+    assert plain["threshold"] == pytest.approx(np.nextafter(0.75, 1))  # just above the 5th highest negative
+    assert format_groups([1000, 64, np.nan], [900, 64, np.nan]).tolist() == ["large", "small", "large"]
+    assert "two film formats" in describe_rule("format_balanced:0.9")

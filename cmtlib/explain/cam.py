@@ -147,6 +147,9 @@ def compute_cams(model: nn.Module, images, methods: Sequence[str] = DEFAULT_METH
     device = next(model.parameters()).device
     x = as_batch(images, device)
     was_training = model.training
+    if hasattr(model, "focus_input"):  # the heads of a lung-focus model look at the focused film: explain that
+        with torch.no_grad():
+            x = model.eval().focus_input(x)
     out: dict[str, np.ndarray] = {}
     try:
         if len(x):

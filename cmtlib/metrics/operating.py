@@ -11,6 +11,11 @@ a decision set there flags almost nothing elsewhere. Rules (the `threshold_rule`
     logit_normal:Q   the Q-quantile of a normal fitted to the logits of the validation negatives'
                      scores: a smoothed tail, which moves less with one extreme negative than an
                      order statistic of a few dozen
+    format_balanced:S  the lowest threshold at which the validation specificity, averaged over the
+                     film formats (original short side >= LARGE_PX, or smaller), is at least S: a
+                     threshold that large hospital films and small films both have to accept, so
+                     that it does not sit where one format's negatives are easy (measured on
+                     leave-one-collection-out folds: docs/shortcuts.md)
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from cmtlib.errors import ConfigError
 from cmtlib.metrics._kernels import _binary, _scores
 from cmtlib.metrics.ranking import threshold_at_specificity
 
-RULE_KINDS = ("specificity", "logit_normal")
+RULE_KINDS = ("specificity", "logit_normal", "format_balanced")
+LARGE_PX = 224  # a film format boundary: hospital films are at least this on their short side; thumbnails far below
 EPS = 1e-6  # scores are probabilities: logits are taken of scores clipped to [EPS, 1 - EPS]
 
 
@@ -36,8 +42,8 @@ def parse_rule(rule: str) -> tuple[str, float]:
     except ValueError:
         value = math.nan
     if kind not in RULE_KINDS or not 0.0 < value < 1.0:
-        raise ConfigError(f"threshold_rule {rule!r} is not a rule; use specificity:S or logit_normal:Q with S, Q in (0, 1), "
-                          "e.g. specificity:0.95 (the paper's 99 % point is specificity:0.99)")
+        raise ConfigError(f"threshold_rule {rule!r} is not a rule; use specificity:S, logit_normal:Q or format_balanced:S with "
+                          "S, Q in (0, 1), e.g. specificity:0.95 (the paper's 99 % point is specificity:0.99)")
     return kind, value
 
 
@@ -47,12 +53,35 @@ def describe_rule(rule: str) -> str:
     if kind == "specificity":
         return (f"the lowest score at which at most {100 * (1 - level):.3g} % of the COVID-negative validation films "
                 "score at or above it")
+    if kind == "format_balanced":
+        return (f"the lowest score at which the COVID-negative validation films are left unflagged {100 * level:.3g} % of the "
+                f"time on average over the two film formats (large films, at least {LARGE_PX} px on their short side, and "
+                "smaller ones), so that neither format's negatives set it alone")
     return (f"the {100 * level:.3g}th percentile of a bell curve fitted to the COVID-negative validation films' scores "
             f"(on the log-odds scale), so that about {100 * (1 - level):.3g} % of films like them would be flagged")
 
 
-def operating_threshold(y, scores, rule: str) -> dict:
-    """The threshold the rule gives on validation labels `y` (1 = COVID-19) and scores (probabilities).
+def format_groups(height, width) -> np.ndarray:
+    """Each film's format for format_balanced: "large" (short side >= LARGE_PX) or "small"; "large"
+    where the size is unknown (a hospital film is the usual case)."""
+    h, w = np.asarray(height, dtype=float), np.asarray(width, dtype=float)
+    short = np.fmin(h, w)
+    return np.where(np.isnan(short) | (short >= LARGE_PX), "large", "small")
+
+
+def _balanced(neg: np.ndarray, groups: np.ndarray, level: float) -> float:
+    """The lowest threshold whose specificity averaged over the groups of the negatives is >= level."""
+    parts = [neg[groups == g] for g in dict.fromkeys(groups)]
+    for t in np.r_[np.unique(neg), np.inf]:
+        t = float(np.nextafter(t, np.inf))
+        if np.mean([(part < t).mean() for part in parts]) >= level:
+            return t
+    return math.inf
+
+
+def operating_threshold(y, scores, rule: str, groups=None) -> dict:
+    """The threshold the rule gives on validation labels `y` (1 = COVID-19) and scores (probabilities);
+    `groups` (N,): each film's format, for format_balanced (None: one group).
 
     Returns:
         dict: threshold (NaN without negatives), rule, n_negative, n_positive, val_specificity and
@@ -67,7 +96,11 @@ def operating_threshold(y, scores, rule: str) -> dict:
         out.update(threshold=math.nan, val_specificity=math.nan, val_sensitivity=math.nan,
                    note="no COVID-negative validation film: no threshold")
         return out
-    if kind == "specificity":
+    if kind == "format_balanced":
+        g = np.full(y.size, "all") if groups is None else np.asarray(groups, dtype=str)
+        threshold = _balanced(neg, g[~y], level)
+        out["groups"] = {name: int((g[~y] == name).sum()) for name in dict.fromkeys(g[~y])}
+    elif kind == "specificity":
         op = threshold_at_specificity(y, s, level)
         threshold = op.threshold
         if not op.estimable:

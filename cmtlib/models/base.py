@@ -34,6 +34,12 @@ class ContractModel(nn.Module):
                 out[key] = head(emb)
         return out
 
+    def focus_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the classification heads look at, for an input x: x itself, except in a model that
+        classifies its own lung region (CMTNet with lung_focus). Code that runs only the encoder and the
+        heads (embeddings, CAMs) passes its input through this first, never branching on the model."""
+        return x
+
     @property
     def output_keys(self) -> tuple[str, ...]:
         """The keys ``forward`` returns, in order (models that order them otherwise override this)."""

@@ -79,6 +79,9 @@ class CMTNet(ContractModel):
         self.disease_decoder = SegNetDecoder(channels, 1, depths) if "disease" in self.tasks else None
         self.healthy_head = ClassificationHead(self.embedding_dim, self.head_hidden, 2) if "healthy" in self.tasks else None
         self.multilabel_head = ClassificationHead(self.embedding_dim, self.head_hidden, 2)
+        # Lung focus (ModelConfig.lung_focus; set by the registry): the heads classify the film with
+        # everything outside the network's own lung outline painted over (focus_on_lungs).
+        self.lung_focus = False
 
     def forward_features(self, x: torch.Tensor) -> EncoderOutput:
         """Preprocess and encode (no decoders): what CAM and embedding code need.
@@ -102,8 +105,19 @@ class CMTNet(ContractModel):
             out["lung"] = self.lung_decoder(enc)
         if self.disease_decoder is not None:
             out["disease"] = self.disease_decoder(enc)
-        out.update(self.classify(enc.features))
+        if self.lung_focus:  # a second pass through the encoder, on the lungs alone
+            out.update(self.classify(self.forward_features(focus_on_lungs(x, out["lung"])).features))
+        else:
+            out.update(self.classify(enc.features))
         return out
+
+    def focus_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The input the heads classify: the film with only its own lungs left when lung_focus is on."""
+        if not self.lung_focus:
+            return x
+        with torch.no_grad():
+            lung = self.lung_decoder(self.forward_features(x))
+        return focus_on_lungs(x, lung)
 
     @property
     def output_keys(self) -> tuple[str, ...]:
@@ -113,5 +127,27 @@ class CMTNet(ContractModel):
 
 
     def describe_own(self) -> dict:
-        return {"arch": "CMTNet: VGG16-BN encoder, two SegNet decoders (lung, disease), two 3-layer FC heads after GAP",
-                "encoder_channels": list(self.encoder.out_channels)}
+        return {"arch": "CMTNet: VGG16-BN encoder, two SegNet decoders (lung, disease), two 3-layer FC heads after GAP"
+                        + ("; the heads classify the film's own lung region (a second encoder pass)" if self.lung_focus else ""),
+                "encoder_channels": list(self.encoder.out_channels), "lung_focus": bool(self.lung_focus)}
+
+
+def focus_on_lungs(x: torch.Tensor, lung_logits: torch.Tensor, min_share: float = 0.01) -> torch.Tensor:
+    """The film with everything outside the network's own lung outline (p >= 0.5, not dilated) filled
+    with mid-grey, and the lungs normalised per film (mean 0.5, spread 0.2), so that neither what lies
+    outside the lungs nor a film's brightness or contrast reaches the classifier. One mask source for
+    every film: the network's own lung decoder. A film whose outline covers less than `min_share` of it
+    is classified whole. The outline is not differentiated through (the lung task learns it).
+
+    Shape:
+        x: (B, 1 or 3, H, W) in [0, 1]; lung_logits: (B, 1, H, W); returns (B, 3, H, W) in [0, 1].
+    """
+    g = x[:, :1].float()  # (B, 1, H, W): the channels of an X-ray are copies
+    mask = (torch.sigmoid(lung_logits.detach().float()) >= 0.5).float()
+    empty = mask.flatten(1).sum(1) < min_share * mask[0].numel()
+    mask = torch.where(empty.view(-1, 1, 1, 1), torch.ones_like(mask), mask)
+    w = mask / mask.flatten(1).sum(1).clamp_min(1e-6).view(-1, 1, 1, 1)
+    mean = (w * g).flatten(1).sum(1).view(-1, 1, 1, 1)
+    spread = (w * (g - mean) ** 2).flatten(1).sum(1).sqrt().clamp_min(0.02).view(-1, 1, 1, 1)
+    g = ((g - mean) / spread * 0.2 + 0.5).clamp(0, 1)
+    return (mask * g + (1 - mask) * 0.5).expand(-1, 3, -1, -1)  # (B, 3, H, W), a view

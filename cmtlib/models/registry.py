@@ -18,7 +18,7 @@ from typing import Any, Callable
 from torch import nn
 
 from cmtlib.configs import ModelConfig
-from cmtlib.errors import UnknownNameError
+from cmtlib.errors import ConfigError, UnknownNameError
 
 class _Registry(Mapping[str, Callable[..., nn.Module]]):
     """A read-only name -> model class mapping whose classes are imported on first use.
@@ -66,17 +66,21 @@ def create_model(name: str, **cfg: Any) -> nn.Module:
     return MODELS[name](**cfg)
 
 
-# ModelConfig fields every model shares through its `preprocess` module rather than its builder.
-PREPROCESS_FIELDS = ("effective_px",)
+# ModelConfig fields set on the built model rather than passed to its builder: acquisition
+# harmonisation (every model's `preprocess`) and lung focus (models with a lung output that support it).
+OPTION_FIELDS = ("effective_px", "lung_focus")
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
-    """Build the model a ModelConfig names, passing its other fields as keywords; the preprocessing
-    fields (acquisition harmonisation) are set on the model's `preprocess` module, which every
-    registered model has."""
-    kwargs = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in ("model", *PREPROCESS_FIELDS)}
+    """Build the model a ModelConfig names, passing its other fields as keywords, then set the option
+    fields: effective_px on the model's `preprocess` module, lung_focus on a model that supports it."""
+    kwargs = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in ("model", *OPTION_FIELDS)}
     model = create_model(cfg.model, **kwargs)
-    for name in PREPROCESS_FIELDS:
-        if getattr(cfg, name):
-            setattr(model.preprocess, name, getattr(cfg, name))
+    if cfg.effective_px:
+        model.preprocess.effective_px = int(cfg.effective_px)
+    if cfg.lung_focus:
+        if not hasattr(model, "lung_focus") or getattr(model, "lung_decoder", None) is None:
+            raise ConfigError(f"lung_focus needs a model that outlines the lungs itself (cmtnet with the lung task); "
+                              f"{cfg.model} with tasks {list(cfg.tasks)} does not")
+        model.lung_focus = True
     return model
