@@ -39,9 +39,16 @@ def test_by_pattern_one_place_goes_out():
     assert out["split"].tolist() == ["holdout", "holdout", "train", "val", "train", "train"]
 
 
+def test_conditions_joined_by_and_must_all_hold():
+    # "the rest of collection alpha": alpha's films whose place is not Italy
+    out, _ = apply_holdout(_manifest(), ["source=alpha & location~^(?!.*italy)"])
+    assert out["split"].tolist() == ["train", "test", "holdout", "excluded", "train", "excluded"]
+
+
 @pytest.mark.parametrize("bad, message", [
     (["country=Italy"], "column.*country.*which the manifest lacks"),
     (["source=delta"], "matches no film"),
+    (["source=alpha & location~nowhere"], "matches no film"),
     (["location~(unclosed"], "not a regular expression"),
     (["source"], "write column=value or column~pattern"),
 ])

@@ -2,7 +2,8 @@
 
 `holdout` filters (the `holdout` params key) pick rows by a manifest column: `column=value` (equal,
 ignoring case and surrounding space) or `column~pattern` (a case-insensitive regular expression
-search). Matching rows get split `holdout`; rows that share a patient or a duplicate group with
+search); conditions joined by ` & ` must all hold (`source=ieee8023 & location~^$`), and a row
+matching any of the listed filters is held out. Matching rows get split `holdout`; rows that share a patient or a duplicate group with
 them but do not match get split `excluded` (neither trained on nor judged: a duplicate of a held-out
 film in training would leak it). Everything else keeps its split. Nothing here knows a collection:
 the filters come from the params file.
@@ -61,16 +62,18 @@ class HoldoutReport:
 def apply_holdout(df: pd.DataFrame, filters: list[str]) -> tuple[pd.DataFrame, HoldoutReport]:
     """A copy of a split manifest with the held-out rows and their patients' and duplicates' rows
     re-assigned (module docstring). Raises ConfigError for an unknown column or a filter matching nothing."""
-    parsed = [parse_filter(f) for f in filters]
-    missing = sorted({f.column for f in parsed} - set(df.columns))
+    parsed = [[parse_filter(part) for part in str(f).split(" & ")] for f in filters]
+    missing = sorted({c.column for f in parsed for c in f} - set(df.columns))
     if missing:
         raise ConfigError(f"holdout filters name column(s) {missing}, which the manifest lacks; it has {', '.join(df.columns)}")
     out = df.copy()
     held = pd.Series(False, index=out.index)
-    for f in parsed:
-        hit = f.matches(out)
+    for text, conditions in zip(filters, parsed):
+        hit = pd.Series(True, index=out.index)
+        for c in conditions:
+            hit &= c.matches(out)
         if not hit.any():
-            raise ConfigError(f"holdout filter {f.column}{'~' if f.regex else '='}{f.value} matches no film; check the value against the manifest")
+            raise ConfigError(f"holdout filter {text!r} matches no film; check the value against the manifest")
         held |= hit
     touching = pd.Series(False, index=out.index)
     for key in ("patient_id", DUPLICATE_GROUP):
