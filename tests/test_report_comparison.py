@@ -15,7 +15,7 @@ import yaml
 
 from cmtlib.data.subset import subset_cache
 from cmtlib.experiments import comparison as X
-from cmtlib.experiments.baselines import setting_params
+from cmtlib.experiments.baselines import baseline_params_files, setting_params
 from cmtlib.params import ParamsError, load_params
 from cmtlib.report.pages import comparison as C
 
@@ -222,3 +222,13 @@ def test_three_seeds_without_reduction_train_cmtnet_twice_more_and_reuse_the_run
     assert table["sensitivity over seeds"][0] == f"mean {np.mean(sens):.3f}, SD {np.std(sens, ddof=1):.3f} (3 seeds)"
     assert (tmp_path / "report" / "comparison" / "embedding" / "seed2" / "svm_linear" / "metrics.json").is_file()
     assert "3 seeds" in C.seed_caption(comp)
+
+
+def test_baselines_do_not_inherit_the_runs_lung_focus():
+    run = load_params(REPO / "params" / "real.yaml")
+    assert run.model.lung_focus
+    files = {f.stem: f for f in baseline_params_files()}
+    base = setting_params(run, "densenet121", files["densenet121"], image_size=64, epochs=1)
+    assert base.model.model == "densenet121" and not base.model.lung_focus
+    cmtnet = setting_params(run, "cmtnet", None, image_size=64, epochs=1)
+    assert cmtnet.model.lung_focus  # CMTNet at the baselines' setting stays the run's CMTNet

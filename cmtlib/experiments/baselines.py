@@ -125,6 +125,9 @@ def setting_params(run_params, name: str, params_file: str | os.PathLike | None 
     if params_file is not None:
         own = yaml.safe_load(Path(params_file).read_text(encoding="utf-8")) or {}
         values.update({k: v for k, v in own.items() if k in MODEL_KEYS})
+        # The run's lung focus is CMTNet's (a second pass on its own lung outline); a baseline classifies
+        # the film as the paper's baselines did. Resolution harmonisation (effective_px) applies to all.
+        values["lung_focus"] = bool(own.get("lung_focus", False))
     values.update(_override_values(overrides, name))
     values.update({k: v for k, v in (("image_size", image_size), ("epochs", epochs)) if v})
     values.update({"run_name": name, "seed": run_params.train.seed if seed is None else int(seed)})
