@@ -15,7 +15,6 @@ Needs only torch and torchvision (+ numpy, pandas, pyyaml, tqdm): runs on a bare
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import platform
 import sys

@@ -347,7 +347,7 @@ def _train_in(run: Run, params, device: torch.device, dist: DistInfo, resume: bo
     model = build_model(params.model)
     loss_fn = loss_for(model, cfg)  # the model's own loss when it has one (Mask R-CNN), else MultiTaskLoss
     if cfg.covid_loss_within:
-        keep = torch.from_numpy(mixed_label_rows(train_data.index)).to(train_data.device)
+        keep = torch.as_tensor(mixed_label_rows(train_data.index).copy()).to(train_data.device)
         log.info("covid_loss_within: the COVID-19 loss counts for %d of %d training films (collections holding both labels)",
                  int((train_data.targets["has_covid"] & keep).sum()), len(train_data))
         train_data.targets["has_covid"] &= keep

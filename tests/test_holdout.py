@@ -60,3 +60,15 @@ def test_bad_filters_say_what_to_write(bad, message):
 def test_filters_parse_both_forms():
     assert parse_filter(" source = figure1 ") == parse_filter("source=figure1")
     assert parse_filter("location~a|b").regex and not parse_filter("source=x").regex
+
+
+def test_a_holdout_adds_to_the_data_key_without_dropping_the_collection_it_is_cut_from(tmp_path):
+    from cmtlib.configs import DataConfig
+    from cmtlib.data.prepare import data_key
+
+    plain = data_key(DataConfig(data_kind="auto", data_root=str(tmp_path)))
+    held = data_key(DataConfig(data_kind="auto", data_root=str(tmp_path), holdout=["source=figure1"]))
+    assert held["data_root"] == plain["data_root"] == str(tmp_path.resolve())
+    assert held["holdout"] == ["source=figure1"] and "holdout" not in plain
+    synthetic = data_key(DataConfig(data_kind="synthetic", data_root=str(tmp_path)))
+    assert "data_root" not in synthetic  # phantoms do not depend on a folder

@@ -13,7 +13,6 @@ the clean import that is missing is quarantined or declared; the manifest passes
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable

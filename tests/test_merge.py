@@ -150,7 +150,7 @@ def test_prepared_data_keeps_the_import_findings_beside_the_manifest_a_run_uses(
     imported = tmp_path / "data" / "import" / "manifest.csv"
     import_collection("csv", tmp_path / "col" / "labels.csv", imported, column_map={"path": "file", "finding": "dx", "age": "age"},
                       source="c")
-    data = SimpleNamespace(data_kind="auto", val_fraction=0.2, test_fraction=0.2, split_seed=0)
+    data = SimpleNamespace(data_kind="auto", val_fraction=0.2, test_fraction=0.2, split_seed=0, holdout=[])
     manifest = _split_manifest(data, imported, tmp_path / "data")
     q, notes, _ = import_findings(manifest)
     assert q["image_id"].tolist() == ["c:missing"] and notes["image_id"].tolist() == ["c:5"]

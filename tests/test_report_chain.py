@@ -50,7 +50,9 @@ def setup(tmp_path):
     nbs = tmp_path / "nbs"
     nbs.mkdir()
     reports = tmp_path / "reports"
-    return nbs, reports, write_params(tmp_path / "standin.yaml", reports)
+    # One page at a time: these tests check order and the stop after a failure (test_report_schedule
+    # covers pages running side by side).
+    return nbs, reports, write_params(tmp_path / "standin.yaml", reports, report_jobs=1)
 
 
 def test_chain_injects_parameters_runs_in_order_and_renders(setup, capsys):
@@ -107,7 +109,8 @@ def test_chain_injects_parameters_runs_in_order_and_renders(setup, capsys):
     assert 'href="standin/index.html"' in (reports / "index.html").read_text()
 
     out = capsys.readouterr().out
-    assert re.search(r"\[1/3\] 01_first \.\.\. ok \d+\.\d s", out) and re.search(r"\[3/3\] 03_todo \.\.\. placeholder \d+\.\d s", out)
+    assert re.search(r"\[1/3\] 01_first \.\.\.\n", out) and re.search(r"\[1/3\] 01_first ok \d+\.\d s", out)
+    assert re.search(r"\[3/3\] 03_todo placeholder \d+\.\d s", out)
 
 
 def test_failing_notebook_stops_chain_and_index_shows_it(setup):

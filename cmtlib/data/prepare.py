@@ -56,12 +56,12 @@ def data_key(data) -> dict[str, Any]:
     key: dict[str, Any] = {"data_kind": kind, "val_fraction": data.val_fraction, "test_fraction": data.test_fraction, "split_seed": data.split_seed}
     if kind == "synthetic":
         key.update(synth_n=data.synth_n, synth_size=data.synth_size, synth_seed=data.synth_seed)
-    if data.holdout:
-        key["holdout"] = list(data.holdout)
     else:
         key["data_root"] = str(Path(data.data_root).resolve())
         if kind == "manifest":
             key["manifest_hash"] = manifest_hash(data.data_root)
+    if data.holdout:
+        key["holdout"] = list(data.holdout)
     return key
 
 

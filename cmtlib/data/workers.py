@@ -25,6 +25,11 @@ from typing import Any, Callable, Iterator
 
 from cmtlib.errors import CmtError
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: builds take no lock and clean nothing (a live build's files look the same)
+    fcntl = None
+
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 POLL_SECONDS = 1.0
 
@@ -71,9 +76,7 @@ def exclusive_build(folder: Path, targets: tuple[str, ...], wait: float = 10.0) 
         BusyError: another build still holds the lock after `wait` seconds.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock, and no cleaning (a live build's files look the same)
+    if fcntl is None:
         yield 0
         return
     fd = os.open(folder, os.O_RDONLY)
@@ -87,8 +90,6 @@ def exclusive_build(folder: Path, targets: tuple[str, ...], wait: float = 10.0) 
 def _lock(fd: int, folder: Path, wait: float) -> None:
     """flock `fd`, retrying for `wait` seconds: the workers of a build killed a moment ago share its
     descriptor and release the lock only as they finish exiting."""
-    import fcntl
-
     end = time.monotonic() + wait
     while True:
         try:

@@ -180,6 +180,8 @@ class _Chain:
 
             def one(nb: Path) -> ReportError | None:
                 i, rec = records[nb.stem]
+                with self.lock:
+                    print(f"[{i}/{len(self.notebooks)}] {nb.stem} ...", flush=True)  # pages may run side by side
                 result = self._run_one(nb, rec)
                 with self.lock:
                     print(f"[{i}/{len(self.notebooks)}] {nb.stem} {rec.status} {rec.seconds or 0:.1f} s"
