@@ -67,9 +67,18 @@ def test_full_width_classifiers_match_torchvision_encoders():
         assert {k: tuple(v.shape) for k, v in ours.items()} == {k: tuple(v.shape) for k, v in theirs.items()}, name
 
 
-def test_resnet18_ignores_width():
-    assert n_params(build("resnet18", width=0.25)) == n_params(build("resnet18", width=1.0))
-    assert build("resnet18", width=0.25).describe()["width_note"] == "ignored"
+def test_resnet18_at_full_width_is_torchvisions_and_narrows_every_stage():
+    full = build("resnet18", width=1.0).encoder.state_dict()
+    theirs = {k: v for k, v in torchvision.models.resnet18(weights=None).state_dict().items() if not k.startswith("fc.")}
+    assert {k: tuple(v.shape) for k, v in full.items()} == {k: tuple(v.shape) for k, v in theirs.items()}
+    narrow = build("resnet18", width=0.25)
+    assert narrow.embedding_dim == 128 and narrow.encoder.conv1.out_channels == 16
+    assert [narrow.encoder.get_submodule(f"layer{i}")[0].conv1.out_channels for i in range(1, 5)] == [16, 32, 64, 128]
+    assert n_params(narrow) < n_params(build("resnet18", width=1.0)) / 10
+    out = narrow(torch.rand(2, 3, 64, 64))
+    assert out["embedding"].shape == (2, 128) and out["multilabel"].shape == (2, 2)
+    with pytest.raises(ValueError, match="width must be a positive"):
+        build("resnet18", width=0)
 
 
 def write_torchvision_resnet18(folder, seed: int = 1):

@@ -7,8 +7,8 @@ CMTNet's classification branch. Outputs follow DESIGN.md without the segmentatio
 ``width`` narrows the networks where torchvision allows it cheaply, for CPU runs:
 DenseNet121 scales growth_rate and num_init_features; MobileNetV2 uses torchvision's width_mult
 (its last 1x1 conv stays 1280 wide, as torchvision keeps it for width_mult <= 1); VGG19 scales
-every conv's channels. ResNet18 ignores ``width`` (torchvision's BasicBlock is fixed at 64 base
-channels; ResNet18 is cheap at 64 px anyway). ImageNet weights fit only the unnarrowed networks.
+every conv's channels; ResNet18 scales its stem's and stages' channels (cmtlib.models.resnet:
+torchvision's ResNet class, narrowed). ImageNet weights fit only the unnarrowed networks.
 
 VGG19 is torchvision's ``vgg19_bn``: CMTNet's "VGG16" encoder is ``vgg16_bn`` too (batch norm lets
 narrow, randomly initialised CPU versions train at all).
@@ -27,6 +27,7 @@ from torch import nn
 from cmtlib.models.base import ContractModel
 from cmtlib.models.encoder import EncoderOutput, ImageNetPreprocess
 from cmtlib.models.heads import ClassificationHead
+from cmtlib.models.resnet import NarrowResNet18
 from cmtlib.models.weights import load_torchvision_weights
 
 CLASSIFICATION_TASKS = ("healthy", "multilabel")
@@ -161,10 +162,10 @@ class MobileNetV2(TorchvisionClassifier):
 class ResNet18(TorchvisionClassifier):
     name, arch, weights_file = "resnet18", "resnet18", "resnet18-f37072fd.pth"
     tv_prefix, tv_skip = "", ("fc.",)
-    width_note = "ignored"
+    width_note = "scales the stem's and every stage's channels (64 ... 512)"
 
     def build_encoder(self, width: float) -> tuple[nn.Module, int]:
-        net = torchvision.models.resnet18(weights=None)
+        net = NarrowResNet18(width)  # torchvision's resnet18 at width 1.0
         # Same module names as torchvision's ResNet, so its state_dict keys map one to one.
         names = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
         return nn.Sequential(OrderedDict((n, getattr(net, n)) for n in names)), net.fc.in_features
