@@ -140,6 +140,9 @@ class ReportConfig:
     report_kernel: str = ""
     # Pages executed at once, each in its own kernel (0 = one per CPU core). Pages only read finished
     # runs, so they are independent, except where a notebook says it runs after another (cmtlib.after).
+    # Above 1, a page starts as soon as what it reads is made (the data page while the run trains, the
+    # CAM page once the classifier baselines are ready) and the baselines train in a second process;
+    # 1 = one thing at a time: the experiments, then each page in order.
     report_jobs: int = 0
     # Longest a single notebook cell may run, in seconds (0 = no limit); a hung cell must not
     # hold CI forever, and training on a CPU takes minutes, so the default is generous.
@@ -151,7 +154,7 @@ class ReportConfig:
     # Longest table shown in full on a page (quarantine, duplicates); the rest is counted.
     report_max_rows: int = 50
     # Test films on the CAM page (and the CAM part of the shortcut audit). ScoreCAM runs the
-    # encoder once per feature channel for every film (about 0.3 s a film at 96 px, width 0.125;
+    # encoder once per feature channel for every film (about 0.3 s a film at 88-96 px, width 0.125;
     # seconds at 224 px, full width), so a handful keeps the page fast; half are COVID-19 films
     # with a reference disease region, which the agreement measures need.
     report_cam_images: int = 8
@@ -178,11 +181,12 @@ class ExperimentsConfig:
     report_embedding_classifiers: list[str] = field(default_factory=lambda: [
         "svm_sigmoid", "svm_rbf", "svm_poly", "svm_linear", "random_forest"])
     # Image side of the baselines and of a CMTNet trained beside them at the same setting; 0 = this
-    # run's image_size. 64 px: the eight baselines must fit about 5 minutes of a 2-core CPU inside
-    # `make report`'s 15 (params/paper.yaml sets 0: 224 px, as the paper).
+    # run's image_size. 64 px: the eight baselines train in a second process in about the time the
+    # report's own run takes on the other core, so `make report` stays within its 5 minutes on 2
+    # cores (params/paper.yaml sets 0: 224 px, as the paper).
     baseline_image_size: int = 64
     # Epochs of the baselines and of the CMTNet beside them; 0 = this run's epochs. One pass on the
-    # CPU for the same budget (ResNet18, not narrowable, takes about a minute a pass at 64 px).
+    # CPU for the same budget (Mask R-CNN, the slowest, takes over a minute a pass at 64 px).
     baseline_epochs: int = 1
     # Training films Mask R-CNN sees (a seeded sample; validation cut to a quarter of it, test
     # complete so its masks are scored on the same films as the others); 0 = all. A Mask R-CNN step

@@ -90,3 +90,24 @@ def read_json(path: str | os.PathLike, default: Any = None) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DataFileError(f"{path} is not valid JSON ({err}); restore it or delete it to have it made again") from err
+
+
+@contextlib.contextmanager
+def locked(folder: str | os.PathLike) -> Iterator[None]:
+    """An exclusive lock on `folder` (a `.lock` file in it) for a read-modify-write of its files;
+    blocks until another process or thread holding it is done. The kernel drops it when its holder
+    dies, however it dies. No lock where the system has no flock (not POSIX)."""
+    path = Path(folder)
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(path / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+

@@ -46,5 +46,9 @@ def test_prepare_makes_only_what_is_declared(tmp_path, monkeypatch):
     monkeypatch.setattr(plan, "ensure_comparison", lambda p, r, d, roles, progress, seconds: calls.append(("comparison", roles)))
     assert plan.prepare(None, tmp_path / "run", tmp_path, [_nb(tmp_path / "c.ipynb")]) == {}
     assert calls == []
-    steps = plan.prepare(None, tmp_path / "run", tmp_path, [_nb(tmp_path / "a.ipynb", ["data"]), _nb(tmp_path / "b.ipynb", ["run", "classifier"])])
-    assert calls == ["data", "run", ("comparison", ("classifier",))] and set(steps) == {"data", "run", "comparison"}
+    steps = plan.prepare(None, tmp_path / "run", tmp_path, [_nb(tmp_path / "a.ipynb", ["data"]), _nb(tmp_path / "b.ipynb", ["run", "classifier"])],
+                         made=lambda needs: calls.append(("made", set(needs))))
+    # Each step's needs are announced as soon as it is done, so pages reading only those can start.
+    assert calls == ["data", ("made", {"data"}), "run", ("made", {"run"}), ("made", {"external"}),
+                     ("comparison", ("classifier",)), ("made", {"classifier"})]
+    assert set(steps) == {"data", "run", "comparison"}

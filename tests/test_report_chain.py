@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nbformat
@@ -133,6 +134,37 @@ def test_failing_notebook_stops_chain_and_index_shows_it(setup):
     partial = (report / "02_bad.html").read_text()
     assert "Before the error" in partial and "boom: marker 4711" in partial and "incomplete" in partial
     assert json.loads((report / "timings.json").read_text())["notebooks"]["03_after"]["status"] == "not run"
+
+
+def test_pages_overlap_the_experiments_and_stop_when_they_fail(tmp_path, monkeypatch):
+    """Two jobs: the data page runs while the experiments go on; their user error fails the report,
+    and the page waiting for the run never starts."""
+    from cmtlib.errors import ConfigError
+    from cmtlib.report.chain import runner
+
+    nbs, reports = tmp_path / "nbs", tmp_path / "reports"
+    nbs.mkdir()
+    for stem, needs in (("01_data", ["data"]), ("02_run", ["run"])):
+        nb = nbformat.read(make_notebook(nbs / f"{stem}.ipynb", record(stem[:2])), as_version=4)
+        nb.metadata["cmtlib"] = {"needs": needs}
+        nbformat.write(nb, nbs / f"{stem}.ipynb")
+
+    def prepare(params, run_dir, report_dir, notebooks, jobs, made):
+        made(frozenset({"data"}))
+        deadline = time.monotonic() + 60
+        while not (report_dir / "order.txt").is_file() and time.monotonic() < deadline:
+            time.sleep(0.1)  # the data page runs meanwhile
+        raise ConfigError("no films left after the holdout: marker 5150")
+
+    monkeypatch.setattr(runner, "prepare", prepare)
+    params = write_params(tmp_path / "standin.yaml", reports, report_jobs=2)
+    with pytest.raises(ReportError, match="experiments step failed: ConfigError: no films left.*marker 5150"):
+        run_report(params, notebooks_dir=nbs)
+    report = reports / "standin"
+    assert [ln.split("|")[0] for ln in (report / "order.txt").read_text().splitlines()] == ["01"]
+    record_json = json.loads((report / "report.json").read_text())
+    assert record_json["failed"] == "experiments" and "marker 5150" in record_json["error"]
+    assert [n["status"] for n in record_json["notebooks"]] == ["ok", "not run"]
 
 
 def test_cmt_report_exits_non_zero_on_a_failed_notebook(setup):

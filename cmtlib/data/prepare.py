@@ -26,19 +26,18 @@ manifest_hash); a file lock keeps concurrent runs (or torchrun's processes) from
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from cmtlib.errors import ConfigError
 from cmtlib.data.holdout import apply_holdout
 from cmtlib.data.manifest import carry_findings, manifest_hash, read_manifest, resolve_path, write_manifest
-from cmtlib.fileio import write_json
+from cmtlib.fileio import locked, write_json
 
 log = logging.getLogger("cmtlib.data")
 IMPORT_KINDS = ("auto", "ieee8023", "covidx", "nih", "chexpert")
@@ -71,20 +70,6 @@ def data_folder(data) -> Path:
     return data_dir() / f"{data.data_kind}-{digest}"
 
 
-@contextlib.contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-    """An exclusive lock on `folder` (blocks until another process finishes preparing it)."""
-    import fcntl
-
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def prepare_data(params) -> Path:
     """Run the chain `params.data` asks for and return the cache folder at data.image_size."""
     data = params.data if hasattr(params, "data") else params
@@ -95,7 +80,7 @@ def prepare_data(params) -> Path:
     if data.data_kind != "synthetic" and not data.data_root:
         raise ConfigError(f"data_kind={data.data_kind} needs data_root (a manifest or a collection folder)")
     folder = data_folder(data)
-    with _locked(folder):
+    with locked(folder):
         source = _source_manifest(data, folder)
         manifest = _split_manifest(data, source, folder)
         cache = folder / f"cache-{data.image_size}"

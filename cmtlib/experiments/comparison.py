@@ -37,7 +37,7 @@ from cmtlib.errors import ConfigError, MissingInputError
 from cmtlib.experiments.baselines import DEEP_BASELINES, baseline_params_files, setting_params
 from cmtlib.experiments.embedding_classifiers import EMBEDDING_CLASSIFIERS, run_embedding_classifiers, run_embeddings
 from cmtlib.experiments.runs import ensure_run
-from cmtlib.fileio import read_json, write_json
+from cmtlib.fileio import locked, read_json, write_json
 from cmtlib.run import Run
 from cmtlib.runtime import set_threads
 
@@ -174,14 +174,21 @@ def ensure_comparison(params, run_dir: str | Path, report_dir: str | Path, roles
         for seed, source in sources:
             entries += _embedding_entries(params, source, root / "embedding", seed, seed != params.train.seed, entries[0].label, spent)
     comp = Comparison(entries, seeds, reduction_notes(params, entries), round(time.perf_counter() - t0, 1))
-    # Entries of roles this call did not ask for (another page's) stay in the file, with their times.
-    made = {(e["key"], e["seed"]): e for e in old.get("entries", [])}
-    made.update({(e.key, e.seed): {**dataclasses.asdict(e), "folder": str(e.folder)} for e in entries})
-    write_json(root / "comparison.json", {"seeds": seeds, "notes": reduction_notes(params, [Entry(**{**e, "folder": Path(e["folder"])}) for e in made.values()]),
-                                          "seconds_this_call": comp.seconds,
-                                          "seconds_trained": round(sum(e["seconds"] or 0 for e in made.values()), 1),
-                                          "entries": list(made.values())})
+    _record(params, root, entries, seeds, comp.seconds)
     return comp
+
+
+def _record(params, root: Path, entries: list[Entry], seeds: list[int], seconds: float) -> None:
+    """Merge `entries` into comparison.json. Entries of roles this call did not ask for (another
+    page's) stay in the file, with their times; the lock keeps two callers (the experiments step and
+    a page that starts while it runs) from dropping each other's entries."""
+    with locked(root):
+        made = {(e["key"], e["seed"]): e for e in read_json(root / "comparison.json", {}).get("entries", [])}
+        made.update({(e.key, e.seed): {**dataclasses.asdict(e), "folder": str(e.folder)} for e in entries})
+        write_json(root / "comparison.json", {
+            "seeds": seeds, "notes": reduction_notes(params, [Entry(**{**e, "folder": Path(e["folder"])}) for e in made.values()]),
+            "seconds_this_call": seconds, "seconds_trained": round(sum(e["seconds"] or 0 for e in made.values()), 1),
+            "entries": list(made.values())})
 
 
 def deep_entries(params, report_dir: str | Path, roles: tuple[str, ...] = ROLES, spent: dict | None = None,
@@ -201,11 +208,20 @@ def deep_entries(params, report_dir: str | Path, roles: tuple[str, ...] = ROLES,
     return out
 
 
-def train_deep(params, report_dir: str | Path, roles: tuple[str, ...], threads: int = 1) -> dict[tuple[str, int], float]:
+def train_deep(params, report_dir: str | Path, roles: tuple[str, ...], threads: int = 1,
+               made: Callable[[tuple[str, ...]], None] | None = None) -> dict[tuple[str, int], float]:
     """`deep_entries` in a worker process, with `threads` CPU threads: (key, seed) -> seconds of the
-    runs it trained, for ensure_comparison's timing table."""
+    runs it trained, for ensure_comparison's timing table. The classifiers come first, and `made` is
+    told each group of roles as soon as its runs are ready (the CAM page reads only the classifiers)."""
     set_threads(threads)
-    return {(e.key, e.seed): e.seconds for e in deep_entries(params, report_dir, roles) if e.seconds is not None}
+    out = {}
+    first = tuple(r for r in roles if r == "classifier")
+    for group in (first, tuple(r for r in roles if r not in first)):
+        if group:
+            out.update({(e.key, e.seed): e.seconds for e in deep_entries(params, report_dir, group) if e.seconds is not None})
+            if made is not None:
+                made(group)
+    return out
 
 
 def _deep_entry(params, root: Path, key: str, file: Path | None, seed: int, setting: tuple[int, int], roles: tuple[str, ...],

@@ -23,19 +23,19 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from cmtlib.errors import CmtError
-from cmtlib.experiments.plan import prepare
+from cmtlib.experiments.plan import declared_needs, prepare
 from cmtlib.fileio import write_json
 from cmtlib.params import Params, dump_params, load_params
 from cmtlib.report.chain.index import write_report_index, write_reports_index
 from cmtlib.report.chain.kernel import select_kernel
 from cmtlib.report.chain.render import PageRenderer, notebook_heading
-from cmtlib.report.chain.schedule import run_pages
+from cmtlib.report.chain.schedule import Gate, run_pages
 from cmtlib.report.pages.show import PLACEHOLDER_CLASS
 from cmtlib.run import with_run_dir
 from cmtlib.runtime import git_commit
@@ -174,7 +174,12 @@ class _Chain:
         t_all = time.perf_counter()
         (self.report_dir / "notebooks").mkdir(exist_ok=True)
         self._write_index()
-        failure = self._experiments()
+        gate = Gate({nb.stem: declared_needs(nb) or None for nb in self.notebooks})
+        if self.jobs > 1:  # pages start as soon as what they read is made (schedule.Gate)
+            experiments = _Background(self._experiments, gate)
+            failure = None
+        else:  # one thing at a time: the experiments, then the pages in order
+            failure = self._experiments(gate)
         if failure is None:
             records = {nb.stem: (i, rec) for i, (nb, rec) in enumerate(zip(self.notebooks, self.records), 1)}
 
@@ -190,7 +195,9 @@ class _Chain:
                     self._write_index()
                 return result
 
-            failure = run_pages(self.notebooks, one, self.jobs)
+            failure = run_pages(self.notebooks, one, self.jobs, gate)
+        if self.jobs > 1:
+            failure = experiments.join() or failure  # the experiments' failure came first: pages wait on it
         self.record["status"] = "failed" if failure else "ok"
         self.record["total_s"] = round(time.perf_counter() - t_all, 2)
         write_json(self.report_dir / "timings.json", {
@@ -209,24 +216,33 @@ class _Chain:
             raise failure
         return index
 
-    def _experiments(self) -> ReportError | None:
-        """Train and evaluate what the pages read (cmtlib.experiments.plan), before any page runs,
-        with the training's progress on the console. A user error (CmtError) fails the report like a
-        failed page; any other error is a bug and propagates with its traceback."""
+    def _experiments(self, gate: Gate) -> ReportError | None:
+        """Train and evaluate what the pages read (cmtlib.experiments.plan), with the training's
+        progress on the console, telling `gate` what is made as it is made. A user error (CmtError)
+        fails the report like a failed page; any other error is a bug and propagates with its
+        traceback (the gate is closed first, so no page waits for ever)."""
         print(f"[0/{len(self.notebooks)}] experiments (data, the run and what the pages compare it with) ...", flush=True)
         step = self.record["experiments"] = {"status": "running", "seconds": None, "steps": {}, "error": ""}
-        t0 = time.perf_counter()
+        t0, failure = time.perf_counter(), None
         try:
-            step["steps"] = prepare(self.params, self.report_dir / "run", self.report_dir, self.notebooks, jobs=self.jobs)
+            step["steps"] = prepare(self.params, self.report_dir / "run", self.report_dir, self.notebooks, jobs=self.jobs, made=gate.add)
             step["status"] = "ok"
         except CmtError as err:
             step.update(status="failed", error=f"{type(err).__name__}: {err}")
-            self.record.update(failed="experiments", error=step["error"])
+            failure = ReportError(f"the experiments step failed: {step['error']}")
+            with self.lock:
+                self.record.update(failed="experiments", error=step["error"])
+        except BaseException:
+            step["status"] = "failed"
+            gate.finish(ReportError("the experiments step stopped with an error (its traceback follows)"))
+            raise
         finally:
             step["seconds"] = round(time.perf_counter() - t0, 2)
-            self._write_index()
+            with self.lock:
+                self._write_index()
+        gate.finish(failure)
         print(f"[0/{len(self.notebooks)}] experiments {step['status']} {step['seconds']:.1f} s", flush=True)
-        return None if step["status"] == "ok" else ReportError(f"the experiments step failed: {step['error']}")
+        return failure
 
     def _write_index(self) -> Path:
         self.record["notebooks"] = [asdict(r) for r in self.records]
@@ -304,6 +320,30 @@ def _kernel_config():
     from traitlets.config import Config
 
     return Config({"KernelManager": {"transport_encryption": "auto"}})
+
+
+class _Background:
+    """`fn(*args)` in a thread; `join()` returns its result or raises its exception here."""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._result: Any = None
+        self._error: BaseException | None = None
+
+        def body() -> None:
+            try:
+                self._result = fn(*args)
+            except BaseException as err:  # handed to join(), which raises it in the caller's thread
+                self._error = err
+
+        # A daemon: Ctrl-C in the main thread ends `cmt report` without waiting for the training.
+        self._thread = threading.Thread(target=body, name="cmt-experiments", daemon=True)
+        self._thread.start()
+
+    def join(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._result
 
 
 def _heading(nb: Path) -> dict[str, str]:
