@@ -219,3 +219,17 @@ def test_probes_see_thumbnails_and_source_as_in_cxr_public():
     assert set(old) == {"<=1024"}  # the old buckets could not see this at all
     text = S.verdict(0.9, {}, None, t.reset_index())
     assert "The embedding predicts the resolution (accuracy" in text and "The embedding predicts the source (accuracy" in text
+
+
+@pytest.mark.parametrize("lung_focus", [False, True])
+def test_covid_scores_skip_the_decoders_but_equal_the_full_forward(lung_focus):
+    from cmtlib.configs import ModelConfig
+    from cmtlib.models.registry import build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(model="cmtnet", width=0.125, encoder_weights="none", head_hidden=8, lung_focus=lung_focus)).eval()
+    images = np.random.default_rng(0).integers(0, 256, (5, 64, 64), dtype=np.uint8)
+    with torch.no_grad():
+        x = torch.from_numpy(images).float().div(255).unsqueeze(1).expand(-1, 3, -1, -1)
+        full = torch.sigmoid(model(x)["multilabel"][:, 0]).double().numpy()
+    np.testing.assert_allclose(S.covid_scores(model, images, batch_size=2), full, rtol=1e-5, atol=1e-6)

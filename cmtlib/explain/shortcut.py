@@ -85,12 +85,13 @@ def blank_outside_lungs(images, lung, fill: str = "mean") -> np.ndarray:
 
 
 def covid_scores(model: nn.Module, images, batch_size: int = 16) -> np.ndarray:
-    """sigmoid(``multilabel``[:, 0]), the COVID-19 probability, in eval mode (cmtlib.inference).
+    """sigmoid(``multilabel``[:, 0]), the COVID-19 probability, in eval mode (cmtlib.inference; the
+    encoder and heads only where the model allows it: the decoders' maps are not needed).
 
     Shape:
         images: (N, H, W) uint8 or float in [0, 1] -> (N,) float64.
     """
-    res = infer(model, image_batches(images, batch_size, model_device(model)))
+    res = infer(model, image_batches(images, batch_size, model_device(model)), heads_only=True)
     if len(res) and np.isnan(res.columns["p_covid"]).all():
         raise KeyError("the model returns no `multilabel` (COVID-19) output to audit")
     return res.columns["p_covid"]
@@ -125,13 +126,18 @@ def lung_masks(model: nn.Module | None, images, lung, has_lung, batch_size: int 
     return masks, predicted
 
 
-def blanking_aucs(model: nn.Module, images, lung, has_lung, y, fill: str = "mean", batch_size: int = 16, source: str = "model") -> dict:
+def blanking_aucs(model: nn.Module, images, lung, has_lung, y, fill: str = "mean", batch_size: int = 16, source: str = "model",
+                  masks: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     """(a): COVID-19 AUC on the full images, with the lungs blanked, with all but the lungs blanked
-    (lungs from one mask source for every film: `lung_masks`)."""
+    (lungs from one mask source for every film: `lung_masks`; `masks` passes its result for these
+    images when the caller has it already)."""
     y = np.asarray(y, dtype=float)
     keep = ~np.isnan(y)
     images = np.asarray(images)[keep]
-    masks, predicted = lung_masks(model, images, np.asarray(lung)[keep], np.asarray(has_lung)[keep], batch_size, source)
+    if masks is None:
+        masks, predicted = lung_masks(model, images, np.asarray(lung)[keep], np.asarray(has_lung)[keep], batch_size, source)
+    else:
+        masks, predicted = np.asarray(masks[0])[keep], np.asarray(masks[1])[keep]
     nonempty = masks.any(axis=(1, 2))
     images, masks, yk = images[nonempty], masks[nonempty], y[keep][nonempty].astype(int)
     out = {"n": int(nonempty.sum()), "n_predicted_masks": int(predicted[nonempty].sum()),
@@ -411,9 +417,10 @@ def shortcut_audit(model: nn.Module, cache_dir: str | os.PathLike, embeddings=No
     train = load_images(cache_dir, train_split)
     if len(train.images) > max_train:
         train = train.take(np.sort(np.random.default_rng(seed).choice(len(train.images), max_train, replace=False)))
-    blanking = blanking_aucs(model, test.images, test.lung, test.has_lung, test.labels(), fill, batch_size)
-    lungs = [lung_masks(model, d.images, d.lung, d.has_lung, batch_size)[0] for d in (train, test)]
-    floors = thumbnail_floor(train.images, train.labels(), test.images, test.labels(), lungs[0], lungs[1])
+    test_masks = lung_masks(model, test.images, test.lung, test.has_lung, batch_size)  # one pass, for (a) and the floors
+    blanking = blanking_aucs(model, test.images, test.lung, test.has_lung, test.labels(), fill, batch_size, masks=test_masks)
+    train_lungs = lung_masks(model, train.images, train.lung, train.has_lung, batch_size)[0]
+    floors = thumbnail_floor(train.images, train.labels(), test.images, test.labels(), train_lungs, test_masks[0])
     probes = (probe_table(embeddings, predictions, test.index, seed=seed) if embeddings is not None and predictions is not None
               else pd.DataFrame(columns=["target", "n", "n_classes", "accuracy", "majority_rate", "auc", "n_splits", "note"]))
     cam_out = cam_outside_lungs(cam_per_image) if cam_per_image is not None else None
