@@ -199,8 +199,8 @@ class _TrainState:
         bare = model.to(device)
         if cfg.channels_last:
             bare = bare.to(memory_format=torch.channels_last)
-        # The fused CUDA kernel updates all parameters in a few launches instead of several per tensor.
-        optimizer = torch.optim.Adam(bare.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
+        # The fused kernel (CUDA and CPU) updates all parameters at once instead of several ops per tensor.
+        optimizer = torch.optim.Adam(bare.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type in ("cuda", "cpu"))
         if resume is None:
             return cls(bare, optimizer, [], {"by": cfg.best_by, "value": None, "epoch": None}, 0)
         bare.load_state_dict(resume["state_dict"])
