@@ -18,12 +18,13 @@ Written atomically (cmtlib.fileio): a kill mid-save leaves the previous file who
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
 import platform
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -195,6 +196,26 @@ def model_config(config: dict[str, Any]):
     return ModelConfig(**kwargs)
 
 
+# torch.nn.init's in-place initialisers. On the meta device they only cost time, and the first
+# normal_ there imports torch._dynamo (about a second of a cold `cmt predict`).
+_INITIALISERS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_", "xavier_uniform_",
+                 "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_", "sparse_")
+
+
+@contextlib.contextmanager
+def _no_init() -> Iterator[None]:
+    """torch.nn.init's initialisers as no-ops while a model is built for its weights to be loaded.
+    Process-wide while it lasts: a model another thread initialises at that moment is not initialised."""
+    saved = {name: getattr(torch.nn.init, name) for name in _INITIALISERS if hasattr(torch.nn.init, name)}
+    try:
+        for name in saved:
+            setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(torch.nn.init, name, fn)
+
+
 def load_model(run_or_ckpt: str | os.PathLike, which: str = "best", device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a trained model from a run folder or checkpoint file.
 
@@ -208,7 +229,7 @@ def load_model(run_or_ckpt: str | os.PathLike, which: str = "best", device: str 
     ckpt = read_checkpoint(path, mmap=True)
     cfg = model_config(ckpt["config"])
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), _no_init():
             model = build_model(cfg)
         missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False, assign=True)
         if any(t.is_meta for t in (*model.parameters(), *model.buffers())):

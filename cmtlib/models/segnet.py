@@ -107,6 +107,9 @@ class SegNetDecoder(nn.Module):
             if self.unpool_impl == "mask" or (self.unpool_impl == "auto" and x.is_cuda):
                 x = unpool2x2_mask(x, enc.indices[b], enc.sizes[b])
             else:
-                x = self.unpool(x, enc.indices[b], output_size=enc.sizes[b])
+                # The ATen op nn.MaxUnpool2d calls, without its Python-side size check: that check
+                # imports torch's symbolic-shape machinery (sympy) on first use, 0.4 s of a cold
+                # `cmt predict`. The size is the encoder's own pre-pool size, valid by construction.
+                x = torch.ops.aten.max_unpool2d(x, enc.indices[b], [int(v) for v in enc.sizes[b]])
             x = stage(x)  # (B, C_{b-1}, h_b, w_b)
         return self.head(x)  # (B, out_channels, H, W)
