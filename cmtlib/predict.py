@@ -120,6 +120,7 @@ class Predictor:
             "threshold": self.threshold,
             "threshold_rule": self.threshold_rule,
             "threshold_source": self.threshold_source,
+            "mitigations": self.run.mitigations,  # the shortcut mitigations the run trained with (the model applies them)
             "image": {"format": info.get("format", ""), "original_size": list(info.get("orig_size", image.shape)), "model_input_size": [self.size, self.size]},
             "lung_area_fraction": float((maps["lung"] >= 0.5).mean()) if "lung" in maps else None,
             "note": NOTE,

@@ -42,6 +42,21 @@ class RunMismatchError(RunFolderError):
     """The folder holds a run made with other params; the message lists the keys that differ."""
 
 
+def mitigations_of(config: dict[str, Any]) -> list[str]:
+    """The shortcut mitigations (docs/shortcuts.md) a run's flat config switches on, in words; [] for none."""
+    out = []
+    if config.get("lung_focus") in (True, "true", "True"):
+        out.append("lung focus: the heads classify only the film's own lung region (the network's lung outline)")
+    px = config.get("effective_px")
+    if px not in (None, "", 0, "0"):
+        out.append(f"acquisition harmonisation: every film brought to {px} px effective resolution")
+    if config.get("balance_sources") in (True, "true", "True"):
+        out.append(f"source-balanced sampling: every collection x COVID-19 label drawn equally often (cap {config.get('balance_cap')})")
+    if config.get("covid_loss_within") in (True, "true", "True"):
+        out.append("COVID-19 loss only on collections holding both labels")
+    return out
+
+
 def run_dir_for(params) -> Path:
     """`train.run_dir`, or runs/<run name> under the current folder."""
     return Path(params.train.run_dir or Path("runs") / params.run_name).resolve()
@@ -76,7 +91,7 @@ class Run:
         return run
 
     def refresh(self) -> Run:
-        for name in ("info", "config", "history", "metrics", "predictions", "threshold"):
+        for name in ("info", "config", "history", "metrics", "predictions", "threshold", "mitigations"):
             self.__dict__.pop(name, None)
         return self
 
@@ -128,6 +143,11 @@ class Run:
     @functools.cached_property
     def predictions(self) -> pd.DataFrame | None:
         return self.read_csv("predictions.csv")
+
+    @functools.cached_property
+    def mitigations(self) -> list[str]:
+        """mitigations_of(config.yaml)."""
+        return mitigations_of(self.config)
 
     @functools.cached_property
     def threshold(self) -> dict[str, Any] | None:

@@ -49,3 +49,12 @@ def test_folds_parse_with_or_without_a_name():
     assert f.name == "italy" and f.filters == ["location~italy", "source=ieee8023"]
     g = parse_fold("source=figure1", 2)
     assert g.name == "fold2" and g.filters == ["source=figure1"]
+
+
+def test_the_mitigations_a_run_used_are_named_in_words():
+    from cmtlib.run import mitigations_of
+
+    assert mitigations_of({"lung_focus": False, "effective_px": 0, "balance_sources": False}) == []
+    words = mitigations_of({"lung_focus": True, "effective_px": 64, "balance_sources": "true", "balance_cap": 20,
+                            "covid_loss_within": True})
+    assert len(words) == 4 and words[0].startswith("lung focus") and "64 px" in words[1] and "cap 20" in words[2]

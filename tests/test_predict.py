@@ -125,4 +125,5 @@ def test_the_json_states_the_frozen_threshold_and_its_rule(run, tmp_path):
         (run / "threshold.json").write_text(old)
     data = json.loads((tmp_path / "out" / "x.json").read_text())
     assert data["threshold"] == 0.31 and data["threshold_rule"] == "specificity:0.95"
+    assert data["mitigations"] == []  # the smoke run trains with none
     assert "fixed when the run was trained" in data["threshold_source"] and "5 % of the COVID-negative" in data["threshold_source"]

@@ -73,7 +73,7 @@ def test_six_rows_with_intervals_and_dice_where_the_subset_has_it(summary):
 def test_the_page_says_what_every_row_was_trained_at(summary):
     page, _ = summary
     text = html.unescape(page.read_text())
-    assert "Every configuration was trained at: synthetic phantoms, 96 px, 6 epochs, width 0.125, random start, seed 0" in text
+    assert "Every configuration was trained at: synthetic phantoms, 88 px, 5 epochs, width 0.125, random start, seed 0" in text
     assert "the paper: 224 px images, 30 epochs" in text
     headers = re.findall(r"<th>(.*?)</th>", text)
     assert headers == ["tasks", "COVID-19 sensitivity at 99 % specificity", "COVID-19 AUC", "equal error rate", "lung Dice",

@@ -25,7 +25,7 @@ from cmtlib.report.pages import external as external_page
 from cmtlib.report.pages.common import read_facts
 from cmtlib.report.pages.data import mixed_source_auc
 from cmtlib.report.pages.tables import as_number, get_path, headline_table, params_table, to_html
-from cmtlib.run import info_value
+from cmtlib.run import info_value, mitigations_of
 
 RECORD = "report.json"
 # Headline numbers shown as percentages (rates) rather than fractions (scores).
@@ -87,6 +87,7 @@ def summarize(report_dir: Path, record: dict[str, Any] | None = None) -> dict[st
         ("quarantined images (could not be read or used)", quarantine if quarantine is not None else "not recorded"),
         ("fields left unknown at import (could not be read as given)", facts.get("notes_count", "not recorded")),
         ("collections not imported", ", ".join(facts["not_imported"]) or "none" if "not_imported" in facts else "not recorded"),
+        ("shortcut mitigations (docs/shortcuts.md)", "; ".join(mitigations_of(flat or {})) or "none"),
     ]
     caveats = list(facts.get("caveats") or [])
     if (run_dir / "predictions.csv").is_file():
