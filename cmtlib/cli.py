@@ -4,6 +4,7 @@ heavy modules are imported only by the command that needs them, so `cmt --help` 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -278,6 +279,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"cmt: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Ctrl-C: what was written stays consistent (atomic writes; a run resumes with --resume).
+        # Leave at once: a training still running in a background thread (cmt report) must not be
+        # torn down by the interpreter's shutdown.
+        print("cmt: interrupted", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(130)
 
 
 if __name__ == "__main__":

@@ -52,3 +52,31 @@ def test_prepare_makes_only_what_is_declared(tmp_path, monkeypatch):
     assert calls == ["data", ("made", {"data"}), "run", ("made", {"run"}), ("made", {"external"}),
                      ("comparison", ("classifier",)), ("made", {"classifier"})]
     assert set(steps) == {"data", "run", "comparison"}
+
+
+def test_a_second_process_that_dies_without_a_result_is_an_error_not_a_hang():
+    import queue as queue_module
+    import threading
+
+    from cmtlib.errors import CmtError
+
+    class Dead:  # a second process killed before it could answer
+        exitcode = -15
+
+        def is_alive(self):
+            return False
+
+    class Queue(queue_module.Queue):
+        def empty(self):
+            return self.qsize() == 0
+
+    told = []
+    beside = plan._Beside(None, "", ("classifier",), told.append)
+    beside._process, beside._queue = Dead(), Queue()
+    beside._queue.put(("made", ("classifier",)))
+    listener = threading.Thread(target=beside._listen)
+    listener.start()
+    listener.join(timeout=10)
+    assert told == [frozenset({"classifier"})]  # what it made before dying is still told
+    with pytest.raises(CmtError, match=r"ended without a result \(exit code -15\)"):
+        beside.result()

@@ -14,16 +14,17 @@ experiments layer for what it reads (`ensure_run`, `ensure_comparison`), which m
 
 from __future__ import annotations
 
-import contextlib
 import json
 import multiprocessing
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
-from cmtlib.errors import ConfigError
+from cmtlib.data.workers import die_with_parent
+from cmtlib.errors import CmtError, ConfigError
 from cmtlib.experiments.comparison import ROLES, ensure_comparison, train_deep
 from cmtlib.experiments.external import ensure_external, external_sets
 from cmtlib.experiments.runs import ensure_data, ensure_run
@@ -99,16 +100,28 @@ def prepare(params: Params, run_dir: str | Path, report_dir: str | Path, noteboo
     return seconds
 
 
-_MADE = None  # in the second process: the queue `_Beside` reads
+def _train_deep_child(parent: int, queue, params: Params, report_dir: str | Path, roles: tuple[str, ...], threads: int) -> None:
+    """The second process: train_deep, telling `queue` each group of roles made, then its result.
+    It ends when its parent dies (killed, or stopped by SIGTERM), not minutes later."""
+    die_with_parent(parent)
+    try:
+        result = train_deep(params, report_dir, roles, threads, made=lambda group: queue.put(("made", group)))
+        queue.put(("done", result))
+    except BaseException as err:  # handed to the parent, which raises it there
+        try:
+            queue.put(("error", err))
+        except Exception:  # an exception that cannot be pickled: its text
+            queue.put(("error", RuntimeError(f"{type(err).__name__}: {err}")))
 
 
-def _keep_queue(queue) -> None:
-    global _MADE
-    _MADE = queue
+_LIVE: set = set()  # the second processes running now (stop_beside)
 
 
-def _train_deep_beside(params: Params, report_dir: str | Path, roles: tuple[str, ...], threads: int) -> dict:
-    return train_deep(params, report_dir, roles, threads, made=_MADE.put if _MADE is not None else None)
+def stop_beside() -> None:
+    """Stop every second process of `prepare` at once (the caller was interrupted or failed):
+    otherwise Python's exit would wait minutes for the baselines it no longer needs."""
+    for beside in list(_LIVE):
+        beside.stop()
 
 
 class _Beside:
@@ -116,37 +129,69 @@ class _Beside:
 
     Spawned, not forked: a forked child of a process that has used torch's thread pools can hang.
     The child tells a queue which roles it has made (the classifiers first); a thread here passes
-    that on to `tell`, so a page reading only those starts before the rest is done. With no roles
-    nothing is started and `result()` is None.
+    that on to `tell`, so a page reading only those starts before the rest is done. A plain
+    process rather than a pool, so that `stop()` can end it. With no roles nothing is started and
+    `result()` is None.
     """
+
+    POLL_S = 0.5
 
     def __init__(self, params: Params, report_dir: str | Path, roles: tuple[str, ...], tell: Callable[[frozenset[str]], None]) -> None:
         self.params, self.report_dir, self.roles, self.tell = params, report_dir, roles, tell
         self.running = bool(roles)
-        self._stack = contextlib.ExitStack()
-        self._future = self._listener = self._queue = None
+        self._process = self._listener = None
+        self._outcome: tuple[str, Any] | None = None
+        self._finished = threading.Event()
 
     def __enter__(self) -> "_Beside":
         if not self.running:
             return self
         context = multiprocessing.get_context("spawn")
         self._queue = context.SimpleQueue()
-        pool = self._stack.enter_context(ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_keep_queue,
-                                                             initargs=(self._queue,)))
-        self._future = pool.submit(_train_deep_beside, self.params, self.report_dir, self.roles, self.params.train.threads or 1)
+        self._process = context.Process(target=_train_deep_child, name="cmt-baselines", args=(
+            os.getpid(), self._queue, self.params, self.report_dir, self.roles, self.params.train.threads or 1))
+        self._process.start()
+        _LIVE.add(self)
         self._listener = threading.Thread(target=self._listen, name="cmt-baselines-made", daemon=True)
         self._listener.start()
         return self
 
     def _listen(self) -> None:
-        for group in iter(self._queue.get, None):
-            self.tell(frozenset(group))
+        while True:
+            if self._queue.empty():
+                if not self._process.is_alive() and self._queue.empty():
+                    code = self._process.exitcode
+                    self._outcome = ("error", CmtError(f"the baselines' process ended without a result (exit code {code})"))
+                    break
+                time.sleep(self.POLL_S)
+                continue
+            kind, value = self._queue.get()
+            if kind == "made":
+                self.tell(frozenset(value))
+            else:
+                self._outcome = (kind, value)
+                break
+        self._finished.set()
 
     def result(self) -> dict | None:
-        return self._future.result() if self._future is not None else None
+        """The deep runs' seconds, once the second process is done; its error, raised here."""
+        if self._process is None:
+            return None
+        self._finished.wait()
+        kind, value = self._outcome
+        if kind == "error":
+            raise value
+        return value
 
-    def __exit__(self, *exc) -> None:
-        self._stack.close()  # waits for the second process
-        if self._listener is not None:
-            self._queue.put(None)
-            self._listener.join()
+    def stop(self) -> None:
+        if self._process is not None and self._process.is_alive():
+            self._process.terminate()
+        _LIVE.discard(self)
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if self._process is None:
+            return
+        if exc_type is not None:
+            self.stop()  # this process failed: the baselines are not needed
+        self._process.join()
+        _LIVE.discard(self)

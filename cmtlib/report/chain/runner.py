@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from cmtlib.errors import CmtError
-from cmtlib.experiments.plan import declared_needs, prepare
+from cmtlib.experiments.plan import declared_needs, prepare, stop_beside
 from cmtlib.fileio import write_json
 from cmtlib.params import Params, dump_params, load_params
 from cmtlib.report.chain.index import write_report_index, write_reports_index
@@ -171,6 +171,13 @@ class _Chain:
         self.cwd = Path.cwd()
 
     def run(self) -> Path:
+        try:
+            return self._run()
+        except BaseException:
+            stop_beside()  # interrupted (Ctrl-C) or a bug: do not leave the baselines' process training
+            raise
+
+    def _run(self) -> Path:
         t_all = time.perf_counter()
         (self.report_dir / "notebooks").mkdir(exist_ok=True)
         self._write_index()
