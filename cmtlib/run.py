@@ -44,15 +44,18 @@ class RunMismatchError(RunFolderError):
 
 def mitigations_of(config: dict[str, Any]) -> list[str]:
     """The shortcut mitigations (docs/shortcuts.md) a run's flat config switches on, in words; [] for none."""
+    def on(key: str) -> bool:
+        return config.get(key) in (True, "true", "True")
+
     out = []
-    if config.get("lung_focus") in (True, "true", "True"):
+    if on("lung_focus"):
         out.append("lung focus: the heads classify only the film's own lung region (the network's lung outline)")
     px = config.get("effective_px")
     if px not in (None, "", 0, "0"):
         out.append(f"acquisition harmonisation: every film brought to {px} px effective resolution")
-    if config.get("balance_sources") in (True, "true", "True"):
+    if on("balance_sources"):
         out.append(f"source-balanced sampling: every collection x COVID-19 label drawn equally often (cap {config.get('balance_cap')})")
-    if config.get("covid_loss_within") in (True, "true", "True"):
+    if on("covid_loss_within"):
         out.append("COVID-19 loss only on collections holding both labels")
     return out
 
@@ -91,7 +94,7 @@ class Run:
         return run
 
     def refresh(self) -> Run:
-        for name in ("info", "config", "history", "metrics", "predictions", "threshold", "mitigations"):
+        for name in ("info", "config", "history", "metrics", "predictions", "threshold"):
             self.__dict__.pop(name, None)
         return self
 
@@ -144,9 +147,9 @@ class Run:
     def predictions(self) -> pd.DataFrame | None:
         return self.read_csv("predictions.csv")
 
-    @functools.cached_property
+    @property
     def mitigations(self) -> list[str]:
-        """mitigations_of(config.yaml)."""
+        """mitigations_of(config.yaml), derived from the cached config."""
         return mitigations_of(self.config)
 
     @functools.cached_property

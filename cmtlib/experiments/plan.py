@@ -138,13 +138,17 @@ class _Beside:
 
     def __init__(self, params: Params, report_dir: str | Path, roles: tuple[str, ...], tell: Callable[[frozenset[str]], None]) -> None:
         self.params, self.report_dir, self.roles, self.tell = params, report_dir, roles, tell
-        self.running = bool(roles)
         self._process = self._listener = None
         self._outcome: tuple[str, Any] | None = None
         self._finished = threading.Event()
 
+    @property
+    def running(self) -> bool:
+        """A second process was started (there were roles to train beside)."""
+        return self._process is not None
+
     def __enter__(self) -> "_Beside":
-        if not self.running:
+        if not self.roles:
             return self
         context = multiprocessing.get_context("spawn")
         self._queue = context.SimpleQueue()

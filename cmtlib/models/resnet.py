@@ -37,8 +37,3 @@ class NarrowResNet18(ResNet):
         if planes == STAGE_CHANNELS[0]:
             self.inplanes = _one(64, self._width)  # layer1 follows the (narrowed) stem
         return super()._make_layer(block, _one(planes, self._width), blocks, stride, dilate)
-
-
-def stage_channels(width: float) -> tuple[int, ...]:
-    """C2..C5 channels of NarrowResNet18(width)."""
-    return scaled_channels(width, STAGE_CHANNELS)

@@ -52,7 +52,7 @@ class SegNetDecoder(nn.Module):
         depths: conv layers per encoder block, shallowest first (the encoder's ``depths``).
 
     Attributes:
-        unpool_impl: "scatter" (``nn.MaxUnpool2d``), "mask" (`unpool2x2_mask`: the same numbers,
+        unpool_impl: "scatter" (max-unpooling's ATen op, what ``nn.MaxUnpool2d`` calls), "mask" (`unpool2x2_mask`: the same numbers,
             fusable under torch.compile) or "auto" (the default: mask on a GPU, scatter on the CPU).
             Measured with benchmarks/train_throughput.py on an H100 (RESULTS.md): mask trains 12 %
             faster compiled (915 vs 821 images/s at batch 128), 2 % eager; on a 2-core CPU it is
