@@ -9,11 +9,32 @@ Kept free of torch so that loading params (every notebook does) stays light.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 ALL_TASKS: tuple[str, ...] = ("lung", "disease", "healthy", "multilabel")
 BEST_BY = {"val_loss": "min", "val_covid_auc": "max", "last": "last"}
 LR_SCHEDULES = ("constant", "cosine")
+
+
+def switch(default: Any, words: str) -> Any:
+    """A field that switches a shortcut mitigation on (docs/shortcuts.md), with its plain description
+    beside it: `words` is shown on the index, the training page and in each predict JSON when the
+    switch is on; `{value}` and `{other_key}` in it are filled from the run's flat config."""
+    return field(default=default, metadata={"switch": words})
+
+
+def switches_on(config: dict[str, Any]) -> list[str]:
+    """The plain descriptions of the switches a flat config turns on (ModelConfig, TrainConfig), in
+    field order; [] for none. Values from YAML or JSON ('true', '0') count as what they say."""
+    out = []
+    for cls in (ModelConfig, TrainConfig):
+        for f in fields(cls):
+            words = f.metadata.get("switch")
+            value = config.get(f.name, f.default)
+            if words and str(value).strip().lower() not in ("", "0", "false", "none", "0.0"):
+                out.append(words.format_map({**config, "value": value}))
+    return out
 
 
 @dataclass
@@ -55,14 +76,16 @@ class ModelConfig:
     encoder_weights: str = "imagenet"
     # Width of the two hidden layers in each 3-layer FC head (the paper gives none; 256 < D = 512 at width 1).
     head_hidden: int = 256
+    # Model switches are constructor arguments of the models that declare them (cmtlib.models.base:
+    # ContractModel.SWITCHES); a switch set on a model that does not declare it is refused.
     # Acquisition harmonisation: the network sees every film reduced to this many pixels and enlarged
     # back to image_size (in training, evaluation and `cmt predict` alike: it is part of the model),
     # so that resolution and sharpness, which differ by collection, stop naming the collection. 0 = off.
-    effective_px: int = 0
+    effective_px: int = switch(0, "acquisition harmonisation: every film brought to {value} px effective resolution")
     # Lung focus: the classification heads read the film with everything outside the network's OWN
     # lung outline painted over and the lungs normalised (a second encoder pass; CMTNet with its lung
     # task). One mask source for every film, so the mask's shape cannot name a collection.
-    lung_focus: bool = False
+    lung_focus: bool = switch(False, "lung focus: the heads classify only the film's own lung region (the network's lung outline)")
 
 
 @dataclass
@@ -111,11 +134,11 @@ class TrainConfig:
     # covid_loss_within: the COVID-19 loss counts only for films of collections whose COVID-19 labels
     # take both values in the training split; where a collection holds one class only, learning its
     # label teaches the collection's look, not the disease.
-    covid_loss_within: bool = False
+    covid_loss_within: bool = switch(False, "COVID-19 loss only on collections holding both labels")
     # balance_sources: batches drawn so that every collection x COVID-19 label stratum is equally
     # common (strata under balance_cap films weighted as if they had balance_cap; replaces
     # covid_oversample's repeats).
-    balance_sources: bool = False
+    balance_sources: bool = switch(False, "source-balanced sampling: every collection x COVID-19 label drawn equally often (cap {balance_cap})")
     balance_cap: int = 20
     # How the run's operating COVID-19 threshold (what `cmt predict`, the confusion tables and external
     # validation decide with) is chosen, once, on the validation films at the end of training

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cmtlib.checkpoint import (CLASS_NAMES, CheckpointError, load_model, make_checkpoint, read_checkpoint, save_checkpoint)
+from cmtlib.models.base import CLASS_NAMES
+from cmtlib.run import Run
+from cmtlib.checkpoint import (CheckpointError, load_model, make_checkpoint, read_checkpoint, save_checkpoint)
 from cmtlib.models.registry import create_model
 from test_engine import TINY_MODEL, one_thread, toy_params, train_toy  # noqa: F401 (fixture)
 
@@ -19,7 +21,7 @@ def run(tmp_path_factory):
 def test_loads_with_weights_only_and_describes_itself(run):
     ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["format"] == "cmtlib-checkpoint" and ckpt["epoch"] == 1
-    assert ckpt["class_names"] == {"healthy": ["unhealthy", "healthy"], "multilabel": ["COVID", "other disease"]} == CLASS_NAMES
+    assert ckpt["class_names"] == {"healthy": ["unhealthy", "healthy"], "multilabel": ["COVID-19", "other disease"]} == CLASS_NAMES
     assert set(ckpt["versions"]) >= {"cmtlib", "torch", "torchvision"} and ckpt["versions"]["torch"] == str(torch.__version__)
     pre = ckpt["preprocessing"]
     assert pre["input_size"] == [64, 64] and pre["channels"] == 3 and pre["input_range"] == [0.0, 1.0]
@@ -33,7 +35,7 @@ def test_loads_with_weights_only_and_describes_itself(run):
 
 
 def test_load_model_rebuilds_the_trained_network(run):
-    model, meta = load_model(run, "best")
+    model, meta = Run(run).load_model("best")
     assert not model.training and meta["epoch"] == 1 and "state_dict" not in meta
     assert model.encoder_weights == "none"  # rebuilt without reading ImageNet weights
     ckpt = read_checkpoint(run / "checkpoints" / "best.pt")
@@ -56,7 +58,7 @@ def test_prediction_reads_the_light_checkpoint_with_the_best_weights(run):
     slim, full = read_checkpoint(light), read_checkpoint(best)
     assert not {"optimizer", "rng", "history"} & set(slim) and slim["epoch"] == full["epoch"]
     assert all(torch.equal(slim["state_dict"][k], v) for k, v in full["state_dict"].items())
-    model, meta = load_model(run, "best")
+    model, meta = Run(run).load_model("best")
     assert meta["path"] == str(light) and not any(t.is_meta for t in model.state_dict().values())
     ordinary = create_model("cmtnet", **{k: full["config"][k] for k in ("tasks", "width", "head_hidden")}, encoder_weights="none")
     ordinary.load_state_dict(full["state_dict"])
@@ -74,7 +76,9 @@ def test_a_bare_state_dict_is_refused(tmp_path):
 
 def test_a_missing_run_says_what_to_do(tmp_path):
     with pytest.raises(FileNotFoundError, match="cmt train"):
-        load_model(tmp_path / "nowhere")
+        Run(tmp_path / "nowhere").load_model()
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        load_model(tmp_path / "nowhere.pt")
 
 
 def test_a_failed_save_keeps_the_old_file_and_leaves_no_temp_file(tmp_path, monkeypatch):
@@ -105,6 +109,6 @@ def test_the_harmonisation_setting_travels_in_the_checkpoint(tmp_path):
     model = build_model(cfg)
     config = {"model": "cmtnet", "tasks": list(cfg.tasks), "width": 0.0625, "head_hidden": 8, "effective_px": 24}
     ckpt = make_checkpoint(model, None, config=config, epoch=1, history=[], best={}, image_size=64)
-    save_checkpoint(ckpt, tmp_path / "checkpoints" / "best.pt")
-    loaded, meta = load_model(tmp_path, "best")
+    save_checkpoint(ckpt, Run(tmp_path).checkpoint("best"))
+    loaded, meta = Run(tmp_path).load_model("best")
     assert loaded.preprocess.effective_px == 24 and meta["preprocessing"]["effective_px"] == 24

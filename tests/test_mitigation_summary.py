@@ -52,9 +52,10 @@ def test_folds_parse_with_or_without_a_name():
 
 
 def test_the_mitigations_a_run_used_are_named_in_words():
-    from cmtlib.run import mitigations_of
+    from cmtlib.configs import switches_on
 
-    assert mitigations_of({"lung_focus": False, "effective_px": 0, "balance_sources": False}) == []
-    words = mitigations_of({"lung_focus": True, "effective_px": 64, "balance_sources": "true", "balance_cap": 20,
-                            "covid_loss_within": True})
-    assert len(words) == 4 and words[0].startswith("lung focus") and "64 px" in words[1] and "cap 20" in words[2]
+    assert switches_on({"lung_focus": False, "effective_px": 0, "balance_sources": False}) == []
+    words = switches_on({"lung_focus": True, "effective_px": 64, "balance_sources": "true", "balance_cap": 20,
+                         "covid_loss_within": True})
+    # In field order: the model's switches, then training's; each description lives beside its field.
+    assert len(words) == 4 and "64 px" in words[0] and words[1].startswith("lung focus") and "cap 20" in words[3]

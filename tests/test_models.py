@@ -389,7 +389,7 @@ def test_describe_is_plain_data_that_rebuilds_the_model(tmp_path):
     assert d["width"] == 0.125 and d["embedding_dim"] == 64 and d["encoder_channels"] == [8, 16, 32, 64, 64]
     assert d["encoder_weights_source"] == "random init (encoder_weights=none)"
     assert d["preprocessing"]["mean"] == list(IMAGENET_MEAN) and d["preprocessing"]["std"] == list(IMAGENET_STD)
-    assert d["class_names"] == {"healthy": ["unhealthy", "healthy"], "multilabel": ["covid", "other"]}
+    assert d["class_names"] == {"healthy": ["unhealthy", "healthy"], "multilabel": ["COVID-19", "other disease"]}
     torch.save({"describe": d, "state_dict": model.state_dict()}, tmp_path / "ckpt.pt")
     ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
     rebuilt = create_model(ckpt["describe"]["name"], **ckpt["describe"]["config"])
@@ -441,10 +441,33 @@ def test_registry_unknown_name_lists_valid_ones_and_is_not_mutated():
 
 def test_build_model_passes_every_config_field():
     model = build_model(ModelConfig(model="cmtnet", tasks=["disease", "multilabel"], width=0.125, encoder_weights="none", head_hidden=8))
-    assert model.config() == {"tasks": ["disease", "multilabel"], "width": 0.125, "encoder_weights": "none", "head_hidden": 8}
+    assert model.config() == {"tasks": ["disease", "multilabel"], "width": 0.125, "encoder_weights": "none", "head_hidden": 8,
+                              "effective_px": 0, "lung_focus": False}
     assert model.multilabel_head[0].out_features == 8
     with pytest.raises(TypeError):
         create_model("cmtnet", widht=0.5)
+
+
+@pytest.mark.parametrize("name, switches", [("cmtnet", {"effective_px": 32, "lung_focus": True}), ("resnet18", {"effective_px": 32}),
+                                            ("unet", {"effective_px": 24})])
+def test_a_model_rebuilds_with_its_switches_from_its_own_config(name, switches):
+    """create_model(name, **model.config()) rebuilds the architecture, switches included: the switches are
+    constructor arguments, not attributes set after construction."""
+    model = build_model(ModelConfig(model=name, width=0.125, encoder_weights="none", head_hidden=8, **switches))
+    again = create_model(name, **model.config())
+    assert again.config() == model.config() and {k: again.config()[k] for k in switches} == switches
+    assert again.describe()["preprocessing"].get("effective_px") == switches["effective_px"]
+    assert getattr(again, "lung_focus", False) == switches.get("lung_focus", False)
+
+
+def test_a_switch_a_model_does_not_declare_is_refused_when_on():
+    from cmtlib.models.registry import undeclared_switches
+
+    with pytest.raises(ConfigError, match="lung_focus is not a switch of resnet18; models that take it: cmtnet"):
+        build_model(ModelConfig(model="resnet18", width=0.125, encoder_weights="none", head_hidden=8, lung_focus=True))
+    assert undeclared_switches("resnet18") == {"lung_focus": False} and undeclared_switches("cmtnet") == {}
+    with pytest.raises(ConfigError, match="lung_focus needs the network's own lung outline"):
+        build_model(ModelConfig(model="cmtnet", tasks=["disease", "multilabel"], width=0.125, encoder_weights="none", lung_focus=True))
 
 
 def test_effective_px_harmonises_resolution_inside_the_model():
@@ -485,5 +508,3 @@ def test_lung_focus_classifies_only_the_networks_own_lung_region():
         heads = model.classify(model.forward_features(model.focus_input(x)).features)
     assert torch.allclose(out["multilabel"], heads["multilabel"], atol=1e-6)  # heads-only code sees what forward's heads see
     assert model.describe()["lung_focus"] is True
-    with pytest.raises(ConfigError, match="lung_focus needs a model that outlines the lungs itself"):
-        build_model(ModelConfig(model="resnet18", width=1.0, encoder_weights="none", head_hidden=8, lung_focus=True))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-# Class order of each two-logit head (index 0, 1), as the models describe themselves.
-CLASS_NAMES: dict[str, list[str]] = {"healthy": ["unhealthy", "healthy"], "multilabel": ["covid", "other"]}
+# Class order of each two-logit head (index 0, 1), in words: what models describe and checkpoints store.
+CLASS_NAMES: dict[str, list[str]] = {"healthy": ["unhealthy", "healthy"], "multilabel": ["COVID-19", "other disease"]}
 
 
 class ContractModel(nn.Module):
@@ -16,7 +16,18 @@ class ContractModel(nn.Module):
     classify, ``healthy_head`` / ``multilabel_head`` modules; ``forward_features(x).features`` is
     the last encoder block's output (what CAM explains). Each sets ``name``, ``embedding_dim``,
     ``encoder_weights_source`` and ``preprocess`` and says what is its own in ``describe_own``.
+
+    ``SWITCHES`` declares the ModelConfig switches (cmtlib.configs.switch) a model takes as
+    constructor arguments; the registry refuses a switch that is on for a model not declaring it, and
+    the experiments layer leaves it off when it trains such a model beside a run that has it on.
+    Every model's ``preprocess`` applies acquisition harmonisation, so ``effective_px`` is everyone's.
     """
+
+    SWITCHES: tuple[str, ...] = ("effective_px",)
+
+    @property
+    def effective_px(self) -> int:
+        return self.preprocess.effective_px
 
     def classify(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         """Embedding (global average pooling) and the classification logits the model has.
@@ -67,5 +78,6 @@ class ContractModel(nn.Module):
         raise NotImplementedError
 
     def config(self) -> dict:
-        """Keyword arguments that rebuild this architecture with ``create_model(name, **config)``."""
-        return {"tasks": list(self.tasks), "width": self.width, "encoder_weights": self.encoder_weights, "head_hidden": self.head_hidden}
+        """Keyword arguments that rebuild this architecture, switches included, with ``create_model(name, **config)``."""
+        common = {"tasks": list(self.tasks), "width": self.width, "encoder_weights": self.encoder_weights, "head_hidden": self.head_hidden}
+        return {**common, **{name: getattr(self, name) for name in self.SWITCHES}}

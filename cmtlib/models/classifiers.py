@@ -73,6 +73,7 @@ class TorchvisionClassifier(ContractModel):
         width: channel multiplier (see the module docstring; 1.0 = torchvision's network).
         encoder_weights: ``imagenet`` (local torchvision file, width 1.0 only), ``none`` or a path.
         head_hidden: hidden width of the FC heads.
+        effective_px: acquisition harmonisation (ModelConfig.effective_px; 0 = off).
 
     Input: (B, 3 or 1, H, W) float in [0, 1], any H, W >= 32. Output: ``embedding``, ``healthy``
     (if a task), ``multilabel`` raw logits.
@@ -85,13 +86,13 @@ class TorchvisionClassifier(ContractModel):
     tv_skip: tuple[str, ...] = ("classifier.",)
     width_note = "scales channels"
 
-    def __init__(self, tasks: Sequence[str] = ("healthy", "multilabel"), width: float = 1.0, encoder_weights: str = "imagenet", head_hidden: int = 256) -> None:
+    def __init__(self, tasks: Sequence[str] = ("healthy", "multilabel"), width: float = 1.0, encoder_weights: str = "imagenet", head_hidden: int = 256, effective_px: int = 0) -> None:
         super().__init__()
         self.tasks = classification_tasks(tasks)
         self.width = float(width)
         self.head_hidden = int(head_hidden)
         self.encoder_weights = str(encoder_weights)
-        self.preprocess = ImageNetPreprocess()
+        self.preprocess = ImageNetPreprocess(effective_px=effective_px)
         self.encoder, self.embedding_dim = self.build_encoder(self.width)
         narrowed = self.width != 1.0 and self.width_note != "ignored"
         self.encoder_weights_source = load_torchvision_weights(

@@ -7,6 +7,7 @@ from typing import Sequence
 import torch
 
 from cmtlib.configs import ALL_TASKS
+from cmtlib.errors import ConfigError
 from cmtlib.models.base import ContractModel
 from cmtlib.models.encoder import EncoderOutput, ImageNetPreprocess, VGG16BNEncoder
 from cmtlib.models.heads import ClassificationHead
@@ -50,12 +51,16 @@ class CMTNet(ContractModel):
         width: channel multiplier of the VGG16-BN encoder (1.0 = the paper).
         encoder_weights: ``imagenet``, ``none`` or a state_dict path (``load_encoder_weights``).
         head_hidden: width of the two hidden FC layers of each head (the paper does not give it).
+        effective_px: acquisition harmonisation (ModelConfig.effective_px; 0 = off).
+        lung_focus: the heads classify the film with everything outside the network's own lung outline
+            painted over (``focus_on_lungs``; a second encoder pass); needs the lung task.
 
     Input: (B, 3, H, W) float in [0, 1] (or (B, 1, H, W), repeated to 3 channels), any H, W >= 32;
     ImageNet normalisation happens inside. Output: a dict of raw logits (DESIGN.md's Model contract).
     """
 
     name = "cmtnet"
+    SWITCHES = ("effective_px", "lung_focus")
 
     def __init__(
         self,
@@ -63,13 +68,17 @@ class CMTNet(ContractModel):
         width: float = 1.0,
         encoder_weights: str = "imagenet",
         head_hidden: int = 256,
+        effective_px: int = 0,
+        lung_focus: bool = False,
     ) -> None:
         super().__init__()
         self.tasks = validate_tasks(tasks)
+        if lung_focus and "lung" not in self.tasks:
+            raise ConfigError(f"lung_focus needs the network's own lung outline: add the lung task (tasks {list(self.tasks)})")
         self.width = float(width)
         self.head_hidden = int(head_hidden)
         self.encoder_weights = str(encoder_weights)
-        self.preprocess = ImageNetPreprocess()
+        self.preprocess = ImageNetPreprocess(effective_px=effective_px)
         self.encoder = VGG16BNEncoder(width=width, in_channels=3)
         self.encoder_weights_source = load_encoder_weights(self.encoder, encoder_weights)
         channels, depths = self.encoder.out_channels, self.encoder.depths
@@ -79,9 +88,7 @@ class CMTNet(ContractModel):
         self.disease_decoder = SegNetDecoder(channels, 1, depths) if "disease" in self.tasks else None
         self.healthy_head = ClassificationHead(self.embedding_dim, self.head_hidden, 2) if "healthy" in self.tasks else None
         self.multilabel_head = ClassificationHead(self.embedding_dim, self.head_hidden, 2)
-        # Lung focus (ModelConfig.lung_focus; set by the registry): the heads classify the film with
-        # everything outside the network's own lung outline painted over (focus_on_lungs).
-        self.lung_focus = False
+        self.lung_focus = bool(lung_focus)
 
     def forward_features(self, x: torch.Tensor) -> EncoderOutput:
         """Preprocess and encode (no decoders): what CAM and embedding code need.

@@ -88,12 +88,13 @@ class MaskRCNNAdapter(ContractModel):
         encoder_weights: ``imagenet`` (torchvision's ResNet file, found locally), ``none`` or a
             path to a ResNet state_dict.
         head_hidden: accepted for the registry's common signature; unused.
+        effective_px: acquisition harmonisation (ModelConfig.effective_px; 0 = off).
     """
 
     name = "maskrcnn"
     backbone_name = "resnet18"
 
-    def __init__(self, tasks: Sequence[str] = ("lung", "disease"), width: float = 1.0, encoder_weights: str = "imagenet", head_hidden: int = 256) -> None:
+    def __init__(self, tasks: Sequence[str] = ("lung", "disease"), width: float = 1.0, encoder_weights: str = "imagenet", head_hidden: int = 256, effective_px: int = 0) -> None:
         super().__init__()
         self.tasks = segmentation_tasks(tasks)
         self.labels = {t: i + 1 for i, t in enumerate(self.tasks)}  # 0 = background
@@ -115,7 +116,7 @@ class MaskRCNNAdapter(ContractModel):
             **DETECTOR_SETTINGS,
         )
         self.embedding_dim = in_channels[-1]
-        self.preprocess = ImageNetPreprocess()
+        self.preprocess = ImageNetPreprocess(effective_px=effective_px)
 
     # ---- shared backbone pass ----------------------------------------------------------------
 

@@ -1,8 +1,8 @@
 """One registry of models: name -> builder. Adding a baseline is one entry in MODELS.
 
-A builder is a callable taking the ModelConfig fields other than ``model`` as keywords (``tasks``,
-``width``, ``encoder_weights``, ``head_hidden``; it may ignore those that do not apply but must
-accept them) and returning an ``nn.Module`` that follows DESIGN.md's Model contract: ``forward``
+A builder is a class taking the ModelConfig fields other than ``model`` as keywords (``tasks``,
+``width``, ``encoder_weights``, ``head_hidden``, which it may ignore where they do not apply, and
+the switches it declares in ``SWITCHES``) and returning an ``nn.Module`` that follows DESIGN.md's Model contract: ``forward``
 returns a dict of raw logits (only the keys of tasks it does, ``embedding`` always) and
 ``describe()`` returns plain data (name, tasks, parameters, preprocessing, ...).
 tests/test_model_contract.py checks every entry.
@@ -66,21 +66,27 @@ def create_model(name: str, **cfg: Any) -> nn.Module:
     return MODELS[name](**cfg)
 
 
-# ModelConfig fields set on the built model rather than passed to its builder: acquisition
-# harmonisation (every model's `preprocess`) and lung focus (models with a lung output that support it).
-OPTION_FIELDS = ("effective_px", "lung_focus")
+def switch_fields() -> tuple[str, ...]:
+    """The ModelConfig fields that are switches (cmtlib.configs.switch)."""
+    return tuple(f.name for f in dataclasses.fields(ModelConfig) if "switch" in f.metadata)
+
+
+def undeclared_switches(name: str) -> dict[str, Any]:
+    """The switches model ``name`` does not declare (ContractModel.SWITCHES), at their defaults: what
+    a run's params take when such a model is trained beside a run that has them on."""
+    declared = getattr(MODELS[name], "SWITCHES", ())
+    defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+    return {k: defaults[k] for k in switch_fields() if k not in declared}
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
-    """Build the model a ModelConfig names, passing its other fields as keywords, then set the option
-    fields: effective_px on the model's `preprocess` module, lung_focus on a model that supports it."""
-    kwargs = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in ("model", *OPTION_FIELDS)}
-    model = create_model(cfg.model, **kwargs)
-    if cfg.effective_px:
-        model.preprocess.effective_px = int(cfg.effective_px)
-    if cfg.lung_focus:
-        if not hasattr(model, "lung_focus") or getattr(model, "lung_decoder", None) is None:
-            raise ConfigError(f"lung_focus needs a model that outlines the lungs itself (cmtnet with the lung task); "
-                              f"{cfg.model} with tasks {list(cfg.tasks)} does not")
-        model.lung_focus = True
-    return model
+    """Build the model a ModelConfig names, its other fields as keywords; a switch the model does not
+    declare is left out when off and refused when on (ConfigError naming the models that take it)."""
+    if cfg.model not in MODELS:
+        raise UnknownNameError(f"unknown model {cfg.model!r}; registered models: {', '.join(sorted(MODELS))}")
+    kwargs = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "model"}
+    for key, default in undeclared_switches(cfg.model).items():
+        if kwargs.pop(key) != default:
+            takers = [n for n in MODELS if key in getattr(MODELS[n], "SWITCHES", ())]
+            raise ConfigError(f"{key} is not a switch of {cfg.model}; models that take it: {', '.join(takers)}")
+    return create_model(cfg.model, **kwargs)

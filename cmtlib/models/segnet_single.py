@@ -53,13 +53,13 @@ class SegNet(ContractModel):
 
     name = "segnet"
 
-    def __init__(self, tasks: Sequence[str] = ("lung",), width: float = 1.0, encoder_weights: str = "imagenet", head_hidden: int = 256) -> None:
+    def __init__(self, tasks: Sequence[str] = ("lung",), width: float = 1.0, encoder_weights: str = "imagenet", head_hidden: int = 256, effective_px: int = 0) -> None:
         super().__init__()
         self.tasks = segmentation_tasks(tasks)
         self.width = float(width)
         self.encoder_weights = str(encoder_weights)
         self.head_hidden = int(head_hidden)
-        self.preprocess = ImageNetPreprocess()
+        self.preprocess = ImageNetPreprocess(effective_px=effective_px)
         self.encoder = VGG16BNEncoder(width=width, in_channels=3)
         self.encoder_weights_source = load_encoder_weights(self.encoder, encoder_weights)
         channels, depths = self.encoder.out_channels, self.encoder.depths

@@ -46,13 +46,14 @@ class UNet(ContractModel):
         encoder_weights: ``none``; ``imagenet`` keeps the random init with a WARNING (none exist);
             a path loads a UNet state_dict of this architecture.
         head_hidden: accepted for the registry's common signature; unused.
+        effective_px: acquisition harmonisation (ModelConfig.effective_px; 0 = off).
 
     Output: ``lung`` and/or ``disease`` (B, 1, H, W) logits and ``embedding`` (B, C_bottleneck).
     """
 
     name = "unet"
 
-    def __init__(self, tasks: Sequence[str] = ("lung", "disease"), width: float = 1.0, encoder_weights: str = "none", head_hidden: int = 256) -> None:
+    def __init__(self, tasks: Sequence[str] = ("lung", "disease"), width: float = 1.0, encoder_weights: str = "none", head_hidden: int = 256, effective_px: int = 0) -> None:
         super().__init__()
         if not width > 0:
             raise ValueError(f"width must be a positive channel multiplier (1.0 = UNet's 64 ... 1024), got {width!r}")
@@ -63,7 +64,7 @@ class UNet(ContractModel):
         self.channels = tuple(max(MIN_CHANNELS, int(round(c * width))) for c in UNET_CHANNELS)
         c = self.channels
         self.embedding_dim = c[-1]
-        self.preprocess = ImageNetPreprocess()
+        self.preprocess = ImageNetPreprocess(effective_px=effective_px)
         self.inc = double_conv(3, c[0])
         self.downs = nn.ModuleList(double_conv(c[i], c[i + 1]) for i in range(len(c) - 1))
         self.ups = nn.ModuleList(nn.ConvTranspose2d(c[i + 1], c[i], kernel_size=2, stride=2) for i in reversed(range(len(c) - 1)))
