@@ -39,8 +39,8 @@ import json, sys, time
 t0 = time.perf_counter()
 import cmtlib.predict
 t1 = time.perf_counter()
-from cmtlib.checkpoint import load_model
-model, meta = load_model(sys.argv[1])
+from cmtlib.run import Run
+model, meta = Run(sys.argv[1]).load_model()
 t2 = time.perf_counter()
 print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1}))
 """
@@ -58,17 +58,21 @@ def make_run(folder: Path, size: int, width: float, head_hidden: int) -> Path:
     as training writes beside it, the inference-only checkpoints/model.pt that `cmt predict` reads."""
     import torch
 
-    from cmtlib.checkpoint import CHECKPOINT_DIR, INFERENCE_FILE, make_checkpoint, save_checkpoint, save_inference_checkpoint
+    from cmtlib.checkpoint import make_checkpoint, save_checkpoint, save_inference_checkpoint
     from cmtlib.models.registry import build_model
     from cmtlib.params import load_params
+    from cmtlib.run import Run, RunInfo
 
     params = load_params(REPO / "params" / "paper.yaml", {"image_size": size, "width": width, "head_hidden": head_hidden,
                                                           "encoder_weights": "none", "run_dir": str(folder)})
     torch.manual_seed(0)
     model = build_model(params.model)
     ckpt = make_checkpoint(model, None, config=params.flat(), epoch=1, history=[], best={"by": "val_loss", "value": 0.0, "epoch": 1}, image_size=size)
-    save_checkpoint(ckpt, folder / CHECKPOINT_DIR / "best.pt")
-    save_inference_checkpoint(ckpt, folder / CHECKPOINT_DIR / INFERENCE_FILE)
+    run = Run(folder)
+    save_checkpoint(ckpt, run.checkpoint("best"))
+    save_inference_checkpoint(ckpt, run.checkpoint("model"))
+    run.write_info(RunInfo(status="finished", model="cmtnet", threshold_rule="specificity:0.95"))
+    run.write_threshold({"covid_threshold": 0.5, "threshold_rule": "specificity:0.95"})  # timing only: any threshold
     return folder
 
 

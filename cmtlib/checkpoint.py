@@ -3,7 +3,7 @@
 A checkpoint is a dict of plain data and tensors only (no pickled classes):
     format, format_version      'cmtlib-checkpoint', 1
     config                      the run's resolved flat params (every key; cmtlib.params)
-    class_names                 {'healthy': ['unhealthy', 'healthy'], 'multilabel': ['COVID', 'other disease']}
+    class_names                 cmtlib.models.base.CLASS_NAMES: each two-logit head's classes in index order
     versions                    cmtlib, torch, torchvision, python
     preprocessing               input size, channels, range, mean/std (from model.describe())
     model                       model.describe()
@@ -33,12 +33,11 @@ import cmtlib
 from cmtlib.configs import ModelConfig
 from cmtlib.errors import CmtError, MissingInputError
 from cmtlib.fileio import atomic_path
+from cmtlib.models.base import CLASS_NAMES
 from cmtlib.models.registry import build_model
 
 FORMAT = "cmtlib-checkpoint"
 FORMAT_VERSION = 1
-CLASS_NAMES = {"healthy": ["unhealthy", "healthy"], "multilabel": ["COVID", "other disease"]}
-CHECKPOINT_DIR = "checkpoints"
 
 
 class CheckpointError(CmtError, ValueError):
@@ -150,31 +149,12 @@ def save_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike) -> Path:
 
 # What prediction needs of a checkpoint: no optimizer state (twice the weights for Adam), RNG or history.
 INFERENCE_KEYS = ("format", "format_version", "config", "class_names", "versions", "preprocessing", "model", "epoch", "best", "state_dict")
-INFERENCE_FILE = "model.pt"
 
 
 def save_inference_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike) -> Path:
-    """The best checkpoint's weights and description only (checkpoints/model.pt): a third of best.pt's
-    size for Adam, read with mmap by `load_model`, so a cold `cmt predict` starts in a fraction of the time."""
+    """The best checkpoint's weights and description only (a run's checkpoints/model.pt): a third of
+    best.pt's size for Adam, read with mmap by `load_model`, so a cold `cmt predict` starts in a fraction of the time."""
     return save_checkpoint({k: ckpt[k] for k in INFERENCE_KEYS if k in ckpt}, path)
-
-
-def checkpoint_path(run_or_ckpt: str | os.PathLike, which: str = "best") -> Path:
-    """`which` (best or last) of a run folder, or the file itself when given a .pt path."""
-    p = Path(run_or_ckpt)
-    if p.is_file():
-        return p
-    if which not in ("best", "last"):
-        raise ValueError(f"which must be 'best' or 'last', got {which!r}")
-    light = p / CHECKPOINT_DIR / INFERENCE_FILE
-    if which == "best" and light.is_file():
-        return light  # the best weights without the optimizer: written beside best.pt at every new best
-    path = p / CHECKPOINT_DIR / f"{which}.pt"
-    if not path.is_file():
-        if not p.exists():
-            raise MissingInputError(f"run folder not found: {p}; train one with `cmt train --params YAML`")
-        raise MissingInputError(f"{path} not found; is {p} a run folder whose training finished at least one epoch?")
-    return path
 
 
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
@@ -216,8 +196,8 @@ def _no_init() -> Iterator[None]:
             setattr(torch.nn.init, name, fn)
 
 
-def load_model(run_or_ckpt: str | os.PathLike, which: str = "best", device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a trained model from a run folder or checkpoint file.
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a trained model from a checkpoint file (a run folder's: `Run.load_model`).
 
     The model is built on the meta device (no memory, no random initialisation of weights the
     checkpoint replaces anyway) and the checkpoint's tensors, memory-mapped, are assigned to it.
@@ -225,7 +205,9 @@ def load_model(run_or_ckpt: str | os.PathLike, which: str = "best", device: str 
     Returns:
         (model in eval mode on `device`, the checkpoint without state_dict and optimizer).
     """
-    path = checkpoint_path(run_or_ckpt, which)
+    path = Path(path)
+    if not path.is_file():
+        raise MissingInputError(f"checkpoint not found: {path}")
     ckpt = read_checkpoint(path, mmap=True)
     cfg = model_config(ckpt["config"])
     try:

@@ -1,16 +1,19 @@
 """A run folder and its one owner, `Run`: where a trained model lives.
 
     <run>/config.yaml        the resolved flat params (every key)
-    <run>/run.json           what ran where: device, versions, data cache, status, the COVID threshold
+    <run>/run.json           what ran where (RunInfo: device, versions, data cache, status, threshold rule, run_format)
     <run>/train.log          the log (appended on --resume)
     <run>/history.csv|json   one row per epoch
-    <run>/checkpoints/{best,last}.pt
-    <run>/predictions.csv, predictions_val.csv, metrics.json, embeddings.npy, embeddings_index.csv
-    <run>/threshold.json     the COVID operating threshold and how it was chosen
+    <run>/checkpoints/{best,last,model}.pt
+    <run>/threshold.json     the COVID operating threshold and how it was chosen (written once, at training)
+    <run>/predictions_val.csv  the validation films scored by the best checkpoint (written with threshold.json)
+    <run>/predictions.csv, metrics.json, embeddings.npy, embeddings_index.csv   `cmt evaluate` (an Evaluation)
     <run>/external/<name>/   evaluations of other manifests (never over the run's own results)
 
-The engine writes a run (claim, logging, run.json); evaluation, prediction, the experiments and the
-report pages read it through `Run`, never by path arithmetic of their own.
+The engine writes a run (claim, logging, run.json, threshold.json); evaluation, prediction, the
+experiments and the report pages read it through `Run` and `Evaluation`, never by path arithmetic of
+their own: this module is the only one that knows the folder's file names and run.json's keys.
+A run folder records its `run_format`; one of another format gets one clear error saying to retrain it.
 """
 
 from __future__ import annotations
@@ -19,45 +22,76 @@ import dataclasses
 import functools
 import logging
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from cmtlib.configs import switches_on
 from cmtlib.errors import ConfigError, MissingInputError, RunFolderError
-from cmtlib.fileio import read_json, write_json
-from cmtlib.params import key_owner
+from cmtlib.fileio import atomic_path, read_json, write_json
+from cmtlib.params import dump_params, key_owner
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
 
+# The layout of a run folder and of run.json. A folder of another format is refused with a note to
+# retrain it (runs are cheap to retrain; converting old layouts is code nobody tests).
+RUN_FORMAT = 2
 # Keys that may change between a run and its --resume (they do not change what is learned).
 RESUMABLE_CHANGES = frozenset({"epochs", "device", "threads", "compile", "log_every", "eval_batch_size", "cache_dir", "reports_dir"})
 # Keys that may differ between a finished run and the params asking for it without changing its
 # results (where and how fast it ran); experiments and report keys are never compared either.
 NOT_RESULT_KEYS = frozenset({"run_dir", "threads", "eval_batch_size", "device", "compile", "log_every", "cache_dir"})
+CHECKPOINTS = {"best": "best.pt", "last": "last.pt", "model": "model.pt"}  # model.pt: the best weights without optimizer (prediction)
 
 
 class RunMismatchError(RunFolderError):
     """The folder holds a run made with other params; the message lists the keys that differ."""
 
 
-def mitigations_of(config: dict[str, Any]) -> list[str]:
-    """The shortcut mitigations (docs/shortcuts.md) a run's flat config switches on, in words; [] for none."""
-    def on(key: str) -> bool:
-        return config.get(key) in (True, "true", "True")
+@dataclass
+class RunInfo:
+    """run.json: what ran where. Written by the engine through `Run.write_info`, read as `Run.info`."""
 
-    out = []
-    if on("lung_focus"):
-        out.append("lung focus: the heads classify only the film's own lung region (the network's lung outline)")
-    px = config.get("effective_px")
-    if px not in (None, "", 0, "0"):
-        out.append(f"acquisition harmonisation: every film brought to {px} px effective resolution")
-    if on("balance_sources"):
-        out.append(f"source-balanced sampling: every collection x COVID-19 label drawn equally often (cap {config.get('balance_cap')})")
-    if on("covid_loss_within"):
-        out.append("COVID-19 loss only on collections holding both labels")
-    return out
+    run_format: int = RUN_FORMAT
+    name: str = ""
+    params_file: str = ""
+    run_dir: str = ""
+    status: str = ""  # running | finished ("" = not recorded: a start that stopped before writing run.json)
+    device: str = ""  # in words, e.g. "cpu (1 thread)"
+    world_size: int = 1
+    threads: int = 0  # CPU threads the run used; a --resume continues with them (the order of sums)
+    precision: str = ""  # bf16 | fp32
+    torch: str = ""
+    torchvision: str = ""
+    cmtlib: str = ""
+    git_commit: str = ""
+    model: str = ""
+    encoder_weights_source: str = ""
+    data_cache: str = ""
+    manifest: str = ""
+    manifest_hash: str = ""
+    n_train: int = 0
+    n_val: int = 0
+    steps_per_epoch: int = 0
+    images_per_epoch: int = 0
+    start_time: str = ""
+    end_time: str | None = None
+    resumed_at: list[dict[str, Any]] = field(default_factory=list)
+    seconds_per_epoch: list[float] = field(default_factory=list)
+    epochs_done: int = 0
+    threshold_rule: str = ""  # the rule only: the threshold itself lives in threshold.json
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: Path) -> RunInfo:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise RunFolderError(f"{where} holds keys this cmtlib does not write ({', '.join(unknown[:6])}); was it made by another version?")
+        return cls(**values)
 
 
 def run_dir_for(params) -> Path:
@@ -75,113 +109,200 @@ def _norm(v: Any) -> str:
     return yaml.safe_dump(list(v) if isinstance(v, tuple) else v).strip()
 
 
-class Run:
-    """One run folder. Reading properties load their file on first use (None / {} when absent);
-    `refresh()` forgets them after the folder changed."""
+def _read_csv(path: Path) -> pd.DataFrame | None:
+    import pandas as pd  # here, not at the top: `cmt predict` reads no CSV and starts faster without pandas
+
+    return pd.read_csv(path, dtype={"image_id": str, "patient_id": str}) if path.is_file() else None
+
+
+def write_csv(df: pd.DataFrame, path: Path) -> Path:
+    """A frame as CSV, atomically (empty cells for missing values)."""
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, na_rep="")
+    return path
+
+
+class Evaluation:
+    """A folder of evaluated films: a run folder itself (its own test split), `<run>/external/<name>/`,
+    or a comparison method's folder. Reading properties load on first use (None when absent)."""
+
+    PREDICTIONS, PREDICTIONS_VAL, METRICS = "predictions.csv", "predictions_val.csv", "metrics.json"
+    EMBEDDINGS, EMBEDDINGS_INDEX = "embeddings.npy", "embeddings_index.csv"
 
     def __init__(self, path: str | Path):
         self.path = Path(path).resolve()
 
     def __repr__(self) -> str:
-        return f"Run({str(self.path)!r})"
+        return f"{type(self).__name__}({str(self.path)!r})"
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @functools.cached_property
+    def metrics(self) -> dict[str, Any] | None:
+        return read_json(self.path / self.METRICS)
+
+    @functools.cached_property
+    def predictions(self) -> pd.DataFrame | None:
+        return _read_csv(self.path / self.PREDICTIONS)
+
+    @functools.cached_property
+    def predictions_val(self) -> pd.DataFrame | None:
+        return _read_csv(self.path / self.PREDICTIONS_VAL)
+
+    @property
+    def evaluated(self) -> bool:
+        return (self.path / self.METRICS).is_file()
+
+    @property
+    def evaluated_at(self) -> float | None:
+        """When metrics.json was written (seconds since the epoch), None before."""
+        path = self.path / self.METRICS
+        return path.stat().st_mtime if path.is_file() else None
+
+    @property
+    def embeddings_path(self) -> Path:
+        return self.path / self.EMBEDDINGS
+
+    def embeddings(self) -> tuple[np.ndarray, pd.DataFrame] | None:
+        """(embeddings (N, D) float32, their index: image_id, split, cache_row), None when not written."""
+        import numpy as np
+
+        index = _read_csv(self.path / self.EMBEDDINGS_INDEX)
+        if index is None or not self.embeddings_path.is_file():
+            return None
+        return np.load(self.embeddings_path), index
+
+    def refresh(self) -> Evaluation:
+        """Forget what was read (the folder changed)."""
+        for name in ("metrics", "predictions", "predictions_val"):
+            self.__dict__.pop(name, None)
+        return self
+
+    def write(self, *, predictions: pd.DataFrame | None = None, predictions_val: pd.DataFrame | None = None,
+              metrics: dict[str, Any] | None = None, embeddings: np.ndarray | None = None) -> None:
+        """Write what is given, each file atomically; metrics last, so that a folder with metrics.json
+        holds the predictions it was computed from."""
+        import numpy as np
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        if predictions_val is not None:
+            write_csv(predictions_val, self.path / self.PREDICTIONS_VAL)
+        if predictions is not None:
+            write_csv(predictions, self.path / self.PREDICTIONS)
+        if embeddings is not None and predictions is not None:
+            with atomic_path(self.embeddings_path) as tmp:
+                np.save(tmp, embeddings)
+            write_csv(predictions[["image_id", "split", "cache_row"]], self.path / self.EMBEDDINGS_INDEX)
+        if metrics is not None:
+            write_json(self.path / self.METRICS, metrics)
+        self.refresh()
+
+
+class Run(Evaluation):
+    """One run folder: its training (config, run.json, checkpoints, threshold) and, as an Evaluation,
+    its own test split's results. `refresh()` forgets what was read after the folder changed."""
 
     @classmethod
     def open(cls, path: str | Path) -> Run:
-        """An existing run folder; MissingInputError saying how to make one otherwise."""
+        """An existing run folder of this cmtlib's format; MissingInputError saying how to make one otherwise."""
         run = cls(path)
         if not run.path.is_dir():
             raise MissingInputError(f"run folder not found: {run.path}; train it with `cmt train --params ...`")
+        run.info  # noqa: B018 -- reading it refuses a folder of another run format, with the fix
         return run
 
     def refresh(self) -> Run:
-        for name in ("info", "config", "history", "metrics", "predictions", "threshold"):
+        super().refresh()
+        for name in ("info", "config", "history", "threshold"):
             self.__dict__.pop(name, None)
         return self
 
     # ---- paths -------------------------------------------------------------------------------
-    def file(self, name: str) -> Path:
-        return self.path / name
-
-    def checkpoint(self, which: str = "best") -> Path:
-        if which not in ("best", "last"):
-            raise ValueError(f"which must be 'best' or 'last', got {which!r}")
-        return self.path / "checkpoints" / f"{which}.pt"
+    @property
+    def log_path(self) -> Path:
+        return self.path / "train.log"
 
     @property
-    def embeddings_path(self) -> Path:
-        return self.path / "embeddings.npy"
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
 
-    def external_dir(self, manifest: str | Path) -> Path:
-        """Where an evaluation of another manifest goes: external/<manifest stem>/."""
-        return self.path / "external" / Path(manifest).stem
+    def checkpoint(self, which: str = "best") -> Path:
+        """checkpoints/best.pt, last.pt (what --resume reads) or model.pt (the best weights, light)."""
+        if which not in CHECKPOINTS:
+            raise ValueError(f"which must be one of {', '.join(CHECKPOINTS)}, got {which!r}")
+        return self.path / "checkpoints" / CHECKPOINTS[which]
+
+    def weights(self, which: str = "best") -> Path:
+        """The file prediction loads for `which` (best: model.pt where written, else best.pt)."""
+        if which == "best" and self.checkpoint("model").is_file():
+            return self.checkpoint("model")
+        path = self.checkpoint(which)
+        if not path.is_file():
+            if not self.path.exists():
+                raise MissingInputError(f"run folder not found: {self.path}; train one with `cmt train --params YAML`")
+            raise MissingInputError(f"{path} not found; is {self.path} a run folder whose training finished at least one epoch?")
+        return path
+
+    def external(self, name: str) -> Evaluation:
+        """The evaluation of another set: external/<name>/ (a manifest's stem, or holdout)."""
+        return Evaluation(self.path / "external" / name)
+
+    def externals(self) -> list[Evaluation]:
+        """Every evaluated external/<name>/, holdout first, then by name."""
+        root = self.path / "external"
+        found = [Evaluation(p) for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
+        return sorted((e for e in found if e.evaluated), key=lambda e: (e.name != "holdout", e.name))
+
+    def eval_cache(self, stem: str, digest: str) -> Path:
+        """Where another manifest is cached at the run's image size for evaluation."""
+        return self.path / "eval_cache" / f"{stem}-{digest}"
 
     # ---- reading -----------------------------------------------------------------------------
     @functools.cached_property
-    def info(self) -> dict[str, Any]:
-        return read_json(self.file("run.json"), {}) or {}
+    def info(self) -> RunInfo:
+        """run.json (defaults where the run has not written it yet); RunFolderError for another run format."""
+        path = self.path / "run.json"
+        values = read_json(path, {}) or {}
+        if values and values.get("run_format") != RUN_FORMAT:
+            raise RunFolderError(f"{self.path} was made by an earlier cmtlib (run format {values.get('run_format', 1)}; this one reads "
+                                 f"{RUN_FORMAT}): retrain it with `cmt train --params ... --overwrite` (runs are not converted)")
+        return RunInfo.from_dict(values, path) if values else RunInfo(run_format=0)
 
     @functools.cached_property
     def config(self) -> dict[str, Any]:
-        """config.yaml as one flat dict ({} when absent)."""
-        path = self.file("config.yaml")
-        if not path.is_file():
-            return {}
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        flat: dict[str, Any] = {}
-        for k, v in raw.items():  # config.yaml is flat; a nested (per-component) one is flattened
-            if isinstance(v, dict):
-                flat.update(v)
-            else:
-                flat[k] = v
-        return flat
+        """config.yaml: the run's resolved flat params ({} when absent)."""
+        return yaml.safe_load(self.config_path.read_text(encoding="utf-8")) or {} if self.config_path.is_file() else {}
 
     @functools.cached_property
     def history(self) -> pd.DataFrame | None:
-        return self.read_csv("history.csv")
-
-    @functools.cached_property
-    def metrics(self) -> dict[str, Any] | None:
-        return read_json(self.file("metrics.json"))
-
-    @functools.cached_property
-    def predictions(self) -> pd.DataFrame | None:
-        return self.read_csv("predictions.csv")
+        return _read_csv(self.path / "history.csv")
 
     @property
     def mitigations(self) -> list[str]:
-        """mitigations_of(config.yaml), derived from the cached config."""
-        return mitigations_of(self.config)
+        """The shortcut mitigations the run trained with, in words (cmtlib.configs.switches_on)."""
+        return switches_on(self.config)
 
     @functools.cached_property
     def threshold(self) -> dict[str, Any] | None:
-        return read_json(self.file("threshold.json"))
+        """threshold.json: the operating threshold chosen at training (cmtlib.metrics.operating.choose_thresholds)."""
+        return read_json(self.path / "threshold.json")
 
-    def read_csv(self, name: str) -> pd.DataFrame | None:
-        import pandas as pd  # here, not at the top: `cmt predict` reads no CSV and starts faster without pandas
-
-        path = self.file(name)
-        return pd.read_csv(path, dtype={"image_id": str, "patient_id": str}) if path.is_file() else None
-
-    def info_value(self, *names: str, default: Any = None) -> Any:
-        return info_value(self.info, *names, default=default)
+    @property
+    def operating_threshold(self) -> float:
+        """The COVID-19 operating threshold (NaN when the run has none)."""
+        value = (self.threshold or {}).get("covid_threshold")
+        return float("nan") if value is None else float(value)
 
     @property
     def finished(self) -> bool:
-        """Training completed: run.json says so, or history reaches the configured epochs."""
-        if self.info.get("status") == "finished":
-            return True
-        epochs, history = self.config.get("epochs"), self.history
-        if history is not None and epochs and "epoch" in history.columns and len(history):
-            return int(history["epoch"].max()) >= int(epochs)
-        return False
-
-    @property
-    def evaluated(self) -> bool:
-        return self.metrics is not None
+        """Training completed: run.json says so (written after the threshold was frozen)."""
+        return self.info.status == "finished"
 
     def cache_dir(self, required: bool = True) -> Path | None:
         """The data cache the run was trained on (run.json `data_cache`), when it is on this machine."""
-        path = self.info.get("data_cache") or ""
+        path = self.info.data_cache
         if path and (Path(path) / "index.csv").is_file() and (Path(path) / "meta.json").is_file():
             return Path(path)
         if not required:
@@ -193,34 +314,40 @@ class Run:
         """(model in eval mode on `device`, checkpoint metadata): cmtlib.checkpoint.load_model."""
         from cmtlib.checkpoint import load_model  # torch and the model registry: not needed to read a run's files
 
-        return load_model(self.path, which, device)
+        return load_model(self.weights(which), device)
 
     # ---- writing (the engine's side) ---------------------------------------------------------
-    def write_info(self, info: dict[str, Any]) -> None:
-        write_json(self.file("run.json"), info)
+    def write_info(self, info: RunInfo) -> None:
+        write_json(self.path / "run.json", dataclasses.asdict(info))
         self.__dict__.pop("info", None)
 
     def update_info(self, **values: Any) -> None:
-        self.write_info({**self.info, **values})
+        self.write_info(dataclasses.replace(self.info, **values))
+
+    def write_threshold(self, record: dict[str, Any]) -> None:
+        """threshold.json, once per training (the engine's freeze step)."""
+        write_json(self.path / "threshold.json", record)
+        self.__dict__.pop("threshold", None)
 
     def unfinished_start(self) -> bool:
         """True when the folder holds nothing but train.log: a start that failed before writing
         config.yaml, run.json or a checkpoint. A rerun may reuse such a folder; a folder holding
         anything else is a run or the user's, and stays as it is."""
-        return self.path.is_dir() and [p.name for p in self.path.iterdir()] == ["train.log"]
+        return self.path.is_dir() and [p.name for p in self.path.iterdir()] == [self.log_path.name]
 
     def claim(self, resume: bool, overwrite: bool) -> None:
         """Refuse to overwrite a run silently; --overwrite replaces only a cmtlib run folder."""
         if resume and overwrite:
             raise ConfigError("--resume continues a run and --overwrite replaces it; give one of them")
         if resume:
-            if not self.file("config.yaml").is_file():
+            if not self.config_path.is_file():
                 raise MissingInputError(f"nothing to resume: {self.path} holds no run (no config.yaml); start the run without --resume")
+            self.info  # noqa: B018 -- refuses a run of another format before anything is resumed
             return
         if self.path.exists() and any(self.path.iterdir()):
             if not overwrite:
                 raise RunFolderError(f"run folder {self.path} already exists; use --resume to continue it or --overwrite to replace it")
-            if not any(self.file(name).exists() for name in ("config.yaml", "run.json", "checkpoints")):
+            if not any(p.exists() for p in (self.config_path, self.path / "run.json", self.path / "checkpoints")):
                 raise RunFolderError(f"{self.path} is not a cmtlib run folder (no config.yaml, run.json or checkpoints/); remove or rename it yourself")
             shutil.rmtree(self.path)
             self.refresh()
@@ -248,34 +375,30 @@ class Run:
             raise RunMismatchError(f"{self.path} holds a run made with other parameters ({detail}). "
                                    "Use another run_dir, or delete that folder to retrain.")
 
+    def write_history(self, history: list[dict[str, Any]]) -> None:
+        """history.csv and history.json, each written atomically."""
+        import pandas as pd
+
+        write_json(self.path / "history.json", history)
+        write_csv(pd.DataFrame(history), self.path / "history.csv")
+        self.__dict__.pop("history", None)
+
+    def dump_config(self, params) -> None:
+        dump_params(params, self.config_path)
+        self.__dict__.pop("config", None)
+
     def logging(self, enabled: bool = True) -> RunLogging:
-        return RunLogging(self.path, enabled)
-
-
-def info_value(info: dict[str, Any] | None, *names: str, default: Any = None) -> Any:
-    """The first of `names` found in `info` or in any dict nested in it (run.json's layout is the
-    engine's; readers only need the values)."""
-    if not isinstance(info, dict):
-        return default
-    for name in names:
-        if name in info and info[name] not in (None, ""):
-            return info[name]
-    for value in info.values():
-        if isinstance(value, dict):
-            found = info_value(value, *names)
-            if found is not None:
-                return found
-    return default
+        return RunLogging(self.log_path, enabled)
 
 
 class RunLogging:
     """train.log (appended on resume) and the console for the 'cmtlib' loggers, rank 0 only."""
 
-    def __init__(self, run_dir: Path, enabled: bool):
+    def __init__(self, log_path: Path, enabled: bool):
         self.logger, self.handlers = logging.getLogger("cmtlib"), []
         if enabled:
             fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
-            self.handlers = [logging.FileHandler(run_dir / "train.log", mode="a", encoding="utf-8"), logging.StreamHandler()]
+            self.handlers = [logging.FileHandler(log_path, mode="a", encoding="utf-8"), logging.StreamHandler()]
             for h in self.handlers:
                 h.setFormatter(fmt)
 

@@ -83,11 +83,13 @@ def test_embedding_maps_without_umap(monkeypatch):
 
 
 def test_load_run_embeddings(tmp_path):
+    from cmtlib.run import Evaluation
+
     x, y = _emb(n=6)
-    np.save(tmp_path / "embeddings.npy", x.astype(np.float32))
-    _predictions(y).assign(split=["test"] * 4 + ["val"] * 2).to_csv(tmp_path / "predictions.csv", index=False)
+    rows = _predictions(y).assign(split=["test"] * 4 + ["val"] * 2, cache_row=range(6))
+    Evaluation(tmp_path).write(predictions=rows, embeddings=x.astype(np.float32))
     emb, pred = E.load_run_embeddings(tmp_path, split="test")
     assert emb.shape == (4, 8) and len(pred) == 4
-    np.save(tmp_path / "embeddings.npy", x[:3])
+    np.save(Evaluation(tmp_path).embeddings_path, x[:3])
     with pytest.raises(ValueError, match="re-run"):
         E.load_run_embeddings(tmp_path)

@@ -41,12 +41,12 @@ def test_summary_puts_the_internal_test_first_then_each_set_and_its_collections(
 
 
 def test_load_external_reads_the_run_folders_holdout_first(tmp_path):
-    from cmtlib.fileio import write_json
+    from cmtlib.run import Run
 
+    run = Run(tmp_path)
     for name in ("zeta", "holdout"):
-        (tmp_path / "external" / name).mkdir(parents=True)
-        _preds(1, 1, 0.9, 0.1).to_csv(tmp_path / "external" / name / "predictions.csv", index=False)
-        write_json(tmp_path / "external" / name / "metrics.json", _metrics(1.0, 1.0, 1.0))
-    sets = X.load_external(tmp_path)
+        run.external(name).write(predictions=_preds(1, 1, 0.9, 0.1), metrics=_metrics(1.0, 1.0, 1.0))
+    (tmp_path / "external" / "unfinished").mkdir()  # no metrics.json: not an evaluation
+    sets = X.load_external(run)
     assert [s.name for s in sets] == ["holdout", "zeta"] and sets[1].label == "external set zeta"
-    assert [r["set"] for r in X.index_rows(tmp_path)] == ["films held out of this run's own data", "external set zeta"]
+    assert [r["set"] for r in X.index_rows(run)] == ["films held out of this run's own data", "external set zeta"]

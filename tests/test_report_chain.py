@@ -255,15 +255,15 @@ def test_kernel_selection_runs_this_interpreter():
 # ---- session: runs made on demand -----------------------------------------------------------------
 
 def fake_run(run_dir: Path, params, metrics: dict | None = None) -> Path:
-    from cmtlib.fileio import write_json
-    from cmtlib.params import dump_params
+    from cmtlib.run import Run, RunInfo
 
+    run = Run(run_dir)
     run_dir.mkdir(parents=True)
-    dump_params(params, run_dir / "config.yaml")
-    write_json(run_dir / "run.json", {"status": "finished", "device": "cpu (2 threads)"})
-    (run_dir / "history.csv").write_text("epoch,seconds,train_loss,val_loss\n1,2.0,1.0,1.2\n")
+    run.dump_config(params)
+    run.write_info(RunInfo(status="finished", device="cpu (2 threads)"))
+    run.write_history([{"epoch": 1, "seconds": 2.0, "train_loss": 1.0, "val_loss": 1.2}])
     if metrics is not None:
-        write_json(run_dir / "metrics.json", metrics)
+        run.write(metrics=metrics)
     return run_dir
 
 
@@ -278,7 +278,7 @@ def test_ensure_run_uses_a_finished_run_and_refuses_one_with_other_params(tmp_pa
     monkeypatch.setattr(session, "evaluate_run", lambda *a, **k: pytest.fail("an evaluated run must not be evaluated again"))
     run = session.ensure_run(params, run_dir)
     assert run.metrics == {"covid": {"auc": 0.9}} and run.history["val_loss"].tolist() == [1.2]
-    assert run.info_value("device") == "cpu (2 threads)" and run.config["epochs"] == 1
+    assert run.info.device == "cpu (2 threads)" and run.config["epochs"] == 1
     # Another report folder or thread count is the same run; another epoch count is not.
     assert session.ensure_run(load_params(REPO / "params" / "smoke.yaml", {"threads": 1, "reports_dir": "x"}), run_dir).metrics
     with pytest.raises(RunMismatchError, match="epochs: run has 1, params say 2.*another run_dir"):

@@ -226,11 +226,13 @@ def test_check_results_and_duplicates(small):
 
 
 def test_weights_text_and_run_facts():
-    assert "random weights" in training_summary.weights_text({"encoder_weights_source": "random init (encoder_weights=none)"})
-    assert "(encoder_weights=none)" in training_summary.weights_text({"encoder_weights_source": "random init (encoder_weights=none)"})
-    assert "ImageNet-pretrained" in training_summary.weights_text({"encoder_weights_source": "ImageNet (torchvision vgg16_bn, /x.pth)"})
-    assert training_summary.weights_text({}).startswith("Not recorded")
-    facts = dict(training_summary.run_facts({"device": "cpu (2 threads)", "precision": "fp32", "status": "finished"}, ENGINE_HISTORY))
+    from cmtlib.run import RunInfo
+
+    assert "random weights" in training_summary.weights_text(RunInfo(encoder_weights_source="random init (encoder_weights=none)"))
+    assert "(encoder_weights=none)" in training_summary.weights_text(RunInfo(encoder_weights_source="random init (encoder_weights=none)"))
+    assert "ImageNet-pretrained" in training_summary.weights_text(RunInfo(encoder_weights_source="ImageNet (torchvision vgg16_bn, /x.pth)"))
+    assert training_summary.weights_text(RunInfo()).startswith("Not recorded")
+    facts = dict(training_summary.run_facts(RunInfo(device="cpu (2 threads)", precision="fp32", status="finished"), ENGINE_HISTORY))
     assert facts["device"] == "cpu (2 threads)" and facts["numeric precision"] == "32-bit floating point"
     assert facts["epochs run"] == 3 and facts["time per epoch"].startswith("5.1 s on average")
     assert "epoch 3" in training_summary.best_epoch_text(ENGINE_HISTORY, "val_loss")
@@ -250,8 +252,10 @@ def test_report_index_shows_headline_facts_and_no_image_paths(tmp_path):
     (report / "run" / "metrics.json").write_text(json.dumps({
         "covid": {"auc": 0.97, "auc_ci_low": 0.93, "auc_ci_high": 0.99, "sens_at_spec99": 0.8, "sens_at_spec99_ci_low": 0.7,
                   "sens_at_spec99_ci_high": 0.9, "eer": 0.05}, "lung": {"dice": 0.92}}))
-    (report / "run" / "run.json").write_text(json.dumps({"device": "cpu (2 threads)", "manifest": "/secret/data/manifest.csv",
-                                                          "encoder_weights_source": "random init (encoder_weights=none)"}))
+    from cmtlib.run import Run, RunInfo
+
+    Run(report / "run").write_info(RunInfo(device="cpu (2 threads)", manifest="/secret/data/manifest.csv",
+                                           encoder_weights_source="random init (encoder_weights=none)"))
     record_facts(report, quarantine_count=3, manifest_hash="abc123def456", split_counts="10 / 2 / 3")
     record = {"run_name": "smoke", "status": "ok", "date": "2026-01-02T03:04:05", "commit": "1234abc", "total_s": 12.5,
               "notebooks": [{"name": "01_data", "title": "Data", "description": "What the data are.", "status": "ok",

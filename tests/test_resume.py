@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-import cmtlib.engine as engine
+from cmtlib.run import Run
 from cmtlib.checkpoint import read_checkpoint
 from cmtlib.engine import train
 from test_engine import one_thread, toy_params  # noqa: F401 (fixture)
@@ -42,17 +42,17 @@ def reference(tmp_path_factory):
 
 def test_in_process_stop_then_resume(tmp_path, reference, monkeypatch):
     params = toy_params(tmp_path, epochs=3)
-    real_write = engine.write_history
+    real_write = Run.write_history
 
-    def stop_after_epoch_1(history, run_dir):
-        real_write(history, run_dir)
+    def stop_after_epoch_1(run, history):
+        real_write(run, history)
         if len(history) == 1:
             raise KeyboardInterrupt("simulated stop after epoch 1")
 
-    monkeypatch.setattr(engine, "write_history", stop_after_epoch_1)
+    monkeypatch.setattr(Run, "write_history", stop_after_epoch_1)
     with pytest.raises(KeyboardInterrupt):
         train(params)
-    monkeypatch.setattr(engine, "write_history", real_write)
+    monkeypatch.setattr(Run, "write_history", real_write)
     torch.manual_seed(1234)  # global state left behind by the stopped run must not matter
     assert read_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["epoch"] == 1
     run = train(params, resume=True)

@@ -6,5 +6,7 @@ and below the report pages. Pages only read what these functions made.
     baselines.py               the paper's deep baselines, trained beside a run at its setting
     embedding_classifiers.py   SVMs and random forest on CMTNet embeddings
     comparison.py              the comparison of the baselines page (and the CAM page's baselines)
+    external.py                the run judged on held-out and external sets at its frozen threshold
     ablation.py                a list of configurations trained one after another (Table V)
+    mitigation.py              shortcut mitigations judged on leave-one-collection-out folds
 """

@@ -1,26 +1,21 @@
 """The paper's deep baselines (Section V-B, Table IV, Figs. 5-8): DenseNet121, MobileNetV2, ResNet18,
 VGG19 + FC; UNet, SegNet, Mask R-CNN. They train and evaluate like CMTNet, with the one engine, from
-params/baselines/*.yaml (``run_baseline``), or beside a report's run with its data and training keys
-and only the file's model keys (``setting_params``); ``comparison_table`` puts any runs' metrics side
-by side.
+params/baselines/*.yaml (`cmt train --params params/baselines/<name>.yaml`), or beside a report's run
+with its data and training keys and only the file's model keys (``setting_params``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-import pandas as pd
 import yaml
 
-from cmtlib.engine import train
-from cmtlib.errors import MissingInputError
-from cmtlib.evaluate import evaluate_run
-from cmtlib.params import ParamsError, build_params, load_params, parse_overrides
+from cmtlib.models.registry import undeclared_switches
+from cmtlib.params import ParamsError, build_params, parse_overrides
 
 log = logging.getLogger("cmtlib.experiments")
 
@@ -60,38 +55,10 @@ def reduction_note(params) -> str:
     return ("reduced for the CPU: " + ", ".join(diffs)) if diffs else ""
 
 
-def comparison_table(runs: Mapping[str, str | os.PathLike]) -> pd.DataFrame:
-    """Rows from evaluated run folders (name -> folder holding metrics.json, run.json, config.yaml)."""
-    rows = []
-    for name, folder in runs.items():
-        folder = Path(folder)
-        if not (folder / "metrics.json").is_file():
-            raise MissingInputError(f"{folder}: no metrics.json; evaluate the run first (cmt evaluate {folder})")
-        metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
-        info = json.loads((folder / "run.json").read_text(encoding="utf-8")) if (folder / "run.json").is_file() else {}
-        config = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8")) if (folder / "config.yaml").is_file() else {}
-        model = info.get("model") or config.get("model", "")
-        rows.append(metrics_row(name, metrics, model=model, paper_name=DEEP_BASELINES.get(model, model), width=config.get("width"),
-                                image_size=config.get("image_size"), epochs=config.get("epochs"),
-                                encoder_weights_source=info.get("encoder_weights_source", "")))
-    return pd.DataFrame(rows)
-
-
 def baseline_params_files(folder: str | os.PathLike | None = None) -> list[Path]:
     """params/baselines/*.yaml, sorted (one per deep baseline)."""
     folder = Path(folder) if folder is not None else Path(__file__).resolve().parents[2] / "params" / "baselines"
     return sorted(folder.glob("*.yaml"))
-
-
-def run_baseline(params_file: str | os.PathLike, overrides: Iterable[str] | Mapping[str, Any] = (), overwrite: bool = False, n_boot: int = 1000) -> Path:
-    """Train one baseline with the engine and evaluate it on its test split; returns the run folder."""
-    params = load_params(params_file, overrides if isinstance(overrides, Mapping) else list(overrides))
-    note = reduction_note(params)
-    if note:
-        log.info("%s: %s", params.run_name, note)
-    run_dir = train(params, overwrite=overwrite)
-    evaluate_run(run_dir, device=params.train.device, n_boot=n_boot)
-    return run_dir
 
 
 # ---- baselines at a report's setting -----------------------------------------------------------
@@ -125,9 +92,9 @@ def setting_params(run_params, name: str, params_file: str | os.PathLike | None 
     if params_file is not None:
         own = yaml.safe_load(Path(params_file).read_text(encoding="utf-8")) or {}
         values.update({k: v for k, v in own.items() if k in MODEL_KEYS})
-        # The run's lung focus is CMTNet's (a second pass on its own lung outline); a baseline classifies
-        # the film as the paper's baselines did. Resolution harmonisation (effective_px) applies to all.
-        values["lung_focus"] = bool(own.get("lung_focus", False))
+        # The run's switches reach the baseline where its model declares them (ContractModel.SWITCHES);
+        # the others stay off (lung focus is CMTNet's: a baseline classifies the film as the paper's did).
+        values.update(undeclared_switches(values["model"]))
     values.update(_override_values(overrides, name))
     values.update({k: v for k, v in (("image_size", image_size), ("epochs", epochs)) if v})
     values.update({"run_name": name, "seed": run_params.train.seed if seed is None else int(seed)})

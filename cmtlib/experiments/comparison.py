@@ -38,7 +38,7 @@ from cmtlib.experiments.baselines import DEEP_BASELINES, baseline_params_files, 
 from cmtlib.experiments.embedding_classifiers import EMBEDDING_CLASSIFIERS, run_embedding_classifiers, run_embeddings
 from cmtlib.experiments.runs import ensure_run
 from cmtlib.fileio import locked, read_json, write_json
-from cmtlib.run import Run
+from cmtlib.run import Evaluation, Run
 from cmtlib.runtime import set_threads
 
 ROLES = ("cmtnet", "classifier", "segmentation", "embedding")
@@ -63,10 +63,13 @@ class Entry:
     primary: bool = True  # the one the tables show: the first seed, the report's run, classifiers on its embeddings
 
     def metrics(self) -> dict[str, Any]:
-        return read_json(self.folder / "metrics.json", {})
+        return Evaluation(self.folder).metrics or {}
 
     def predictions(self) -> pd.DataFrame:
-        return pd.read_csv(self.folder / "predictions.csv", dtype={"image_id": str, "patient_id": str})
+        found = Evaluation(self.folder).predictions
+        if found is None:
+            raise MissingInputError(f"{self.folder}: no predictions; the comparison did not finish this method")
+        return found
 
 
 @dataclass
@@ -112,10 +115,10 @@ def _entry(key: str, label: str, role: str, folder: Path, seed: int, seconds: fl
     c, model, width = run.config, str(run.config.get("model", "")), float(run.config.get("width", 1.0))
     setting = f"{c.get('image_size')} px, {c.get('epochs')} epoch{'s' if int(c.get('epochs', 0)) != 1 else ''}, width {width:g}"
     if subset:  # Mask R-CNN's loss uses only films with both outlines known; subset_cache samples those
-        pool = read_json(Path(run.info["data_cache"]) / "meta.json", {}).get("train_pool")
-        setting += f", {run.info.get('n_train')} training films" + (" (all with both outlines)" if run.info.get("n_train") == pool
-                                                                     else f" (of {pool} with both outlines)")
-    init = init_words(run.info.get("encoder_weights_source", ""), model, width)
+        pool = read_json(Path(run.info.data_cache) / "meta.json", {}).get("train_pool")
+        setting += f", {run.info.n_train} training films" + (" (all with both outlines)" if run.info.n_train == pool
+                                                             else f" (of {pool} with both outlines)")
+    init = init_words(run.info.encoder_weights_source, model, width)
     return Entry(key, label, role, folder, seed, setting, init, seconds, model, width)
 
 
@@ -250,10 +253,10 @@ def _embedding_entries(params, source: Path, out: Path, seed: int, suffix: bool,
     """The embedding classifiers on one CMTNet run's embeddings (made unless out/<kind>[-seedS] holds them)."""
     kinds = [k for k in params.experiments.report_embedding_classifiers if k in EMBEDDING_CLASSIFIERS]
     out = out / f"seed{seed}" if suffix else out
-    todo = [k for k in kinds if not (out / k / "metrics.json").is_file()]
+    todo = [k for k in kinds if not Evaluation(out / k).evaluated]
     t0 = time.perf_counter()
     if todo:
-        run_embedding_classifiers(run_embeddings(source, device="cpu"), todo, seed=seed, out_dir=out)
+        run_embedding_classifiers(run_embeddings(source, device="cpu"), Run.open(source).info.threshold_rule, todo, seed=seed, out_dir=out)
     each = round((time.perf_counter() - t0) / len(todo), 1) if todo else None
     return [Entry(k, EMBEDDING_CLASSIFIERS[k], "embedding", out / k, seed, f"on the embeddings of {run_label}", "none: fitted on "
                   "CMTNet's features", each if k in todo else spent.get((k, seed)), k, primary=not suffix) for k in kinds]

@@ -8,6 +8,8 @@ the VALIDATION split by COVID AUC (ties keep the first grid point); with them on
 fit on train for COVID, healthy and other disease, their scores Platt-calibrated on validation (a
 monotone map: AUC, EER and the 99 %-specificity threshold do not change; accuracies at 0.5 and
 calibration become meaningful), and predictions.csv-shaped frames go to ``metrics_from_predictions``.
+Each classifier decides COVID-19 as the run it is compared with does: by that run's threshold rule,
+on its own validation scores (cmtlib.metrics.operating.choose_thresholds).
 scikit-learn is imported inside the functions that use it: a bare GPU machine lacks it.
 """
 
@@ -27,12 +29,13 @@ import torch
 
 from cmtlib.data.loader import EvalBatches, load_split, open_cache_folder
 from cmtlib.errors import UnknownNameError
-from cmtlib.evaluate import choose_threshold, predictions_frame, write_csv
 from cmtlib.experiments.baselines import metrics_row
 from cmtlib.fileio import write_json
 from cmtlib.inference import infer
 from cmtlib.metrics import metrics_from_predictions, roc_auc
-from cmtlib.run import Run
+from cmtlib.metrics.operating import choose_thresholds, threshold_notes
+from cmtlib.predictions import predictions_frame, with_threshold
+from cmtlib.run import Evaluation, Run
 
 log = logging.getLogger("cmtlib.experiments")
 
@@ -97,9 +100,9 @@ def run_embeddings(run_dir: str | os.PathLike, splits: Iterable[str] = ("train",
 def evaluated_embeddings(eval_dir: str | os.PathLike) -> dict[str, EmbeddingSplit]:
     """Embeddings written by ``cmt evaluate RUN --split all``: embeddings.npy rows in predictions.csv
     order (which holds the labels, patient ids and split of each row), grouped by split."""
-    eval_dir = Path(eval_dir)
-    emb = np.load(eval_dir / "embeddings.npy")
-    rows = pd.read_csv(eval_dir / "predictions.csv", dtype=str, keep_default_na=False)
+    done = Evaluation(eval_dir)
+    emb = np.load(done.embeddings_path)
+    rows = pd.read_csv(done.path / Evaluation.PREDICTIONS, dtype=str, keep_default_na=False)
     if len(rows) != len(emb):
         raise ValueError(f"{eval_dir}: embeddings.npy has {len(emb)} rows but predictions.csv {len(rows)}; re-run cmt evaluate")
     out = {s: EmbeddingSplit(emb[(rows["split"] == s).to_numpy()], rows[rows["split"] == s].reset_index(drop=True)) for s in ("train", "val", "test")}
@@ -148,7 +151,7 @@ class EmbeddingClassifierResult:
     search: list[dict[str, Any]]  # every grid point: its params and validation COVID AUC
     val: pd.DataFrame  # predictions (docs/CONTRACTS.md shape), validation split
     test: pd.DataFrame  # the same, test split
-    threshold: dict[str, Any] = field(default_factory=dict)  # the validation COVID operating point
+    threshold: dict[str, Any] = field(default_factory=dict)  # choose_thresholds on the validation scores
 
 
 def select_hyperparameters(kind: str, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, grid: Mapping[str, list] | None = None, seed: int = 0) -> tuple[dict[str, Any], float, list[dict[str, Any]]]:
@@ -180,9 +183,11 @@ def _platt(val_scores: np.ndarray, y_val: np.ndarray):
     return lambda s: lr.predict_proba(s[:, None])[:, 1]
 
 
-def fit_embedding_classifier(kind: str, train: EmbeddingSplit, val: EmbeddingSplit, test: EmbeddingSplit, seed: int = 0, grid: Mapping[str, list] | None = None) -> EmbeddingClassifierResult:
+def fit_embedding_classifier(kind: str, train: EmbeddingSplit, val: EmbeddingSplit, test: EmbeddingSplit, rule: str, seed: int = 0,
+                             grid: Mapping[str, list] | None = None) -> EmbeddingClassifierResult:
     """Standardise, choose hyper-parameters on validation (COVID AUC), fit one-vs-rest per label
-    with them, calibrate on validation and return validation and test predictions."""
+    with them, calibrate on validation, choose the COVID-19 threshold by `rule` on the validation
+    scores and return validation and test predictions decided at it."""
     from sklearn.preprocessing import StandardScaler
 
     scaler = StandardScaler().fit(train.emb)
@@ -206,30 +211,30 @@ def fit_embedding_classifier(kind: str, train: EmbeddingSplit, val: EmbeddingSpl
             calibrate = _platt(_scores(est, x["val"][kva]), yva)
             for s in ("val", "test"):
                 cols[s][f"p_{lab}"] = calibrate(_scores(est, x[s]))
-    chosen = choose_threshold(predictions_frame(val.index, cols["val"], math.nan))
+    val_df = predictions_frame(val.index, cols["val"], math.nan)
+    chosen = choose_thresholds(val_df, rule)
     threshold = float(chosen["covid_threshold"])
-    val_df = predictions_frame(val.index, cols["val"], threshold)
-    test_df = predictions_frame(test.index, cols["test"], threshold)
-    return EmbeddingClassifierResult(kind, dict(params), val_auc, search, val_df, test_df, chosen)
+    return EmbeddingClassifierResult(kind, dict(params), val_auc, search, with_threshold(val_df, threshold),
+                                     predictions_frame(test.index, cols["test"], threshold), chosen)
 
 
-def run_embedding_classifiers(embeddings: Mapping[str, EmbeddingSplit], kinds: Iterable[str] = tuple(EMBEDDING_CLASSIFIERS), seed: int = 0, n_boot: int = 1000, out_dir: str | os.PathLike | None = None) -> pd.DataFrame:
-    """Fit and evaluate each embedding classifier; one summary row per classifier.
+def run_embedding_classifiers(embeddings: Mapping[str, EmbeddingSplit], rule: str, kinds: Iterable[str] = tuple(EMBEDDING_CLASSIFIERS), seed: int = 0,
+                              n_boot: int = 1000, out_dir: str | os.PathLike | None = None) -> pd.DataFrame:
+    """Fit and evaluate each embedding classifier, deciding by threshold `rule`; one summary row per classifier.
 
     Writes, when ``out_dir`` is given, ``<out_dir>/<kind>/`` predictions.csv (test),
     predictions_val.csv, metrics.json and selection.json (chosen params, the search, the note).
     """
     rows = []
     for kind in kinds:
-        res = fit_embedding_classifier(kind, embeddings["train"], embeddings["val"], embeddings["test"], seed=seed)
-        metrics = metrics_from_predictions(res.test, res.threshold["covid_threshold"], val_df=res.val, n_boot=n_boot, seed=seed)
+        res = fit_embedding_classifier(kind, embeddings["train"], embeddings["val"], embeddings["test"], rule, seed=seed)
+        metrics = metrics_from_predictions(res.test, res.threshold["spec99_threshold"], n_boot=n_boot, seed=seed,
+                                           operating_threshold=res.threshold["covid_threshold"], notes=threshold_notes(res.threshold))
         if out_dir is not None:
-            folder = Path(out_dir) / kind
-            folder.mkdir(parents=True, exist_ok=True)
-            write_csv(res.test, folder / "predictions.csv")
-            write_csv(res.val, folder / "predictions_val.csv")
-            write_json(folder / "metrics.json", metrics)
-            write_json(folder / "selection.json", {"kind": kind, "label": EMBEDDING_CLASSIFIERS[kind], "params": res.params, "val_auc": res.val_auc,
-                                                    "search": res.search, "threshold": res.threshold, "seed": seed, "note": KERNEL_NOTE})
+            folder = Evaluation(Path(out_dir) / kind)
+            folder.path.mkdir(parents=True, exist_ok=True)
+            write_json(folder.path / "selection.json", {"kind": kind, "label": EMBEDDING_CLASSIFIERS[kind], "params": res.params, "val_auc": res.val_auc,
+                                                         "search": res.search, "threshold": res.threshold, "seed": seed, "note": KERNEL_NOTE})
+            folder.write(predictions=res.test, predictions_val=res.val, metrics=metrics)  # metrics.json last: the folder is done
         rows.append(metrics_row(EMBEDDING_CLASSIFIERS[kind], metrics, classifier=kind, params=json.dumps(res.params), val_auc=res.val_auc))
     return pd.DataFrame(rows)

@@ -40,10 +40,10 @@ def ensure_external(params: Params, run_dir: str | Path) -> dict[str, Path]:
     """Each external set evaluated (or found current) at the run's frozen threshold; name -> folder."""
     run = Run.open(run_dir)
     made: dict[str, Path] = {}
+    best = run.checkpoint("best")
     for name, manifest, split in external_sets(params):
-        out = run.path / "external" / name
-        metrics, best = out / "metrics.json", run.checkpoint("best")
-        if not (metrics.is_file() and best.is_file() and metrics.stat().st_mtime >= best.stat().st_mtime):
-            evaluate_run(run.path, manifest=manifest, split=split, out_dir=out)
-        made[name] = out
+        out = run.external(name)
+        if not (out.evaluated and best.is_file() and out.evaluated_at >= best.stat().st_mtime):
+            evaluate_run(run.path, manifest=manifest, split=split, out_dir=out.path)
+        made[name] = out.path
     return made

@@ -25,7 +25,6 @@ film and run), <out>/summary.json.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -34,14 +33,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cmtlib.engine import train
 from cmtlib.evaluate import evaluate_run
-from cmtlib.experiments.external import ensure_external
+from cmtlib.experiments.external import HOLDOUT, ensure_external
+from cmtlib.experiments.runs import ensure_run
 from cmtlib.explain.overlays import load_images
 from cmtlib.explain.shortcut import blanking_aucs
 from cmtlib.fileio import atomic_path
 from cmtlib.params import Params
-from cmtlib.run import Run, with_run_dir
+from cmtlib.run import Evaluation, Run
 
 LARGE_PX = 224  # a hospital film: at least this on its short side
 THUMB_PX = 64  # a thumbnail: at most this on its long side
@@ -70,34 +69,29 @@ def run_one(params: Params, variant: str, fold: Fold, seed: int, out: Path) -> p
     run_dir = out / "runs" / variant / f"{fold.name}-s{seed}"
     p = dataclasses.replace(params, data=dataclasses.replace(params.data, holdout=list(fold.filters)),
                             train=dataclasses.replace(params.train, seed=seed))
-    p = with_run_dir(p, run_dir)
-    run = Run(run_dir)
     t0 = time.perf_counter()
-    if not run.finished:
-        train(p, resume=run.file("config.yaml").is_file())
-    if not run.refresh().evaluated:
-        evaluate_run(run.path)
+    run = ensure_run(p, run_dir)
     ensure_external(p, run.path)
-    degraded = run.path / "external" / f"holdout-{DEGRADE_PX}px"
-    if not (degraded / "predictions.csv").is_file():
-        evaluate_run(run.path, split="holdout", out_dir=degraded, degrade_px=DEGRADE_PX)
-    rows = _judged(run.refresh(), degraded)
+    degraded = run.external(f"holdout-{DEGRADE_PX}px")
+    if not degraded.evaluated:
+        evaluate_run(run.path, split="holdout", out_dir=degraded.path, degrade_px=DEGRADE_PX)
+    rows = _judged(run.refresh(), degraded.refresh())
     blanking = _blanking(run)
-    seconds = sum(run.info.get("seconds_per_epoch") or []) or (time.perf_counter() - t0)
+    seconds = sum(run.info.seconds_per_epoch) or (time.perf_counter() - t0)
     return rows.assign(variant=variant, fold=fold.name, seed=seed, train_s=seconds, lung_dice_test=(run.metrics or {}).get("lung", {}).get("dice"),
                        pooled_auc_test=(run.metrics or {}).get("covid", {}).get("auc"), **{f"audit_{k}": v for k, v in blanking.items()})
 
 
-def _judged(run: Run, degraded: Path) -> pd.DataFrame:
+def _judged(run: Run, degraded: Evaluation) -> pd.DataFrame:
     """The run's judged films: internal test and held-out fold, with p_covid, the decision at the
     frozen threshold, and the held-out films' degraded score."""
     test = run.predictions.assign(set="test")
-    holdout = pd.read_csv(run.path / "external" / "holdout" / "predictions.csv", dtype={"image_id": str, "patient_id": str}).assign(set="holdout")
-    small = pd.read_csv(degraded / "predictions.csv", dtype={"image_id": str})[["image_id", "p_covid"]].rename(columns={"p_covid": "p_covid_degraded"})
+    holdout = run.external(HOLDOUT).predictions.assign(set="holdout")
+    small = degraded.predictions[["image_id", "p_covid"]].rename(columns={"p_covid": "p_covid_degraded"})
     holdout = holdout.merge(small, on="image_id", how="left")
     keep = ["image_id", "patient_id", "source", "label_covid", "p_covid", "orig_height", "orig_width", "set", "p_covid_degraded"]
     out = pd.concat([test, holdout], ignore_index=True).reindex(columns=keep)
-    out["threshold"] = float((run.threshold or {}).get("covid_threshold", math.nan))
+    out["threshold"] = run.operating_threshold
     return out
 
 

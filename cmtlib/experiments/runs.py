@@ -35,7 +35,7 @@ def ensure_run(params: Params, run_dir: str | Path, evaluate: bool = True, quiet
     call = quietly if quiet else (lambda fn, *a, **kw: fn(*a, **kw))
     t0 = time.perf_counter()
     if not run.finished:
-        resume = run.file("config.yaml").is_file()
+        resume = run.config_path.is_file()
         print(f"{'resuming' if resume else 'training'} the run (minutes on a CPU) ...", flush=True)
         call(train, params, resume=resume, overwrite=False)
     if evaluate:

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from cmtlib.errors import MissingInputError
+from cmtlib.run import Evaluation
 from cmtlib.explain.overlays import true_class
 
 UNKNOWN = "(unknown)"
@@ -97,21 +97,21 @@ def predicted_labels(predictions: pd.DataFrame, labels: str = "covid") -> np.nda
 
 
 def load_run_embeddings(run_dir: str | os.PathLike, split: str | None = None) -> tuple[np.ndarray, pd.DataFrame]:
-    """embeddings.npy and predictions.csv of a run folder, checked to be row-aligned.
+    """A run's evaluated embeddings and predictions (cmtlib.run.Evaluation), checked to be row-aligned.
 
     Returns:
         (embeddings (N, D) float32, predictions DataFrame of N rows), optionally one split only.
     """
-    run = Path(run_dir)
-    for name in ("embeddings.npy", "predictions.csv"):
-        if not (run / name).is_file():
-            raise MissingInputError(f"{run / name} is missing; run `cmt evaluate {run}` first (a model without an "
-                                    "`embedding` output writes no embeddings.npy)")
-    emb = np.load(run / "embeddings.npy")
-    pred = pd.read_csv(run / "predictions.csv", dtype={"image_id": str, "source": str, "view": str}, keep_default_na=False,
+    done = Evaluation(run_dir)
+    found = done.embeddings()
+    if found is None or done.predictions is None:
+        raise MissingInputError(f"{done.path} holds no evaluated embeddings; run `cmt evaluate {done.path}` first (a model without an "
+                                "`embedding` output writes none)")
+    emb = found[0]
+    pred = pd.read_csv(done.path / Evaluation.PREDICTIONS, dtype={"image_id": str, "source": str, "view": str}, keep_default_na=False,
                        na_values=[""])
     if len(emb) != len(pred):
-        raise ValueError(f"{run}: embeddings.npy has {len(emb)} rows but predictions.csv {len(pred)}; re-run `cmt evaluate`")
+        raise ValueError(f"{done.path}: {len(emb)} embeddings but {len(pred)} predictions; re-run `cmt evaluate`")
     if split is not None and "split" in pred.columns:
         keep = (pred["split"] == split).to_numpy()
         emb, pred = emb[keep], pred[keep].reset_index(drop=True)

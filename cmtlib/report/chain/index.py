@@ -12,12 +12,12 @@ import datetime as _dt
 from pathlib import Path
 from typing import Any, ClassVar
 
-import pandas as pd
 import yaml
 
 from cmtlib import __version__
 from cmtlib.errors import DataFileError
 from cmtlib.fileio import read_json, write_json, write_text
+from cmtlib.configs import switches_on
 from cmtlib.params import key_owner
 from cmtlib.report.chain.render import TEMPLATES, check_self_contained, report_css
 from cmtlib.metrics.operating import describe_rule
@@ -25,7 +25,7 @@ from cmtlib.report.pages import external as external_page
 from cmtlib.report.pages.common import read_facts
 from cmtlib.report.pages.data import mixed_source_auc
 from cmtlib.report.pages.tables import as_number, get_path, headline_table, params_table, to_html
-from cmtlib.run import info_value, mitigations_of
+from cmtlib.run import Run
 
 RECORD = "report.json"
 # Headline numbers shown as percentages (rates) rather than fractions (scores).
@@ -67,37 +67,34 @@ def headline_cards(metrics: dict[str, Any] | None) -> list[dict[str, str]]:
 
 def summarize(report_dir: Path, record: dict[str, Any] | None = None) -> dict[str, Any]:
     """What the index shows besides the chain's record: facts, headline metrics, parameters."""
-    run_dir = report_dir / "run"
-    info = read_json(run_dir / "run.json", {}) or {}
-    metrics = read_json(run_dir / "metrics.json")
+    run = Run(report_dir / "run")
+    info = run.info
     facts = read_facts(report_dir)
     params_path = report_dir / "params.yaml"
     flat = yaml.safe_load(params_path.read_text(encoding="utf-8")) if params_path.is_file() else {}
-    quarantine = facts.get("quarantine_count", info_value(info, "quarantined", "quarantine_count"))
     record = record or {}
     rows = [
         ("date", record.get("date", "")),
         ("params file", record.get("params_source", "")),
         ("git commit", record.get("commit") or "not available (not a git checkout)"),
-        ("device", info_value(info, "device_name", "device", default="not recorded (the run did not finish)")),
-        ("precision", info_value(info, "precision", default="not recorded")),
-        ("encoder weights", info_value(info, "encoder_weights_source", "encoder_weights", default="not recorded")),
-        ("data manifest hash", facts.get("manifest_hash") or info_value(info, "manifest_hash", default="not recorded")),
+        ("device", info.device or "not recorded (the run did not finish)"),
+        ("precision", info.precision or "not recorded"),
+        ("encoder weights", info.encoder_weights_source or "not recorded"),
+        ("data manifest hash", facts.get("manifest_hash") or info.manifest_hash or "not recorded"),
         ("images (train / val / test)", facts.get("split_counts", "not recorded")),
-        ("quarantined images (could not be read or used)", quarantine if quarantine is not None else "not recorded"),
+        ("quarantined images (could not be read or used)", facts.get("quarantine_count", "not recorded")),
         ("fields left unknown at import (could not be read as given)", facts.get("notes_count", "not recorded")),
         ("collections not imported", ", ".join(facts["not_imported"]) or "none" if "not_imported" in facts else "not recorded"),
-        ("shortcut mitigations (docs/shortcuts.md)", "; ".join(mitigations_of(flat or {})) or "none"),
+        ("shortcut mitigations (docs/shortcuts.md)", "; ".join(switches_on(flat or {})) or "none"),
     ]
     caveats = list(facts.get("caveats") or [])
-    if (run_dir / "predictions.csv").is_file():
-        within = mixed_source_auc(pd.read_csv(run_dir / "predictions.csv", dtype={"source": str}))
+    if run.predictions is not None:
+        within = mixed_source_auc(run.predictions.astype({"source": str}))
         caveats += [within] if within else []
-    threshold = read_json(run_dir / "threshold.json", {}) or {}
     return {
-        "headline": headline_cards(metrics),
-        "threshold": threshold_sentence(threshold),
-        "external": external_page.index_rows(run_dir),
+        "headline": headline_cards(run.metrics),
+        "threshold": threshold_sentence(run.threshold or {}),
+        "external": external_page.index_rows(run),
         "caveats": caveats,
         "facts": [(k, v) for k, v in rows if v != ""],
         "params_html": to_html(params_table(flat or {}, key_owner()), max_rows=None) if flat else "<p>params.yaml is missing.</p>",
@@ -109,7 +106,7 @@ def threshold_sentence(threshold: dict[str, Any]) -> str:
     t = as_number(threshold.get("covid_threshold"))
     if t is None:
         return ""
-    rule = threshold.get("threshold_rule") or "specificity:0.99"
+    rule = threshold["threshold_rule"]
     return (f"Films are called COVID-19 at a probability of {t:.3g} or more: a threshold fixed when the network was trained, "
             f"on its validation films, as {describe_rule(rule)} (rule {rule}). It is never re-tuned on the films being judged.")
 
@@ -132,7 +129,7 @@ def write_reports_index(reports_dir: str | Path) -> Path:
     for record_path in reports_dir.glob(f"*/{RECORD}"):
         try:
             rec = read_json(record_path, {}) or {}
-            metrics = read_json(record_path.parent / "run" / "metrics.json")
+            metrics = Run(record_path.parent / "run").metrics
         except DataFileError as err:  # another report's broken file: listed as such, this report goes on
             rec, metrics = {"status": f"unreadable ({err})"}, None
         auc, sens = get_path(metrics, "covid.auc"), get_path(metrics, "covid.sens_at_spec99")

@@ -19,6 +19,7 @@ from cmtlib.experiments.comparison import ROLES, Comparison, Entry
 from cmtlib.explain.cam import compute_cams
 from cmtlib.explain.overlays import load_images, predict_masks
 from cmtlib.metrics import dice, roc_auc, roc_curve
+from cmtlib.metrics.operating import describe_rule
 from cmtlib.plotting import DISEASE_COLOUR, LUNG_COLOUR, OKABE_ITO, PALETTE, new_figure, style
 from cmtlib.report.pages.tables import ci_text, get_path
 from cmtlib.run import Run
@@ -29,16 +30,26 @@ SEGMENTATION_COLUMNS = (("lung.dice", "lung Dice"), ("lung.iou", "lung IoU"), ("
                         ("disease.iou", "disease IoU"))
 
 
+def decision_rule(comp: Comparison) -> str:
+    """The threshold rule every compared classifier decided COVID-19 by ('' when none is recorded):
+    the report's run's, which the deep baselines inherit and the embedding classifiers apply."""
+    rules = {Run(e.folder).info.threshold_rule for e in comp.select("cmtnet", "classifier")} - {""}
+    return ", ".join(sorted(rules))
+
+
 def method_text(comp: Comparison) -> str:
     """How every method was trained and scored, in one paragraph."""
     n_test = len(comp.entries[0].predictions())
     deep = [e for e in comp.select("classifier", "segmentation")]
+    rule = decision_rule(comp)
+    decides = (f" Every classifier, CMTNet included, calls a film COVID-19 at a threshold chosen on its own validation films by "
+               f"one rule: {describe_rule(rule)} (`{rule}`)." if rule and "," not in rule else "")
     return (f"{len(comp.select(*ROLES))} methods are compared on the same {n_test} test films. "
             + (f"The {len(deep)} other networks were trained by the same training program as CMTNet, on the same films, "
                "the same split into training, validation and test films (by patient) and the same image augmentation, "
-               "and scored with the same measures; each chose its alarm threshold on the validation films. " if deep else "")
+               "and scored with the same measures. " if deep else "")
             + "The embedding classifiers (SVMs and a random forest) learned from the features CMTNet computes for each "
-              "film, on the training films, with their settings chosen on the validation films.")
+              "film, on the training films, with their settings chosen on the validation films." + decides)
 
 
 # ---- tables ----------------------------------------------------------------------------------

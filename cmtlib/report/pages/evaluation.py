@@ -70,18 +70,20 @@ def metrics_table(metrics: dict | None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def threshold_text(metrics: dict | None, threshold: dict | None) -> str:
-    """The COVID-19 operating threshold in words: its value, the rule that chose it, how it did on the
-    validation films, and how it differs from the paper's 99 %-specificity point."""
-    t = as_number((threshold or {}).get("covid_threshold", get_path(metrics, "covid.threshold")))
+def threshold_text(threshold: dict | None) -> str:
+    """The COVID-19 operating threshold in words, from the run's threshold record (Run.threshold): its
+    value, the rule that chose it, how it did on the validation films, and how it differs from the
+    paper's 99 %-specificity point."""
+    threshold = threshold or {}
+    t = as_number(threshold.get("covid_threshold"))
     if t is None:
         return ("No COVID-19 threshold could be chosen on the validation films (none is COVID-negative, or the model has "
                 "no COVID-19 output), so no film is called COVID-19 and sensitivity at 99 % specificity is not available.")
-    rule = (threshold or {}).get("threshold_rule") or "specificity:0.99"
-    spec, sens = as_number((threshold or {}).get("val_specificity")), as_number((threshold or {}).get("val_sensitivity"))
+    rule = threshold["threshold_rule"]
+    spec, sens = as_number(threshold.get("val_specificity")), as_number(threshold.get("val_sensitivity"))
     on_val = (f" On those films it left {spec:.0%} of the COVID-negative films unflagged and caught {sens:.0%} of the COVID-19 films."
               if spec is not None and sens is not None else "")
-    paper = as_number(get_path(metrics, "covid.spec99_threshold"))
+    paper = as_number(threshold.get("spec99_threshold"))
     return (f"The COVID-19 threshold is {t:.3g}: a film whose COVID-19 probability is at or above it is called COVID-19. It was "
             f"fixed when the network was trained, on the validation films, by this rule: {describe_rule(rule)} "
             f"(`{rule}`).{on_val} It is held fixed for the test films and for any other collection: nothing is re-tuned on the "

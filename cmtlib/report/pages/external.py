@@ -10,16 +10,15 @@ COVID-19 films from this collection are flagged ..."). Images are never named he
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from cmtlib.explain.review import known_covid
-from cmtlib.fileio import read_json
 from cmtlib.plotting import OKABE_ITO, new_figure, styled
 from cmtlib.report.pages.tables import as_number, ci_text, get_path
+from cmtlib.run import Run
 
 HOLDOUT_LABEL = "films held out of this run's own data"
 
@@ -37,14 +36,9 @@ class ExternalSet:
         return HOLDOUT_LABEL if self.name == "holdout" else f"external set {self.name}"
 
 
-def load_external(run_path: str | Path) -> list[ExternalSet]:
-    """Every <run>/external/<name>/ with metrics.json, holdout first, then by name."""
-    root = Path(run_path) / "external"
-    found = []
-    for folder in sorted(root.glob("*/metrics.json"), key=lambda p: (p.parent.name != "holdout", p.parent.name)):
-        preds = pd.read_csv(folder.parent / "predictions.csv", dtype={"image_id": str, "patient_id": str, "source": str})
-        found.append(ExternalSet(folder.parent.name, preds, read_json(folder, {}) or {}))
-    return found
+def load_external(run: Run) -> list[ExternalSet]:
+    """Every evaluated <run>/external/<name>/ (Run.externals: holdout first, then by name)."""
+    return [ExternalSet(e.name, e.predictions, e.metrics or {}) for e in run.externals()]
 
 
 def _class_mix(df: pd.DataFrame) -> dict[str, int]:
@@ -124,11 +118,12 @@ def score_figure(sets: list[ExternalSet], internal_predictions: pd.DataFrame | N
     return fig
 
 
-def index_rows(run_path: str | Path) -> list[dict[str, str]]:
+def index_rows(run: Run) -> list[dict[str, str]]:
     """External figures for the report's index, beside the internal ones: set, AUC, sensitivity and
     specificity at the frozen threshold (with intervals)."""
-    return [{"set": s.label, **{k: v for k, v in _figures(s.metrics).items() if k != "calibration error"}} for s in load_external(run_path)]
+    return [{"set": s.label, **{k: v for k, v in _figures(s.metrics).items() if k != "calibration error"}} for s in load_external(run)]
 
 
-def threshold_value(metrics: dict | None) -> float | None:
-    return as_number(get_path(metrics, "covid.threshold"))
+def threshold_value(run: Run) -> float | None:
+    """The run's frozen operating threshold (None when it has none)."""
+    return as_number(run.operating_threshold)

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import pandas as pd
 
-from cmtlib.run import info_value
+from cmtlib.run import RunInfo
 
 
-def weights_text(info: dict[str, Any]) -> str:
+def weights_text(info: RunInfo) -> str:
     """Where the encoder's starting weights came from, said plainly (run.json
     `encoder_weights_source`, written by cmtlib.models.weights)."""
-    source = str(info_value(info, "encoder_weights_source", "encoder_weights", default="") or "")
+    source = info.encoder_weights_source
     low = source.lower()
     if not source:
         return "Not recorded: the run folder does not say where the encoder's starting weights came from."
@@ -27,14 +25,14 @@ def weights_text(info: dict[str, Any]) -> str:
     return f"The encoder started from weights in a file given by the user: {source}."
 
 
-def run_facts(info: dict[str, Any], history: pd.DataFrame | None) -> list[tuple[str, Any]]:
+def run_facts(info: RunInfo, history: pd.DataFrame | None) -> list[tuple[str, object]]:
     """(label, value) rows: device, precision, epochs, time per epoch, throughput, versions."""
-    rows: list[tuple[str, Any]] = [
-        ("status", info_value(info, "status", default="not recorded")),
-        ("device", info_value(info, "device", default="not recorded")),
-        ("numeric precision", _precision(info_value(info, "precision", default=""))),
-        ("processes (GPUs)", info_value(info, "world_size", default=1)),
-        ("training images / validation images", f"{info_value(info, 'n_train', default='?')} / {info_value(info, 'n_val', default='?')}"),
+    rows: list[tuple[str, object]] = [
+        ("status", info.status or "not recorded"),
+        ("device", info.device or "not recorded"),
+        ("numeric precision", _precision(info.precision)),
+        ("processes (GPUs)", info.world_size),
+        ("training images / validation images", f"{info.n_train or '?'} / {info.n_val or '?'}"),
     ]
     if history is not None and len(history):
         seconds = pd.to_numeric(history.get("seconds", pd.Series(dtype=float)), errors="coerce").dropna()
@@ -44,9 +42,9 @@ def run_facts(info: dict[str, Any], history: pd.DataFrame | None) -> list[tuple[
         if "images_per_s" in history.columns:
             rows.append(("training speed", f"{np.nanmean(pd.to_numeric(history['images_per_s'], errors='coerce')):.1f} images per second"))
     rows += [
-        ("started / finished", f"{info_value(info, 'start_time', default='?')} / {info_value(info, 'end_time', default='not finished')}"),
-        ("software", ", ".join(f"{k} {info[k]}" for k in ("cmtlib", "torch", "torchvision") if info.get(k))),
-        ("git commit", info_value(info, "git_commit", default="") or "not recorded"),
+        ("started / finished", f"{info.start_time or '?'} / {info.end_time or 'not finished'}"),
+        ("software", ", ".join(f"{k} {v}" for k, v in (("cmtlib", info.cmtlib), ("torch", info.torch), ("torchvision", info.torchvision)) if v)),
+        ("git commit", info.git_commit or "not recorded"),
     ]
     return [(k, v) for k, v in rows if v not in (None, "")]
 
