@@ -83,7 +83,7 @@ def train_rate(cache, width: float, batch: int, precision: str, channels_last: b
     cfg = TrainConfig(epochs=epochs, batch_size=batch, precision=precision, channels_last=channels_last, compile=compile_, device=str(device))
     batches = TrainBatches(train, batch, seed=0, covid_oversample=cfg.covid_oversample, rotate_deg=cfg.rotate_deg,
                            translate_px=cfg.translate_px * train.size / 224, channels_last=channels_last)
-    history = fit(model, MultiTaskLoss.from_config(cfg), batches, EvalBatches(val, 64, channels_last), cfg, run_dir=None)
+    history = fit(model, MultiTaskLoss.from_config(cfg), batches, EvalBatches(val, 64, channels_last), cfg)
     later = [h["images_per_s"] for h in history[1:]]
     return {"images_per_s": len(later) / sum(1 / r for r in later), "first_epoch_images_per_s": history[0]["images_per_s"],
             "steps_per_epoch": len(batches), "train_loss": history[-1]["train_loss"]}

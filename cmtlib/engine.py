@@ -4,8 +4,9 @@
 `loss_fn(outputs, batch)` and reads only the output contract's keys for its cheap validation
 metrics (`multilabel` column 0 for COVID AUC, `lung` / `disease` for Dice), skipping absent ones.
 `train(params)` wires data, model and loss and writes the run folder through cmtlib.run.Run:
-config.yaml, run.json, history.csv/json, checkpoints/{last,best}.pt, train.log. Validation runs the
-model through cmtlib.inference, the loop every other consumer uses too.
+config.yaml, run.json, history, checkpoints, train.log, and at the end the validation films scored by
+the best checkpoint (predictions_val.csv) with the operating threshold chosen on them (threshold.json).
+Validation runs the model through cmtlib.inference, the loop every other consumer uses too.
 
 Best checkpoint: lowest validation loss (`best_by: val_loss`, the default) or highest validation
 COVID AUC (`best_by: val_covid_auc`). Validation loss is the default because it covers every task
@@ -27,19 +28,18 @@ import torch
 from torch import nn
 
 import cmtlib
-from cmtlib.checkpoint import INFERENCE_FILE, versions, make_checkpoint, read_checkpoint, restore_rng, save_checkpoint, save_inference_checkpoint
+from cmtlib.checkpoint import versions, make_checkpoint, read_checkpoint, restore_rng, save_checkpoint, save_inference_checkpoint
 from cmtlib.configs import BEST_BY, LR_SCHEDULES, TrainConfig
-from cmtlib.data.loader import EvalBatches, TrainBatches, load_split, mixed_label_rows, open_cache_folder, stratum_weights
+from cmtlib.data.loader import EvalBatches, TrainBatches, keep_covid_loss_within, load_split, open_cache_folder, stratum_weights
 from cmtlib.data.prepare import prepare_data
 from cmtlib.errors import ConfigError
-from cmtlib.fileio import atomic_path, write_json
 from cmtlib.inference import infer
-from cmtlib.metrics import roc_auc, threshold_at_specificity
-from cmtlib.metrics.operating import describe_rule, format_groups, operating_threshold, parse_rule
+from cmtlib.metrics import roc_auc
+from cmtlib.metrics.operating import choose_thresholds, parse_rule
 from cmtlib.models.losses_for import loss_for
 from cmtlib.models.registry import build_model
-from cmtlib.params import dump_params
-from cmtlib.run import Run, run_dir_for
+from cmtlib.predictions import predictions_frame, with_threshold
+from cmtlib.run import Run, RunInfo, run_dir_for
 from cmtlib.runtime import (
     DistInfo,
     autocast,
@@ -137,7 +137,7 @@ def fit(
     train_batches,
     val_batches,
     cfg: TrainConfig,
-    run_dir: str | Path | None = None,
+    run: Run | None = None,
     *,
     dist: DistInfo = DistInfo(),
     resume: Mapping[str, Any] | None = None,
@@ -152,7 +152,7 @@ def fit(
         train_batches: has `epoch(e)` yielding batches on the model's device, `len()` steps and
             `global_batch` (loader.TrainBatches).
         val_batches: an iterable of batches (loader.EvalBatches).
-        run_dir: where history.* and checkpoints/ go (rank 0 only); None writes nothing.
+        run: the run folder history and checkpoints go to (rank 0 only); None writes nothing.
         resume: a checkpoint dict (checkpoint.read_checkpoint) to continue from.
         config: the flat params stored in checkpoints.
         on_epoch: called with each history row (after it is written).
@@ -161,8 +161,8 @@ def fit(
     device = train_batches.data.device
     amp = autocast_dtype(cfg.precision, device)
     state = _TrainState.start(model, cfg, device, resume)
-    if resume is not None and run_dir is not None and dist.is_main:
-        write_history(state.history, Path(run_dir))  # a kill after last.pt but before the history files
+    if resume is not None and run is not None and dist.is_main:
+        run.write_history(state.history)  # a kill after last.pt but before the history files
     net = _wrap(state.model, cfg, dist, device)
     for epoch in range(state.start_epoch, cfg.epochs):
         t0 = time.perf_counter()
@@ -179,8 +179,8 @@ def fit(
         row.update(validate(state.model, loss_fn, val_batches, device, amp))
         row["seconds"] = time.perf_counter() - t0
         is_best = state.record(row, cfg)
-        if run_dir is not None and dist.is_main:
-            state.save(Path(run_dir), config, is_best, train_batches.data.size)
+        if run is not None and dist.is_main:
+            state.save(run, config, is_best, train_batches.data.size)
         log.info(_epoch_line(row, cfg.epochs, is_best))
         if on_epoch is not None:
             on_epoch(row)
@@ -218,16 +218,16 @@ class _TrainState:
             self.best = {"by": cfg.best_by, "value": row[cfg.best_by], "epoch": row["epoch"]}
         return self.best["epoch"] == row["epoch"]
 
-    def save(self, run_dir: Path, config: Mapping[str, Any] | None, is_best: bool, image_size: int) -> None:
+    def save(self, run: Run, config: Mapping[str, Any] | None, is_best: bool, image_size: int) -> None:
         epoch = self.history[-1]["epoch"]
         ckpt = make_checkpoint(self.model, self.optimizer, config=dict(config or {}), epoch=epoch, history=self.history, best=self.best, image_size=image_size)
         # best.pt before last.pt: a kill in between leaves last.pt at the previous epoch, so a
         # resume redoes this epoch and writes best.pt again.
         if is_best:
-            save_inference_checkpoint(ckpt, run_dir / "checkpoints" / INFERENCE_FILE)
-            save_checkpoint(ckpt, run_dir / "checkpoints" / "best.pt")
-        save_checkpoint(ckpt, run_dir / "checkpoints" / "last.pt")
-        write_history(self.history, run_dir)
+            save_inference_checkpoint(ckpt, run.checkpoint("model"))
+            save_checkpoint(ckpt, run.checkpoint("best"))
+        save_checkpoint(ckpt, run.checkpoint("last"))
+        run.write_history(self.history)
 
 
 def _wrap(bare: nn.Module, cfg: TrainConfig, dist: DistInfo, device: torch.device) -> nn.Module:
@@ -284,15 +284,6 @@ def _train_epoch(net: nn.Module, optimizer, loss_fn: Callable, train_batches, cf
     return keys, (acc / steps).tolist()
 
 
-def write_history(history: list[dict[str, Any]], run_dir: Path) -> None:
-    """history.csv and history.json, each written atomically."""
-    import pandas as pd
-
-    write_json(run_dir / "history.json", history)
-    with atomic_path(run_dir / "history.csv") as tmp:
-        pd.DataFrame(history).to_csv(tmp, index=False)
-
-
 def _epoch_line(row: Mapping[str, Any], epochs: int, is_best: bool) -> str:
     terms = ", ".join(f"{k[6:]} {v:.4f}" for k, v in row.items() if k.startswith("train_") and k != "train_loss")
     val = f"val loss {row['val_loss']:.4f}, COVID AUC {row['val_covid_auc']:.4f}, lung Dice {row['val_lung_dice']:.4f}"
@@ -336,7 +327,7 @@ def train(params, resume: bool = False, overwrite: bool = False) -> Path:
 def _train_in(run: Run, params, device: torch.device, dist: DistInfo, resume: bool) -> None:
     """The body of `train` once the run folder is claimed and logging to it."""
     cfg = params.train
-    threads = int(run.info.get("threads") or 0) if resume else 0
+    threads = run.info.threads if resume else 0
     if threads and threads != torch.get_num_threads():
         # A CPU run's numbers depend on its thread count (the order of sums): resume with the count it used.
         log.info("resuming with the %d CPU thread(s) the run used (threads=%s asked for now)", threads, cfg.threads)
@@ -347,10 +338,8 @@ def _train_in(run: Run, params, device: torch.device, dist: DistInfo, resume: bo
     model = build_model(params.model)
     loss_fn = loss_for(model, cfg)  # the model's own loss when it has one (Mask R-CNN), else MultiTaskLoss
     if cfg.covid_loss_within:
-        keep = torch.as_tensor(mixed_label_rows(train_data.index).copy()).to(train_data.device)
         log.info("covid_loss_within: the COVID-19 loss counts for %d of %d training films (collections holding both labels)",
-                 int((train_data.targets["has_covid"] & keep).sum()), len(train_data))
-        train_data.targets["has_covid"] &= keep
+                 keep_covid_loss_within(train_data), len(train_data))
     train_batches = TrainBatches(
         train_data, cfg.batch_size, seed=cfg.seed, covid_oversample=cfg.covid_oversample, rotate_deg=cfg.rotate_deg,
         translate_px=cfg.translate_px, dist=dist, channels_last=cfg.channels_last,
@@ -362,44 +351,34 @@ def _train_in(run: Run, params, device: torch.device, dist: DistInfo, resume: bo
     if resume and ckpt is None:
         log.info("no epoch of %s finished before it stopped: starting it from epoch 1", run.path)
     if dist.is_main:
-        dump_params(params, run.file("config.yaml"))
+        run.dump_config(params)
         run.write_info(_run_info(run, params, model, device, dist, cache, train_batches, len(val_data), resume, ckpt))
     log.info(
         "training %s on %s: %d train images (%d per epoch with COVID x%g), %d val, %d steps of %d",
         params.model.model, describe_device(device), len(train_data), train_batches.images_per_epoch,
         cfg.covid_oversample, len(val_data), len(train_batches), train_batches.global_batch,
     )
-    history = fit(model, loss_fn, train_batches, val_batches, cfg, run.path, dist=dist, resume=ckpt, config=params.flat())
+    history = fit(model, loss_fn, train_batches, val_batches, cfg, run, dist=dist, resume=ckpt, config=params.flat())
     if dist.is_main:
         threshold = freeze_threshold(run, model, val_batches, val_data.index, cfg.threshold_rule, autocast_dtype(cfg.precision, device))
         run.update_info(status="finished", end_time=_now(), seconds_per_epoch=[round(r["seconds"], 3) for r in history], epochs_done=len(history),
-                        threshold_rule=cfg.threshold_rule, covid_threshold=threshold["covid_threshold"])
+                        threshold_rule=cfg.threshold_rule)
         log.info("COVID-19 operating threshold %.4g (%s): validation specificity %.3f, sensitivity %.3f; run folder: %s",
                  threshold["covid_threshold"], cfg.threshold_rule, threshold["val_specificity"], threshold["val_sensitivity"], run.path)
 
 
-def freeze_threshold(run: Run, model: nn.Module, val_batches, val_index, rule: str, amp: torch.dtype | None = None) -> dict[str, Any]:
-    """Choose the run's operating COVID-19 threshold once, on the validation films scored by the best
-    checkpoint, by `rule` (cmtlib.metrics.operating), beside the paper's 99 %-specificity point; write
-    threshold.json. Evaluation and prediction only read it (DESIGN.md, Metrics)."""
+def freeze_threshold(run: Run, model: nn.Module, val_batches, val_index: pd.DataFrame, rule: str, amp: torch.dtype | None = None) -> dict[str, Any]:
+    """Score the validation films with the best checkpoint (predictions_val.csv) and choose the run's
+    operating COVID-19 threshold on them, once, by `rule`, beside the paper's 99 %-specificity point
+    (cmtlib.metrics.operating.choose_thresholds); write threshold.json. Evaluation and prediction only
+    read both (DESIGN.md, Metrics)."""
     best = read_checkpoint(run.checkpoint("best"), map_location=next(model.parameters()).device)
     model.load_state_dict(best["state_dict"])
-    p = infer(model, val_batches, amp=amp, heads_only=True).columns["p_covid"]
-    y = pd.to_numeric(val_index["label_covid"].replace("", np.nan), errors="coerce").to_numpy(dtype=float)
-    keep = ~np.isnan(y) & ~np.isnan(p)
-    sizes = [pd.to_numeric(val_index.get(c, pd.Series(np.nan, index=val_index.index)), errors="coerce").to_numpy(float)
-             for c in ("orig_height", "orig_width")]
-    chosen = operating_threshold(y[keep].astype(int), p[keep], rule, groups=format_groups(*sizes)[keep])
-    paper = threshold_at_specificity(y[keep].astype(int), p[keep], 0.99) if (y[keep] == 0).any() else None
-    out = {"covid_threshold": chosen["threshold"], "threshold_rule": rule, "rule_text": describe_rule(rule),
-           "val_specificity": chosen["val_specificity"], "val_sensitivity": chosen["val_sensitivity"],
-           "n_negative": chosen["n_negative"], "n_positive": chosen["n_positive"], "note": chosen["note"],
-           "negatives_by_format": chosen.get("groups"),
-           "spec99_threshold": paper.threshold if paper else math.nan, "spec99_estimable": bool(paper and paper.estimable),
-           "chosen_on": "val", "checkpoint": "best", "epoch": int(best["epoch"])}
-    write_json(run.file("threshold.json"), out)
-    run.refresh()
-    return out
+    scored = predictions_frame(val_index, infer(model, val_batches, amp=amp).columns, math.nan)
+    record = {**choose_thresholds(scored, rule), "checkpoint": "best", "epoch": int(best["epoch"])}
+    run.write(predictions_val=with_threshold(scored, record["covid_threshold"]))
+    run.write_threshold(record)
+    return record
 
 
 def _training_data(params, device: torch.device):
@@ -421,21 +400,18 @@ def _now() -> str:
 
 
 def _run_info(run: Run, params, model: nn.Module, device: torch.device, dist: DistInfo, cache, train_batches, n_val: int,
-              resume: bool, ckpt: Mapping[str, Any] | None) -> dict[str, Any]:
+              resume: bool, ckpt: Mapping[str, Any] | None) -> RunInfo:
     """run.json at the start of training (a resumed run keeps its start time and lists each resume)."""
-    old = run.info if resume else {}
-    info: dict[str, Any] = {
-        **old,
-        "name": params.run_name, "params_file": params.source, "run_dir": str(run.path), "status": "running",
-        "device": describe_device(device), "world_size": dist.world_size, "threads": torch.get_num_threads(),
-        "precision": "bf16" if autocast_dtype(params.train.precision, device) else "fp32",
-        "torch": torch.__version__, "torchvision": versions()["torchvision"], "cmtlib": cmtlib.__version__,
-        "git_commit": git_commit(), "model": params.model.model,
-        "encoder_weights_source": getattr(model, "encoder_weights_source", params.model.encoder_weights),
-        "data_cache": str(cache.path), "manifest": cache.meta.get("manifest", ""), "manifest_hash": cache.meta.get("manifest_hash", ""),
-        "n_train": len(train_batches.data), "n_val": n_val, "steps_per_epoch": len(train_batches),
-        "images_per_epoch": train_batches.images_per_epoch, "start_time": old.get("start_time") or _now(), "end_time": None,
-    }
-    if resume:
-        info["resumed_at"] = old.get("resumed_at", []) + [{"time": _now(), "from_epoch": int(ckpt["epoch"]) if ckpt else 0}]
-    return info
+    old = run.info if resume else RunInfo()
+    resumed = old.resumed_at + [{"time": _now(), "from_epoch": int(ckpt["epoch"]) if ckpt else 0}] if resume else []
+    return RunInfo(
+        name=params.run_name, params_file=params.source, run_dir=str(run.path), status="running",
+        device=describe_device(device), world_size=dist.world_size, threads=torch.get_num_threads(),
+        precision="bf16" if autocast_dtype(params.train.precision, device) else "fp32",
+        torch=str(torch.__version__), torchvision=versions()["torchvision"], cmtlib=cmtlib.__version__,
+        git_commit=git_commit(), model=params.model.model,
+        encoder_weights_source=getattr(model, "encoder_weights_source", params.model.encoder_weights),
+        data_cache=str(cache.path), manifest=cache.meta.get("manifest", ""), manifest_hash=cache.meta.get("manifest_hash", ""),
+        n_train=len(train_batches.data), n_val=n_val, steps_per_epoch=len(train_batches),
+        images_per_epoch=train_batches.images_per_epoch, start_time=old.start_time or _now(), end_time=None, resumed_at=resumed,
+    )

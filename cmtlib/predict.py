@@ -25,6 +25,7 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
+from cmtlib.errors import MissingInputError
 from cmtlib.fileio import atomic_path, write_json
 from cmtlib.inference import Inference, infer
 from cmtlib.metrics.operating import describe_rule
@@ -63,11 +64,12 @@ def collect_inputs(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list
 
 def _threshold(run: Run) -> tuple[float, str, str]:
     """(threshold, rule, where it comes from in words): the run's frozen operating threshold."""
-    stored = run.threshold or {}
-    if stored.get("covid_threshold") is not None:
-        rule = stored.get("threshold_rule", "specificity:0.99")
-        return float(stored["covid_threshold"]), rule, f"fixed when the run was trained, on its validation films: {describe_rule(rule)}"
-    return 0.5, "", "0.5 by default: the run has no threshold.json (it did not finish training with this cmtlib)"
+    stored = run.threshold
+    if stored is None or not run.finished:
+        raise MissingInputError(f"{run.path} holds no frozen COVID-19 threshold (threshold.json): its training did not finish; "
+                                "resume it (cmt train --params ... --resume) or train it again")
+    rule = stored["threshold_rule"]
+    return run.operating_threshold, rule, f"fixed when the run was trained, on its validation films: {describe_rule(rule)}"
 
 
 class Predictor:

@@ -21,6 +21,7 @@ from cmtlib.experiments.embedding_classifiers import (
     select_hyperparameters,
 )
 from cmtlib.metrics import metrics_from_predictions
+from cmtlib.metrics.operating import choose_thresholds
 from cmtlib.models.registry import create_model
 from test_loader import write_toy_cache
 
@@ -57,10 +58,13 @@ def test_the_gaussian_rbf_note_is_stated():
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_separable_embeddings_give_a_high_auc(kind, data):
-    res = fit_embedding_classifier(kind, data["train"], data["val"], data["test"], seed=0)
+    res = fit_embedding_classifier(kind, data["train"], data["val"], data["test"], "specificity:0.9", seed=0)
     assert res.val_auc >= 0.95 and res.search and res.params in [p["params"] for p in res.search]
     assert res.val_auc == max(p["val_auc"] for p in res.search)
-    metrics = metrics_from_predictions(res.test, res.threshold["covid_threshold"], val_df=res.val, n_boot=20)
+    # It decides by the rule it was given, on its own validation scores, as every compared classifier does.
+    assert res.threshold == choose_thresholds(res.val, "specificity:0.9")
+    assert (res.test["pred_covid"] == (res.test["p_covid"] >= res.threshold["covid_threshold"]).astype(int)).all()
+    metrics = metrics_from_predictions(res.test, res.threshold["spec99_threshold"], operating_threshold=res.threshold["covid_threshold"], n_boot=20)
     assert metrics["covid"]["auc"] >= 0.95
     assert metrics["covid"]["eer"] <= 0.1
     assert 0.0 <= metrics["covid"]["sens_at_spec99"] <= 1.0
@@ -97,8 +101,8 @@ def test_selection_refuses_a_validation_split_with_one_class(data):
 
 
 def test_results_repeat_for_a_seed_and_files_are_written(data, tmp_path):
-    a = run_embedding_classifiers(data, kinds=("random_forest", "svm_rbf"), seed=3, n_boot=20, out_dir=tmp_path / "a")
-    b = run_embedding_classifiers(data, kinds=("random_forest", "svm_rbf"), seed=3, n_boot=20)
+    a = run_embedding_classifiers(data, "specificity:0.95", kinds=("random_forest", "svm_rbf"), seed=3, n_boot=20, out_dir=tmp_path / "a")
+    b = run_embedding_classifiers(data, "specificity:0.95", kinds=("random_forest", "svm_rbf"), seed=3, n_boot=20)
     pd.testing.assert_frame_equal(a, b)
     assert list(a["classifier"]) == ["random_forest", "svm_rbf"]
     assert (a["covid_auc"] >= 0.95).all() and a["covid_auc_ci_low"].notna().all()
@@ -114,7 +118,7 @@ def test_unknown_labels_are_left_out_and_a_one_class_label_stays_empty(data):
     index = train.index.copy()
     index.loc[:9, "label_covid"] = ""  # unknown: not used for fitting
     index["label_other"] = "0"  # one class only: no model, p_other empty
-    res = fit_embedding_classifier("svm_linear", EmbeddingSplit(train.emb, index), data["val"], data["test"])
+    res = fit_embedding_classifier("svm_linear", EmbeddingSplit(train.emb, index), data["val"], data["test"], "specificity:0.95")
     assert res.test["p_other"].isna().all() and res.test["p_covid"].notna().all()
 
 

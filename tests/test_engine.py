@@ -24,6 +24,7 @@ from cmtlib.engine import fit, train, validate
 from cmtlib.losses import MultiTaskLoss
 from cmtlib.models.registry import create_model
 from cmtlib.params import load_params
+from cmtlib.run import Run
 from test_loader import write_toy_cache
 
 REPO = Path(__file__).resolve().parents[1]
@@ -134,7 +135,7 @@ def test_history_and_checkpoints_every_epoch_without_temp_files(tmp_path):
     cache = open_cache_folder(params.data.cache_dir)
     torch.manual_seed(0)
     fit(create_model("cmtnet", **TINY_MODEL), MultiTaskLoss(), TrainBatches(load_split(cache, "train"), 4, seed=0),
-        EvalBatches(load_split(cache, "val"), 8), params.train, tmp_path / "run", config=params.flat(), on_epoch=check)
+        EvalBatches(load_split(cache, "val"), 8), params.train, Run(tmp_path / "run"), config=params.flat(), on_epoch=check)
     assert seen == [(1, 1, 1, 1), (2, 2, 2, 2), (3, 3, 3, 3)]
     leftovers = [p.name for p in (tmp_path / "run").rglob(".*")]
     assert leftovers == [], leftovers
@@ -193,7 +194,7 @@ def test_a_start_that_failed_early_is_reused_by_the_rerun(tmp_path, flags):
     assert train(toy_params(tmp_path, epochs=1), **flags) == run
     assert (run / "checkpoints" / "best.pt").is_file() and json.loads((run / "run.json").read_text())["status"] == "finished"
     assert "holds only the train.log of an earlier start" in (run / "train.log").read_text()
-    assert "resumed_at" not in json.loads((run / "run.json").read_text())
+    assert json.loads((run / "run.json").read_text())["resumed_at"] == []
 
 
 @pytest.mark.parametrize("flags", [{}, {"overwrite": True}, {"resume": True}])
@@ -249,18 +250,25 @@ def test_best_by_last_keeps_the_final_epoch(tmp_path):
 
 
 def test_covid_loss_within_keeps_the_covid_loss_only_where_a_collection_holds_both_labels(tmp_path):
+    """The toy cache alternates its sources so that each holds one COVID-19 label: none keeps the loss.
+    Re-labelled so that the first 12 films form a collection of both labels, exactly those keep it."""
+    from cmtlib.data.loader import keep_covid_loss_within
+
+    cache = open_cache_folder(write_toy_cache(tmp_path / "c", n=40))
+    data = load_split(cache, "train")
+    known = data.targets["has_covid"].clone()
+    assert keep_covid_loss_within(data) == 0 and not data.targets["has_covid"].any()
+    cache.index.loc[cache.index["cache_row"].astype(int) < 12, "source"] = "mixed"  # rows 0-11 hold healthy, COVID and other films
+    data = load_split(cache, "train")
+    expected = known & torch.tensor((data.index["source"] == "mixed").to_numpy())
+    assert keep_covid_loss_within(data) == int(expected.sum()) == 8 and torch.equal(data.targets["has_covid"], expected)
     run = train_toy(tmp_path, epochs=1, covid_loss_within=True, balance_sources=True)
-    assert (run / "checkpoints" / "best.pt").is_file()
-    log = (run / "train.log").read_text()
-    # The toy cache is one collection holding both labels: every labelled film keeps the loss.
-    assert "covid_loss_within: the COVID-19 loss counts for" in log
+    assert "covid_loss_within: the COVID-19 loss counts for 0 of 24 training films" in (run / "train.log").read_text()
 
 
 def test_a_lung_focus_run_trains_and_reloads_with_its_focus(tmp_path):
-    from cmtlib.checkpoint import load_model
-
     run = train_toy(tmp_path, epochs=1, lung_focus=True, threshold_rule="format_balanced:0.9")
-    model, meta = load_model(run)
+    model, meta = Run(run).load_model()
     assert model.lung_focus and meta["model"]["lung_focus"] is True
     threshold = json.loads((run / "threshold.json").read_text())
     assert threshold["threshold_rule"] == "format_balanced:0.9" and threshold["negatives_by_format"]

@@ -13,7 +13,10 @@ import torch
 
 from cmtlib import cli
 from cmtlib.cli import main
-from cmtlib.evaluate import META_COLUMNS, PRED_COLUMNS, SPLIT_CHOICES, EvaluateError, choose_threshold, evaluate_run, output_dir, predict_split
+from cmtlib import evaluate as E
+from cmtlib.evaluate import SPLIT_CHOICES, EvaluateError, evaluate_run, output_dir, predict_split
+from cmtlib.metrics.operating import choose_thresholds
+from cmtlib.predictions import META_COLUMNS, PRED_COLUMNS
 from cmtlib.data.loader import load_split, open_cache_folder
 from cmtlib.data.manifest import write_manifest
 from cmtlib.metrics import threshold_at_specificity
@@ -50,6 +53,22 @@ def test_files_and_contract_columns(run, evaluated):
     emb = np.load(run / "embeddings.npy")
     index = pd.read_csv(run / "embeddings_index.csv")
     assert emb.shape[0] == 8 and emb.dtype == np.float32 and index["image_id"].tolist() == df["image_id"].tolist()
+
+
+def test_training_scores_the_validation_films_once_and_evaluation_reuses_them(tmp_path, monkeypatch):
+    """The validation pass that freezes the threshold at training writes predictions_val.csv and the
+    paper's 99 % point; evaluation reads them and never loads the validation films again."""
+    fresh = train_toy(tmp_path, epochs=1)
+    written = {name: (fresh / name).read_bytes() for name in ("predictions_val.csv", "threshold.json")}
+    asked = []
+    real = E.load_split
+    monkeypatch.setattr(E, "load_split", lambda cache, split, *a, **k: asked.append(split) or real(cache, split, *a, **k))
+    metrics = evaluate_run(fresh, n_boot=0)
+    assert asked == ["test"] and {name: (fresh / name).read_bytes() for name in written} == written
+    record = json.loads(written["threshold.json"])
+    assert metrics["covid"]["spec99_threshold"] == record["spec99_threshold"] and metrics["covid"]["threshold"] == record["covid_threshold"]
+    info = json.loads((fresh / "run.json").read_text())
+    assert info["threshold_rule"] == record["threshold_rule"] and "covid_threshold" not in info  # stored once: threshold.json
 
 
 def test_threshold_comes_from_validation(run, evaluated):
@@ -93,10 +112,10 @@ def test_missing_outputs_leave_columns_empty(tmp_path):
     assert known.sum() == 10  # the COVID images: the only non-empty disease masks
 
 
-def test_choose_threshold_without_negatives_gives_no_threshold():
+def test_choose_thresholds_without_negatives_gives_no_threshold():
     df = pd.DataFrame({"label_covid": ["1", "1", ""], "p_covid": [0.9, 0.8, 0.1]})
-    chosen = choose_threshold(df)
-    assert math.isnan(chosen["covid_threshold"]) and "no COVID-negative" in chosen["note"]
+    chosen = choose_thresholds(df, "specificity:0.95")
+    assert math.isnan(chosen["covid_threshold"]) and math.isnan(chosen["spec99_threshold"]) and "no COVID-negative" in chosen["note"]
 
 
 def external_manifest(folder, splits):

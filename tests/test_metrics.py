@@ -443,16 +443,23 @@ def test_metrics_float_labels_give_the_same_result(tmp_path):
     assert a == b
 
 
-def test_metrics_threshold_from_validation():
+def test_thresholds_are_chosen_once_on_validation_and_metrics_only_apply_them():
+    from cmtlib.metrics.operating import choose_thresholds, threshold_notes
+
     val = pd.DataFrame({"label_covid": ["0"] * 150 + ["1"], "p_covid": list(np.arange(150) / 1000) + [0.5]})
-    m = M.metrics_from_predictions(_frame(), threshold=None, val_df=val, n_boot=0)
-    # 150 negatives: k = 1; the 2nd highest negative is 0.148.
-    assert m["covid"]["threshold"] == np.nextafter(0.148, np.inf)
+    record = choose_thresholds(val, "specificity:0.95")
+    # 150 negatives: the paper's 99 % point lets k = 1 through, so it sits just above the 2nd highest (0.148);
+    # specificity 0.95 lets floor(7.5) = 7 through: just above the 8th highest negative (0.142).
+    assert record["spec99_threshold"] == np.nextafter(0.148, np.inf) and record["spec99_estimable"]
+    assert record["covid_threshold"] == np.nextafter(0.142, np.inf) and record["threshold_rule"] == "specificity:0.95"
+    m = M.metrics_from_predictions(_frame(), record["spec99_threshold"], operating_threshold=record["covid_threshold"],
+                                   notes=threshold_notes(record), n_boot=0)
+    assert m["covid"]["spec99_threshold"] == record["spec99_threshold"] and m["covid"]["threshold"] == record["covid_threshold"]
     assert not any("validation" in n for n in m["notes"])
     assert math.isnan(m["covid"]["auc_ci_low"])  # n_boot = 0: no intervals
-    m = M.metrics_from_predictions(_frame(), threshold=0.5, val_df=val.iloc[60:], n_boot=0)  # 90 negatives
-    assert m["covid"]["threshold"] == 0.5
-    assert any("fewer than 100 validation" in n for n in m["notes"])
+    few = choose_thresholds(val.iloc[60:], "specificity:0.99")  # 90 negatives
+    m = M.metrics_from_predictions(_frame(), few["spec99_threshold"], notes=threshold_notes(few), n_boot=0)
+    assert any("fewer than 100 validation" in n and "(90)" in n for n in m["notes"])
     m = M.metrics_from_predictions(_frame(), threshold=None, n_boot=0)
     assert math.isnan(m["covid"]["sens_at_spec99"]) and "no validation threshold" in m["notes"][0]
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cmtlib.fileio import write_json
+from cmtlib.run import Run
 from cmtlib.predict import NOTE, overlay_size, predict_files
 from test_engine import one_thread, train_toy  # noqa: F401 (fixture)
 from test_loader import toy_arrays, toy_rows
@@ -19,7 +19,7 @@ from test_loader import toy_arrays, toy_rows
 def run(tmp_path_factory):
     torch.set_num_threads(1)
     run = train_toy(tmp_path_factory.mktemp("predict"), epochs=1)
-    write_json(run / "threshold.json", {"covid_threshold": 0.4242, "chosen_on": "val"})
+    Run(run).write_threshold({**Run(run).threshold, "covid_threshold": 0.4242})
     return run
 
 
@@ -106,19 +106,18 @@ def test_overlay_size_keeps_the_aspect_ratio_within_bounds():
     assert overlay_size(64, 128) == (512, 256)  # enlarged so the text stays readable
 
 
-def test_without_threshold_json_the_default_is_said(run, tmp_path):
+def test_a_run_without_a_frozen_threshold_is_refused_with_the_fix(run, tmp_path):
     (run / "threshold.json").rename(tmp_path / "saved.json")
     try:
-        predict_files(run, [write_png(tmp_path / "x.png")], tmp_path / "out")
+        with pytest.raises(FileNotFoundError, match="holds no frozen COVID-19 threshold.*--resume"):
+            predict_files(run, [write_png(tmp_path / "x.png")], tmp_path / "out")
     finally:
         (tmp_path / "saved.json").rename(run / "threshold.json")
-    data = json.loads((tmp_path / "out" / "x.json").read_text())
-    assert data["threshold"] == 0.5 and "no threshold.json" in data["threshold_source"] and data["threshold_rule"] == ""
 
 
 def test_the_json_states_the_frozen_threshold_and_its_rule(run, tmp_path):
     old = (run / "threshold.json").read_text()
-    write_json(run / "threshold.json", {"covid_threshold": 0.31, "threshold_rule": "specificity:0.95", "chosen_on": "val"})
+    Run(run).write_threshold({"covid_threshold": 0.31, "threshold_rule": "specificity:0.95", "chosen_on": "val"})
     try:
         predict_files(run, [write_png(tmp_path / "x.png")], tmp_path / "out")
     finally:

@@ -18,7 +18,9 @@ from cmtlib.report.pages import common as CO
 from cmtlib.report.pages import evaluation as EV
 from cmtlib.report.pages import explain as E
 from cmtlib.report.pages import review as RV
-from cmtlib.run import Run
+from cmtlib.errors import RunFolderError
+from cmtlib.evaluate import evaluate_run
+from cmtlib.run import Run, RunInfo
 from cmtlib.runtime import set_threads
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,11 +49,11 @@ def test_metrics_table_has_plain_names_values_and_intervals():
 
 
 def test_threshold_sentences_and_the_fewer_than_100_negatives_note():
-    text = EV.threshold_text(_metrics(), {"covid_threshold": 0.83, "n_negative": 150, "threshold_rule": "specificity:0.95",
-                                          "val_specificity": 0.95, "val_sensitivity": 0.7})
+    text = EV.threshold_text({"covid_threshold": 0.83, "n_negative": 150, "threshold_rule": "specificity:0.95",
+                              "val_specificity": 0.95, "val_sensitivity": 0.7, "spec99_threshold": 0.91})
     assert "0.83" in text and "5 % of the COVID-negative validation films" in text and "caught 70%" in text
-    assert "held fixed" in text
-    assert "No COVID-19 threshold" in EV.threshold_text({}, {"covid_threshold": None})
+    assert "held fixed" in text and "uses a threshold of its own (0.91)" in text
+    assert "No COVID-19 threshold" in EV.threshold_text({"covid_threshold": None})
     assert EV.negatives_warnings(_metrics(), {"n_negative": 150}) == []
     few = EV.negatives_warnings(_metrics(n_negative=40), {"n_negative": 60})
     assert len(few) == 2 and all("the 1 % false-alarm rate cannot be estimated" in w for w in few)
@@ -86,15 +88,24 @@ def test_context_says_where_weights_and_data_come_from():
     assert "Synthetic chest X-ray phantoms" in CO.provenance_line(synthetic)
     line = CO.provenance_line(real, pd.DataFrame({"source": ["ieee8023", "nih", "ieee8023"]}))
     assert "Cohen" in line and "ChestX-ray14" in line and line.count("ieee8023") == 1
-    run = SimpleNamespace(info={"encoder_weights_source": "random init (encoder_weights=none)"}, predictions=None)
+    run = SimpleNamespace(info=RunInfo(encoder_weights_source="random init (encoder_weights=none)"), predictions=None)
     rows = dict(CO.context_rows(synthetic, run))
     assert "random weights" in rows["network's starting weights"] and "phantoms" in rows["data"]
 
 
 def test_cache_dir_explains_a_missing_cache(tmp_path):
-    (tmp_path / "run.json").write_text(json.dumps({"data_cache": str(tmp_path / "gone")}))
+    Run(tmp_path).write_info(RunInfo(data_cache=str(tmp_path / "gone")))
     with pytest.raises(FileNotFoundError, match="not on this machine"):
         Run(tmp_path).cache_dir()
+
+
+def test_a_run_folder_of_another_format_is_refused_with_the_fix(tmp_path):
+    """Run folders of earlier versions are not read through legacy paths: one clear error says to retrain."""
+    (tmp_path / "run.json").write_text(json.dumps({"status": "finished", "covid_threshold": 0.5}))
+    with pytest.raises(RunFolderError, match="earlier cmtlib \\(run format 1; this one reads 2\\): retrain it"):
+        Run.open(tmp_path)
+    with pytest.raises(RunFolderError, match="retrain it"):
+        evaluate_run(tmp_path)
 
 
 def test_set_threads_refuses_negative():

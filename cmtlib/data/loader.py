@@ -178,6 +178,14 @@ def mixed_label_rows(index: pd.DataFrame, column: str = "label_covid") -> np.nda
     return index["source"].isin(mixed).to_numpy() if "source" in index.columns else np.zeros(len(index), bool)
 
 
+def keep_covid_loss_within(data: SplitData) -> int:
+    """Switch the COVID-19 loss off (has_covid) for films of collections whose known COVID-19 labels
+    take one value only in this split (TrainConfig.covid_loss_within); the number of films that keep it."""
+    keep = torch.as_tensor(mixed_label_rows(data.index).copy()).to(data.device)
+    data.targets["has_covid"] &= keep
+    return int(data.targets["has_covid"].sum())
+
+
 class TrainBatches:
     """Shuffled, oversampled, augmented training batches; `epoch(e)` iterates one epoch."""
 

@@ -1,5 +1,9 @@
 """The run's operating threshold: chosen once, on the validation films, by a rule the run states.
 
+`choose_thresholds` is the one place a COVID-19 threshold is chosen: the engine calls it when a run
+is trained (its result is the run's threshold.json), and the comparison's embedding classifiers call
+it on their own validation scores with the same rule, so that every method decides alike.
+
 DESIGN.md (Metrics) keeps two thresholds apart. The paper's 99 %-specificity point
 (`covid.sens_at_spec99`) is a metric; the operating threshold (`covid.threshold`) is the decision
 `cmt predict`, the confusion tables and external validation use, and it must hold on a collection
@@ -24,6 +28,7 @@ import math
 from statistics import NormalDist
 
 import numpy as np
+import pandas as pd
 
 from cmtlib.errors import ConfigError
 from cmtlib.metrics._kernels import _binary, _scores
@@ -116,3 +121,45 @@ def operating_threshold(y, scores, rule: str, groups=None) -> dict:
     out.update(threshold=float(threshold), val_specificity=float((neg < threshold).mean()),
                val_sensitivity=float((pos >= threshold).mean()) if pos.size else math.nan)
     return out
+
+
+PAPER_SPECIFICITY = 0.99  # the paper's operating point: sensitivity at 99 % specificity
+
+
+def _column(df: pd.DataFrame, name: str) -> np.ndarray:
+    if name not in df.columns:
+        return np.full(len(df), np.nan)
+    return pd.to_numeric(df[name].replace("", np.nan), errors="coerce").to_numpy(dtype=float)
+
+
+def choose_thresholds(val: pd.DataFrame, rule: str) -> dict:
+    """The operating threshold by `rule` and the paper's 99 % point, chosen on validation predictions
+    (columns label_covid, p_covid, and orig_height / orig_width for format_balanced; rows without a
+    label or a score are left out). The result is what a run stores as threshold.json.
+
+    Returns:
+        dict: covid_threshold (NaN without negatives), threshold_rule, rule_text, val_specificity,
+        val_sensitivity, n_negative, n_positive, note, negatives_by_format (format_balanced only),
+        spec99_threshold, spec99_estimable (at least 100 negatives), chosen_on.
+    """
+    y, p = _column(val, "label_covid"), _column(val, "p_covid")
+    keep = ~np.isnan(y) & ~np.isnan(p)
+    groups = format_groups(_column(val, "orig_height"), _column(val, "orig_width"))[keep]
+    chosen = operating_threshold(y[keep].astype(int), p[keep], rule, groups=groups)
+    paper = threshold_at_specificity(y[keep].astype(int), p[keep], PAPER_SPECIFICITY) if (y[keep] == 0).any() else None
+    return {"covid_threshold": chosen["threshold"], "threshold_rule": rule, "rule_text": describe_rule(rule),
+            "val_specificity": chosen["val_specificity"], "val_sensitivity": chosen["val_sensitivity"],
+            "n_negative": chosen["n_negative"], "n_positive": chosen["n_positive"], "note": chosen["note"],
+            "negatives_by_format": chosen.get("groups"),
+            "spec99_threshold": paper.threshold if paper else math.nan, "spec99_estimable": bool(paper and paper.estimable),
+            "chosen_on": "val"}
+
+
+def threshold_notes(record: dict | None) -> list[str]:
+    """What metrics.json must say about a threshold record (choose_thresholds): too few validation
+    negatives for the paper's 1 % false-alarm rate."""
+    record = record or {}
+    if record.get("spec99_estimable"):
+        return []
+    return [f"fewer than 100 validation COVID-negative images ({int(record.get('n_negative') or 0)}): the 1 % false-alarm rate "
+            "cannot be estimated; the threshold sits above every negative"]

@@ -46,14 +46,6 @@ def _columns(df: pd.DataFrame) -> dict:
     return c
 
 
-def _choose_threshold(val_df: pd.DataFrame) -> OperatingPoint:
-    y, p = _numeric(val_df, "label_covid", "1, 0"), _numeric(val_df, "p_covid", "numbers in [0, 1]")
-    keep = ~np.isnan(y) & ~np.isnan(p)
-    if not (y[keep] == 0).any():
-        return OperatingPoint(math.nan, 0, 0, False)
-    return threshold_at_specificity(y[keep], p[keep])
-
-
 def _statistics(c: dict, rows: np.ndarray, threshold: float, notes: list, operating: float = math.nan) -> dict:
     """(section, key) -> kernel W (B, len(rows)) -> (B,) for one group of rows. `threshold` is the
     paper's 99 %-specificity point (sens_at_spec99), `operating` the run's decision threshold."""
@@ -147,39 +139,33 @@ def _group(c: dict, rows: np.ndarray, threshold: float, n_boot: int, seed: int, 
     return out
 
 
-def metrics_from_predictions(df: pd.DataFrame, threshold: float | None, val_df: pd.DataFrame | None = None,
-                             n_boot: int = 1000, seed: int = 0, alpha: float = 0.05, operating_threshold: float | None = None) -> dict:
+def metrics_from_predictions(df: pd.DataFrame, threshold: float | None, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
+                             operating_threshold: float | None = None, notes: list[str] | tuple[str, ...] = ()) -> dict:
     """The metrics.json of DESIGN.md from predictions.csv rows (docs/CONTRACTS.md).
 
     Accuracies are at probability 0.5 over rows whose label is known; `covid.sens_at_spec99` applies
     the validation `threshold`, `sens_at_spec99_oracle` a threshold chosen on `df` itself; Dice / IoU
     average the per-image columns where not NaN. Every number has `_ci_low` / `_ci_high` beside it
     (percentile bootstrap over patients, thresholds held fixed), except `threshold`, an input.
-    NaN where there is no ground truth (`cmtlib.fileio.write_json` writes null).
+    NaN where there is no ground truth (`cmtlib.fileio.write_json` writes null). Thresholds are never
+    chosen here: they come from the run's threshold.json (cmtlib.metrics.operating.choose_thresholds).
 
     Args:
         df: predictions (labels as '1' / '0' / '' strings or floats with NaN).
-        threshold: the paper's 99 %-specificity COVID threshold chosen on validation; None chooses it on `val_df`.
+        threshold: the paper's 99 %-specificity COVID threshold chosen on validation (None or NaN: none).
         operating_threshold: the run's frozen decision threshold (metrics.json's `covid.threshold`, with
             `covid.sensitivity` and `covid.specificity` at it); None = `threshold`.
-        val_df: validation predictions: choose the threshold (if None) and check its negatives.
         n_boot: bootstrap resamples (0: no intervals).
         seed: seeds the bootstrap.
         alpha: 0.05 for 95 % intervals.
+        notes: what the caller knows about the thresholds (operating.threshold_notes), listed first.
 
     Returns:
         dict: covid, healthy, other, covid_as_unhealthy, lung, disease, calibration (each number with
         its CI), counts, notes, ci (how intervals were made), by_view and by_source (the same per group).
     """
     c = _columns(df)
-    notes: list[str] = []
-    if val_df is not None:
-        op = _choose_threshold(val_df)
-        if threshold is None:
-            threshold = op.threshold
-        if not op.estimable:
-            notes.append(f"fewer than 100 validation COVID-negative images ({op.n_negative}): the 1 % "
-                         "false-alarm rate cannot be estimated; the threshold sits above every negative")
+    notes = list(notes)
     if threshold is None or math.isnan(threshold):
         threshold = math.nan
         notes.append("no validation threshold: covid.sens_at_spec99 is null")
