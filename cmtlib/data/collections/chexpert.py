@@ -87,13 +87,12 @@ def labels_for_row(values: dict[str, int | None], uncertain: str, classes: dict[
     disease = [v for k, v in values.items() if classes.get(k) in ("other", "covid")]
     if uncertain != "unknown":
         disease = [(1 if uncertain == "positive" else 0) if v == -1 else v for v in disease]
+    healthy = any(v == 1 for k, v in values.items() if classes.get(k) == "healthy")
     if any(v == 1 for v in disease):
-        return OTHER
+        return UNKNOWN_PRE2020 if healthy else OTHER  # No Finding and a disease: which is right is unknown
     if any(v == -1 for v in disease):
         return UNKNOWN_PRE2020
-    if any(v == 1 for k, v in values.items() if classes.get(k) == "healthy"):
-        return HEALTHY
-    return UNKNOWN_PRE2020
+    return HEALTHY if healthy else UNKNOWN_PRE2020
 
 
 def _candidates(csv_dir: Path, rel: str) -> list[Path]:
@@ -185,10 +184,13 @@ def _check_named_view(r, view: str) -> None:
 
 
 def _finding(values: dict[str, int | None], classes: dict[str, str | None]) -> str:
-    if any(v == 1 for k, v in values.items() if classes.get(k) == "healthy"):
-        return next(k for k, v in values.items() if classes.get(k) == "healthy" and v == 1)
-    parts = [k for k, v in values.items() if v == 1] + [f"{k} (uncertain)" for k, v in values.items() if v == -1]
-    return "|".join(parts)
+    """The positive observations joined by '|', uncertain ones marked; 'No Finding' alone when it is
+    the only positive one besides devices (CheXpert marks no other observation then)."""
+    positive = [k for k, v in values.items() if v == 1]
+    healthy = [k for k in positive if classes.get(k) == "healthy"]
+    if healthy and all(classes.get(k) in ("healthy", "unknown") for k in positive):
+        return healthy[0]
+    return "|".join(positive + [f"{k} (uncertain)" for k, v in values.items() if v == -1])
 
 
 def detect(folder: Path) -> int:

@@ -75,6 +75,8 @@ def read(folder: Path, ctx: ImportContext) -> CollectionResult:
         where = ", ".join(f"imgs/{cls}/{path.name}" for cls, path in copies)
         with row_guard(result, SOURCE, where) as guard:
             guard.image_id, guard.path = prefixed(SOURCE, stem), str(copies[0][1])
+            keys = [f"{cls}/{path.name}" for cls, path in copies]
+            used.update(keys)  # the film's fate (imported, quarantined) accounts for its entry
             classes = sorted({cls for cls, _ in copies})
             if len(classes) > 1:
                 for _, path in copies:
@@ -83,8 +85,6 @@ def read(folder: Path, ctx: ImportContext) -> CollectionResult:
                         "one is right is unknown; keep one copy")))
                 continue
             cls = classes[0]
-            keys = [f"{cls}/{path.name}" for _, path in copies]
-            used.update(keys)
             entry = next((annotations[k] for k in keys if k in annotations), None)
             kept = same_name_copies(result, ctx, guard.image_id, [p for _, p in copies], None, where)
             for path, size in kept:
