@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 import import_fuzz_builders as B
-from import_outcome import CSV_OPTIONS, Outcome, check, repeat_header
+from import_outcome import Outcome, check, repeat_header
 
 CSV = "mine:img_a", "mine:img_b", "mine:img_c"
 N1, N2, N3, N4 = "nih:00000001_000", "nih:00000002_000", "nih:00000003_000", "nih:00000001_001"

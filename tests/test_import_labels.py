@@ -194,3 +194,16 @@ def test_every_import_summary_lists_unrecognised_findings_with_counts(tmp_path):
         "Hernia", "Herniaa") for r in B.NIH_ROWS + ["00000003_001.png,Hernia,1,3,31,F,PA"]]) or B.png(
         t / "nih" / "images" / "00000003_001.png", (64, 64)), {})
     assert "unrecognised findings (no label from them; --finding TEXT=CLASS adds one): 'Cardiomegally' 1, 'Herniaa' 1" in run.summary
+
+
+def test_cmt_data_import_takes_finding_entries(tmp_path, capsys):
+    from cmtlib.cli import main
+    from cmtlib.data.manifest import read_manifest
+
+    B.nih(tmp_path)
+    B.nih_table(tmp_path, [r.replace("Cardiomegaly", "Cardiomegally") for r in B.NIH_ROWS])
+    out = tmp_path / "m.csv"
+    assert main(["data", "import", "nih", str(tmp_path / "nih"), "--out", str(out), "--finding", "Cardiomegally=other"]) == 0
+    assert read_manifest(out).set_index("image_id").loc[N1, "label_other"] == "1"
+    assert main(["data", "import", "nih", str(tmp_path / "nih"), "--out", str(out), "--finding", "Cardiomegally"]) == 2
+    assert "--finding 'Cardiomegally': write TEXT=CLASS" in capsys.readouterr().err

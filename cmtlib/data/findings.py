@@ -60,20 +60,24 @@ PHRASES: dict[str, str] = {
 # Parts that only qualify the part beside them ("Pneumonia/Viral/COVID-19").
 QUALIFIERS = frozenset(("viral", "bacterial", "fungal"))
 # Words that may stand inside a longer finding ("Mycoplasma Bacterial Pneumonia", "left pleural effusion").
+# A hyphen, a space or nothing between the pieces of a word are alike: `covid-19` is also "covid 19"
+# and "covid19", `sars-cov-2` also "SARS-CoV2".
 DISEASES: dict[str, str] = {
-    **dict.fromkeys(("covid", "covid-19", "covid19", "covid 19", "sars-cov-2", "sars cov 2", "sarscov2", "2019-ncov"), "covid"),
+    **dict.fromkeys(("covid", "covid-19", "sars-cov-2", "2019-ncov"), "covid"),
     **dict.fromkeys((
         # NIH ChestX-ray14's 14 labels; CheXpert's observations
         "atelectasis", "cardiomegaly", "consolidation", "edema", "effusion", "emphysema", "fibrosis", "hernia",
         "infiltration", "mass", "nodule", "pleural thickening", "pneumonia", "pneumothorax",
         "enlarged cardiomediastinum", "lung opacity", "lung lesion", "pleural effusion", "pleural other", "fracture",
         # ieee8023 (Cohen et al.): causes of pneumonia and ARDS
-        "ards", "sars", "mers", "mers-cov", "e.coli", "e. coli", "escherichia coli", "klebsiella", "legionella",
+        "ards", "sars", "mers", "mers-cov", "e. coli", "escherichia coli", "klebsiella", "legionella",
         "mycoplasma", "pneumocystis", "streptococcus", "staphylococcus", "mrsa", "chlamydophila", "nocardia",
         "pseudomonas", "aspergillosis", "lipoid", "aspiration", "varicella", "herpes", "influenza", "h1n1",
-        # TBX11K; other common report words
+        # TBX11K; other words of chest X-ray reports and collections
         "tuberculosis", "tb", "pneumonitis", "opacity", "opacities", "infiltrate", "infiltrates", "nodules", "masses",
-        "effusions", "bronchiectasis", "ground glass", "ground-glass", "lesion", "lesions",
+        "effusions", "bronchiectasis", "ground-glass", "lesion", "lesions", "oedema", "copd", "asthma", "bronchitis",
+        "cancer", "carcinoma", "tumor", "tumour", "metastasis", "metastases", "sarcoidosis", "abscess", "embolism",
+        "granuloma", "lymphadenopathy", "silicosis", "pneumoconiosis",
     ), "other"),
 }
 NEGATIONS = frozenset(("no", "not", "non", "without", "negative", "neg", "absent", "free", "excluded", "ruled", "denies"))
@@ -112,7 +116,8 @@ class Vocabulary:
         # 'sars-cov-2' is read before 'sars').
         words = {**DISEASES, **{t: c for t, c in self.extra.items() if c in ("covid", "other")}}
         self.diseases = dict(sorted(words.items(), key=lambda kv: -len(kv[0])))
-        self._pattern = re.compile(r"(?<!\w)(?:" + "|".join(re.escape(w) for w in self.diseases) + r")(?!\w)")
+        self._pattern = re.compile(r"(?<!\w)(?:" + "|".join(_word_pattern(w) for w in self.diseases) + r")(?!\w)")
+        self._words = [(re.compile(rf"(?:{_word_pattern(w)})\Z"), c) for w, c in self.diseases.items()]
 
     def classify(self, finding: object) -> Verdict:
         text = normalise(finding)
@@ -131,7 +136,7 @@ class Vocabulary:
     def _part(self, part: str) -> Verdict:
         if part in self.phrases:
             return Verdict(self.phrases[part])
-        found = [self.diseases[m.group()] for m in self._pattern.finditer(part)]
+        found = [self._class_of(m.group()) for m in self._pattern.finditer(part)]
         if not found:
             return Verdict(None, f"{part!r} names nothing the vocabulary knows" if part else "an empty part between separators")
         rest = set(_WORDS.findall(self._pattern.sub(" ", part)))
@@ -140,6 +145,10 @@ class Vocabulary:
         if rest & UNCERTAIN:
             return Verdict("unknown")
         return Verdict("covid" if "covid" in found else "other")
+
+    def _class_of(self, word: str) -> str:
+        """The class of a disease word as found in the text ('covid 19' is `covid-19`'s)."""
+        return next(c for pattern, c in self._words if pattern.match(word))
 
     def labels(self, finding: object, pre2020: bool = False) -> tuple[str, str, str]:
         """The three labels a finding gives (module docstring); unknown when it is not recognised.
@@ -153,6 +162,11 @@ class Vocabulary:
         if pre2020 and cls in ("unknown", "not_covid"):
             return UNKNOWN_PRE2020
         return CLASS_LABELS[cls]
+
+
+def _word_pattern(word: str) -> str:
+    """A disease word as a pattern in which a hyphen or a space may also be nothing."""
+    return re.sub(r"\\[- ]", r"[-\\s]?", re.escape(word))
 
 
 def _parts(text: str) -> list[str]:

@@ -30,14 +30,14 @@ import re
 from pathlib import Path
 
 from cmtlib.data.collections.common import (
-    LATERAL, HEALTHY, OTHER, UNKNOWN_PRE2020, CollectionResult, ImportContext, SourceStats, base_row, header_of,
+    LATERAL, CollectionResult, ImportContext, SourceStats, base_row, header_of,
     normalise_view, prefixed, require_columns, size_tag, walk_dirs,
 )
 from cmtlib.data.collections.registry import MARKED, NO, CollectionKind, register
 from cmtlib.data.collections.rows import (
     RowError, cell, line_of, note_damaged, quarantine_bad_lines, row_guard, same_name_copies,
 )
-from cmtlib.data.findings import Vocabulary
+from cmtlib.data.findings import HEALTHY, OTHER, UNKNOWN_PRE2020, Vocabulary
 from cmtlib.data.manifest import DUPLICATE_GROUP, ManifestError
 from cmtlib.data.rules import is_file
 from cmtlib.data.tables import read_table
@@ -80,10 +80,9 @@ def observation_classes(columns: list[str], vocabulary: Vocabulary) -> dict[str,
     return {c: vocabulary.classify(c).cls for c in columns}
 
 
-def labels_for_row(values: dict[str, int | None], uncertain: str, classes: dict[str, str | None] | None = None) -> tuple[str, str, str]:
-    """The labels of one row's observation values (module docstring). `classes`: each column's class
-    (observation_classes); by default No Finding is healthy, Support Devices neutral, the rest disease."""
-    classes = classes or {k: "healthy" if k == "No Finding" else "unknown" if k == "Support Devices" else "other" for k in values}
+def labels_for_row(values: dict[str, int | None], uncertain: str, classes: dict[str, str | None]) -> tuple[str, str, str]:
+    """The labels of one row's observation values (module docstring); `classes`: each column's class
+    (observation_classes)."""
     disease = [v for k, v in values.items() if classes.get(k) in ("other", "covid")]
     if uncertain != "unknown":
         disease = [(1 if uncertain == "positive" else 0) if v == -1 else v for v in disease]

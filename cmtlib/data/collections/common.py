@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pandas as pd
 
-# Labels per finding class (label_healthy, label_covid, label_other): cmtlib.data.findings reads
-# finding text; importers reach the vocabulary through their ImportContext (the user's entries added).
-from cmtlib.data.findings import BUILT_IN, COVID, HEALTHY, OTHER, UNKNOWN, UNKNOWN_PRE2020, Vocabulary  # noqa: F401
+# Finding text is read by cmtlib.data.findings; importers reach the vocabulary through their
+# ImportContext (the user's --finding entries added).
+from cmtlib.data.findings import BUILT_IN, Vocabulary
 from cmtlib.data.manifest import COLUMNS, ManifestError, format_boxes
 # probe_image lives with the rules `cmt data check` shares; importers reach it through here.
 from cmtlib.data.rules import format_number, normalise_text, parse_number, probe_image  # noqa: F401

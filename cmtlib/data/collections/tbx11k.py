@@ -22,11 +22,12 @@ from pathlib import Path
 from cmtlib.errors import CmtError
 from cmtlib.data.collections.coco import CocoImage, leaves, read_coco
 from cmtlib.data.collections.common import (
-    HEALTHY, OTHER, CollectionResult, ImportContext, SourceStats, base_row, place_boxes, prefixed, quarantine_entry,
+    CollectionResult, ImportContext, SourceStats, base_row, place_boxes, prefixed, quarantine_entry,
     size_tag, walk_dirs,
 )
 from cmtlib.data.collections.registry import MARKED, NO, CollectionKind, register
 from cmtlib.data.collections.rows import row_guard, same_name_copies
+from cmtlib.data.findings import HEALTHY, OTHER
 from cmtlib.data.manifest import DUPLICATE_GROUP, ManifestError, format_boxes
 
 SOURCE = "tbx11k"
