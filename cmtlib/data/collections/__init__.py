@@ -153,8 +153,8 @@ def import_collection(kind: str, root: str | os.PathLike, out: str | os.PathLike
     Raises:
         CmtError: bad options, or nothing importable (the message lists why for each collection).
     """
-    if kind not in kind_names():
-        get(kind)  # raises UnknownNameError listing the valid kinds
+    if kind != AUTO:
+        get(kind)  # an unknown kind raises UnknownNameError, listing the valid ones
     # Image paths are written absolute: a root given relative to the shell's folder would not
     # resolve against the manifest's folder, which is how DESIGN.md reads relative paths.
     root, out = Path(root).resolve(), Path(out)

@@ -26,8 +26,9 @@ finding vocabulary (cmtlib.data.findings; a text it does not recognise gives no 
 `--finding TEXT=CLASS` adds one); a mapped label column (1/0/blank; also yes/no, true/false;
 -1 = unknown) overrides it where it is not blank (a value that is none of these leaves that label
 unknown, with a note). A `--const` finding or label the rules do not recognise is refused before
-anything is read: it would stand for every row. A row with a blank path is quarantined. Views are normalised (AP erect -> AP) and laterals left out and counted; a blank view is
-kept as '' (map a view column if the collection holds laterals). Without image_id the id is the
+anything is read: it would stand for every row. A row with a blank path is quarantined. Views are
+normalised (AP erect -> AP) and laterals left out and counted; a blank view is kept as '' (map a
+view column if the collection holds laterals). Without image_id the id is the
 image's path below the image folder (or the CSV line number when the file name is a DICOM UID);
 without patient_id each image is its own patient. Boxes are JSON lists of [x0, y0, x1, y1] in the
 image file's pixels. A relative path that leads out of the image folder ('../') is quarantined

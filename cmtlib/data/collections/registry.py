@@ -11,6 +11,7 @@ CLI's choices for `cmt data import`, `auto`'s detection, `data_kind` in params
 
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
 from collections.abc import Callable, Mapping
@@ -83,8 +84,10 @@ def register(kind: CollectionKind) -> CollectionKind:
     return kind
 
 
+@functools.cache
 def _load_package() -> None:
-    """Import every module of this package, so that each importer has registered itself."""
+    """Import every module of this package (once per process), so that each importer has
+    registered itself."""
     package = importlib.import_module("cmtlib.data.collections")
     for module in pkgutil.iter_modules(package.__path__):
         importlib.import_module(f"{package.__name__}.{module.name}")
