@@ -48,9 +48,11 @@ def test_check_names_labels_that_no_recognised_text_gives(tmp_path, capsys):
 
 def test_check_names_a_duplicate_group_with_different_labels(tmp_path):
     rows = [_row("s:a64", "Effusion", ("0", "0", "1"), "s:a"), _row("s:a1024", "No Finding", ("1", "0", "0"), "s:a"),
-            _row("s:b64", "Mass", ("0", "0", "1"), "s:b"), _row("s:b1024", "Mass", ("0", "0", "1"), "s:b")]
+            _row("s:b64", "Mass", ("0", "0", "1"), "s:b"), _row("s:b1024", "Mass", ("0", "0", "1"), "s:b"),
+            # Figure1's COVID-00003a (blank finding) is ieee8023's figure1-...-98 (COVID-19): unknown contradicts nothing
+            _row("s:c1", "", ("", "", ""), "s:c"), _row("s:c2", "COVID-19", ("0", "1", "0"), "s:c")]
     problems = value_problems(pd.DataFrame(rows), tmp_path / "m.csv")
-    assert problems == ["labels: duplicate group s:a (one picture) has different labels (healthy/covid/other) at "
+    assert problems == ["labels: duplicate group s:a (one picture) has contradicting labels (healthy/covid/other) at "
                         "row 2 (s:a64: 0/0/1), row 3 (s:a1024: 1/0/0)"]
 
 

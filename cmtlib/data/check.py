@@ -3,8 +3,8 @@ manifest written by hand or by another tool is held to what an import would have
 
 `check_manifest` (manifest.py) covers the contract (columns, label values, ids, split leaks);
 `value_problems` adds ages, offsets, boxes (read against each image's header size), one file
-listed twice with different labels, two rows of one duplicate group (one picture) with different
-labels, and a label carried by a finding the vocabulary does not recognise (cmtlib.data.findings:
+listed twice with different labels, two rows of one duplicate group (one picture) whose known
+labels contradict each other, and a label carried by a finding the vocabulary does not recognise (cmtlib.data.findings:
 a label comes only from recognised text). No image is decoded; only a film with boxes has its
 header read. `label_conflicts` is what `cmt data split` uses to leave such labels unknown rather
 than split on a guess.
@@ -85,19 +85,20 @@ def _labels(df: pd.DataFrame, i: int) -> str:
 
 
 def _group_conflicts(df: pd.DataFrame, ids: list[str]) -> list[str]:
-    """Rows of one duplicate group (copies of one picture) whose labels differ: one of them is wrong."""
+    """Rows of one duplicate group (copies of one picture) whose known labels contradict each other
+    (1 against 0): one of them is wrong. An unknown label contradicts nothing."""
     if DUPLICATE_GROUP not in df.columns:
         return []
     out = []
-    labels = list(zip(*(df[c] for c in LABEL_COLUMNS)))
+    columns = [df[c].tolist() for c in LABEL_COLUMNS]
     rows: dict[str, list[int]] = defaultdict(list)
     for i, group in enumerate(df[DUPLICATE_GROUP]):
         if group:
             rows[group].append(i)
     for group, members in rows.items():
-        if len({labels[i] for i in members}) > 1:
+        if any(len({values[i] for i in members} - {""}) > 1 for values in columns):
             listed = ", ".join(f"row {i + 2} ({ids[i]}: {_labels(df, i)})" for i in members)
-            out.append(f"duplicate group {group} (one picture) has different labels (healthy/covid/other) at {listed}")
+            out.append(f"duplicate group {group} (one picture) has contradicting labels (healthy/covid/other) at {listed}")
     return out
 
 
