@@ -27,11 +27,12 @@ CONTRACTS = Path(__file__).resolve().parents[1] / "docs" / "CONTRACTS.md"
     ("non-COVID", "not_covid"), ("Pneumonia, non-COVID", "other"), ("Pneumonia (lobar consolidation)", "other"),
     ("ＣＯＶＩＤ-19", "covid"), ("No\u200bfinding", "healthy"), ("No\u00a0Finding", "healthy"), ("\ufeffNormal", "healthy"),
     ("SARS-CoV2", "covid"), ("covid 19", "covid"), ("COVID19 pneumonia", "covid"), ("SARS-CoV", "other"), ("E.Coli", "other"),
-    ("COVID-19?", "unknown"), ("Pulmonary oedema", "other"),
+    ("COVID-19?", "unknown"), ("Pulmonary oedema", "other"), ("Effusion|", "other"), ("Atelectasis||Mass", "other"),
     # given no label
     ("No\u00c2\u00a0finding", None), ("Nofinding", None), ("Pneumonía", None), ("Bronchiolitis", None), ("no pneumonia", None),
     ("Pneumonia negative", None), ("No Finding|Effusion", None), ("COVID-19, non-COVID", None), ("Viral", None), ("123", None),
     ("??!", None), ("normal heart, effusion", None), ("Pneumoniae", None), ("COVID-19|x", None), ("COVID-19 (PCR negative)", None),
+    ("|", None), ("Viral/", None),
 ])
 def test_a_text_gives_its_class_or_none(text, cls):
     verdict = BUILT_IN.classify(text)

@@ -134,6 +134,24 @@ DROPPED = [
             absent=(P1,), quarantined={"chexpert:train.csv line 2": "has no patientNNNNN folder"}),
 ]
 
+# A view that is none of PA, AP, AP Supine or a lateral spelling is not guessed: quarantined with its text.
+UNKNOWN_VIEW = [
+    Outcome("nih-unknown-view", "nih", lambda t: B.nih_table(t, [r.replace("F,AP", "F,XX") for r in B.NIH_ROWS]), absent=(N2,),
+            quarantined={N2: "View Position 'XX' is not a view the import knows"}),
+    Outcome("csv-unknown-view", "csv", lambda t: B.edit(t / "mine" / "labels.csv", "S2,PA", "S2,Axial"), absent=(CSV[1],),
+            quarantined={CSV[1]: "view 'Axial' is not a view the import knows"}),
+    Outcome("figure1-unknown-view", "covidx", lambda t: B.edit(t / "fig1" / "metadata.csv", "AP erect", "Coronal", "latin-1"),
+            absent=(F1,), quarantined={F1: "view 'Coronal' is not a view the import knows"}),
+    Outcome("chexpert-unknown-ap-pa", "chexpert", lambda t: B.edit(t / "CheXpert-v1.0-small" / "train.csv", "68,Frontal,AP", "68,Frontal,XY"),
+            absent=(P1,), quarantined={"chexpert:train.csv line 2": "AP/PA 'XY' is not a view the import knows"}),
+    Outcome("ieee-unknown-view-without-lung-boxes", "ieee8023",
+            lambda t: B.edit(t / "ieee" / "metadata.csv", "Pneumonia,AP Supine", "Pneumonia,Axial") or B.edit_json(
+                _ieee_coco(t), lambda doc: doc.update(annotations=[a for a in doc["annotations"] if a["image_id"] != 4])),
+            absent=(D,), quarantined={"ieee8023:metadata.csv line 5": "view 'Axial' is not a view the import knows"}),
+    Outcome("ieee-unknown-view-with-lung-boxes-kept", "ieee8023", lambda t: B.edit(t / "ieee" / "metadata.csv", "Pneumonia,AP Supine",
+                                                                                 "Pneumonia,Axial"), fields={(D, "view"): ""}),
+]
+
 REPEATED_HEADER = [
     Outcome("csv-repeated-header", "csv", lambda t: repeat_header(t / "mine" / "labels.csv"),
             quarantined={"mine:labels.csv line 3": "is a repeated header line"}),
@@ -165,6 +183,11 @@ def test_metadata_that_contradicts_the_file_is_not_taken_silently(case, tmp_path
 
 @pytest.mark.parametrize("case", DROPPED, ids=[c.id for c in DROPPED])
 def test_every_dropped_entry_is_quarantined_noted_or_counted(case, tmp_path, tmp_path_factory):
+    check(case, tmp_path, tmp_path_factory)
+
+
+@pytest.mark.parametrize("case", UNKNOWN_VIEW, ids=[c.id for c in UNKNOWN_VIEW])
+def test_a_view_the_import_does_not_know_is_not_guessed(case, tmp_path, tmp_path_factory):
     check(case, tmp_path, tmp_path_factory)
 
 

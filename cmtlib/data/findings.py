@@ -11,8 +11,9 @@ How a finding is read, after `normalise` (Unicode NFKC; invisible and space-like
 '_', become a space; case folded):
 
 1. the whole text is a PHRASE of the vocabulary: its class;
-2. otherwise it is cut at | , ; / + (outside brackets) into parts, and each part is read alone: a PHRASE, or a
-   QUALIFIER (viral, bacterial, ...: adds nothing), or a part that holds one or more DISEASE
+2. otherwise it is cut at | , ; / + (outside brackets) into parts (an empty one says nothing),
+   and each part is read alone: a PHRASE, or a QUALIFIER (viral, bacterial, ...: adds nothing),
+   or a part that holds one or more DISEASE
    words (`pneumonia`, `pleural effusion`, `covid-19`, as whole words) and no negation (no, not,
    without, negative, ...): other disease, or COVID-19 where one of them names it; an uncertainty
    word (uncertain, possible, suspected, ...) makes such a part unknown. A part that is none of
@@ -125,7 +126,7 @@ class Vocabulary:
             return Verdict(self.phrases[text])
         classes: list[str] = []
         for part in _parts(text):
-            if part in QUALIFIERS:
+            if part in QUALIFIERS or part == "":  # "Effusion|" : an empty part says nothing
                 continue
             verdict = self._part(part)
             if not verdict.recognised:
@@ -138,7 +139,7 @@ class Vocabulary:
             return Verdict(self.phrases[part])
         found = [self._class_of(m.group()) for m in self._pattern.finditer(part)]
         if not found:
-            return Verdict(None, f"{part!r} names nothing the vocabulary knows" if part else "an empty part between separators")
+            return Verdict(None, f"{part!r} names nothing the vocabulary knows")
         rest = set(_WORDS.findall(self._pattern.sub(" ", part)))
         if rest & NEGATIONS:
             return Verdict(None, f"{part!r} is negated ({', '.join(sorted(rest & NEGATIONS))}): what it says is not a class")
@@ -184,7 +185,7 @@ def _parts(text: str) -> list[str]:
 def _combine(classes: list[str]) -> Verdict:
     kinds = set(classes)
     if not kinds:
-        return Verdict(None, "only qualifiers (viral, bacterial, fungal), no finding")
+        return Verdict(None, "names no finding (only separators or qualifiers such as viral, bacterial, fungal)")
     if "healthy" in kinds and kinds & {"covid", "other"}:
         return Verdict(None, "names both a normal film and a disease")
     if "covid" in kinds and "not_covid" in kinds:

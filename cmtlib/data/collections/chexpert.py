@@ -31,11 +31,11 @@ from pathlib import Path
 
 from cmtlib.data.collections.common import (
     LATERAL, CollectionResult, ImportContext, SourceStats, base_row, header_of,
-    normalise_view, prefixed, require_columns, size_tag, walk_dirs,
+    prefixed, require_columns, size_tag, walk_dirs,
 )
 from cmtlib.data.collections.registry import MARKED, NO, CollectionKind, register
 from cmtlib.data.collections.rows import (
-    RowError, cell, line_of, note_damaged, quarantine_bad_lines, row_guard, same_name_copies,
+    RowError, cell, frontal_view, line_of, note_damaged, quarantine_bad_lines, row_guard, same_name_copies,
 )
 from cmtlib.data.findings import HEALTHY, OTHER, UNKNOWN_PRE2020, Vocabulary
 from cmtlib.data.manifest import DUPLICATE_GROUP, ManifestError
@@ -137,9 +137,8 @@ def _rows(folder: Path, r, classes: dict[str, str | None], guard, ctx: ImportCon
         _check_named_view(r, "lateral")
         stats.skip(LATERAL)
         return []
-    kind, view = normalise_view(r.get("AP/PA", ""))
-    if kind in ("lateral", "other"):
-        stats.skip(LATERAL if kind == "lateral" else f"AP/PA {cell(r['AP/PA'])!r} (not PA/AP)")
+    view = frontal_view(r.get("AP/PA", ""), stats, "AP/PA")
+    if view is None:
         return []
     parts = Path(cell(r["Path"])).with_suffix("").parts if cell(r["Path"]) else ()
     at = next((k for k, part in enumerate(parts) if _PATIENT.fullmatch(part)), None)

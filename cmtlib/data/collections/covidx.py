@@ -21,12 +21,12 @@ import re
 from pathlib import Path
 
 from cmtlib.data.collections.common import (
-    LATERAL, CollectionResult, ImportContext, SourceStats, base_row, header_of, normalise_view, prefixed, require_columns,
+    CollectionResult, ImportContext, SourceStats, base_row, header_of, prefixed, require_columns,
     size_tag, walk_dirs,
 )
 from cmtlib.data.collections.registry import LOOKS_LIKE, MARKED, NO, CollectionKind, register
 from cmtlib.data.collections.rows import (
-    RowError, admit_image, cell, line_of, note_damaged, quarantine_bad_lines, row_guard, same_name_copies,
+    RowError, admit_image, cell, frontal_view, line_of, note_damaged, quarantine_bad_lines, row_guard, same_name_copies,
 )
 from cmtlib.data.manifest import DUPLICATE_GROUP, ManifestError
 from cmtlib.data.tables import read_table
@@ -90,17 +90,6 @@ def schema_problem(folder: Path) -> str:
             f"Actualmed's (lacks {', '.join(actualmed) or 'nothing'}); it has: {', '.join(sorted(cols))}")
 
 
-def _frontal_view(raw: str, stats: SourceStats) -> str | None:
-    kind, view = normalise_view(raw)
-    if kind == "lateral":
-        stats.skip(LATERAL)
-        return None
-    if kind == "other":
-        stats.skip(f"view {cell(raw)!r} is not a frontal film")
-        return None
-    return view
-
-
 def _fill(row: dict, r, view: str, size: tuple[int, int], where: str) -> dict:
     # Raw text: validate.py cleans age, offset and sex, and notes what it has to leave unknown.
     row.update(view=view, sex=cell(r.get("sex", "")), age=cell(r.get("age", "")), offset_days=cell(r.get("offset", "")),
@@ -126,11 +115,11 @@ def read_figure1(folder: Path, ctx: ImportContext) -> CollectionResult:
             local = cell(r["patientid"])
             if not local:
                 raise RowError("patientid is blank: it names the image file, so there is no image to import")
-            view = _frontal_view(r["view"], stats)
-            if view is None:
-                continue
             guard.image_id = image_id = prefixed(source, local)
             guard.path = str(folder / "images" / f"{local}.*")
+            view = frontal_view(r["view"], stats)
+            if view is None:
+                continue
             if not files.get(local):
                 raise RowError("file not found: no images/<patientid>.* for this row")
             used.add(local)
@@ -159,7 +148,7 @@ def read_actualmed(folder: Path, ctx: ImportContext) -> CollectionResult:
     seen: dict[str, int] = {}
     for line, r in table.frame.iterrows():
         with row_guard(result, source, line_of(table, line)) as guard:
-            view = _frontal_view(r.get("view", ""), stats)
+            view = frontal_view(r.get("view", ""), stats)
             if view is None:
                 continue
             patient_local = cell(r["patientid"]) or f"row{line}"

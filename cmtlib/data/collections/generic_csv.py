@@ -43,11 +43,11 @@ from pathlib import Path
 
 from cmtlib.errors import ConfigError, MissingInputError
 from cmtlib.data.collections.common import (
-    LATERAL, CollectionResult, ImportContext, SourceStats, base_row, looks_like_uid, normalise_view, prefixed,
+    CollectionResult, ImportContext, SourceStats, base_row, looks_like_uid, prefixed,
 )
 from cmtlib.data.collections.registry import CollectionKind, register
 from cmtlib.data.collections.rows import (
-    RowError, admit_image, cell, inside, line_of, note_damaged, quarantine_bad_lines, row_guard,
+    RowError, admit_image, cell, frontal_view, inside, line_of, note_damaged, quarantine_bad_lines, row_guard,
 )
 from cmtlib.data.manifest import COLUMNS, LABEL_COLUMNS, ManifestError, format_boxes, parse_boxes
 from cmtlib.data.rules import is_file, normalise_text
@@ -208,12 +208,6 @@ def read(root: Path, ctx: ImportContext) -> CollectionResult:
 
 def _row(get, line: int, source: str, images: Path, pre2020: bool, guard, ctx: ImportContext, result: CollectionResult) -> dict | None:
     stats = result.stats[0]
-    kind, view = normalise_view(get("view"))
-    if kind in ("lateral", "other"):
-        stats.skip(LATERAL if kind == "lateral" else f"view {get('view')!r} (not PA/AP)")
-        return None
-    if kind == "blank":
-        stats.keep("blank view kept as '' (assumed frontal)")
     rel = get("path")
     if rel == "":
         raise RowError("the path is blank: no image to import")
@@ -221,6 +215,11 @@ def _row(get, line: int, source: str, images: Path, pre2020: bool, guard, ctx: I
     path = Path(os.path.normpath(rel if absolute else images / rel))  # 'a/../b.png' written as 'b.png
     guard.image_id = image_id = _image_id(source, get("image_id"), rel, line, stats)
     guard.path = str(path)
+    view = frontal_view(get("view"), stats)
+    if view is None:
+        return None
+    if view == "":
+        stats.keep("blank view kept as '' (assumed frontal)")
     # Absolute paths are the user's explicit choice (DESIGN.md); relative ones stay in the image folder.
     size = admit_image(result, ctx, image_id, path, None if absolute else images, guard.where)
     if size is None:

@@ -16,7 +16,8 @@ that folder and beside it (its parent, two levels down):
 Patient ids are kept verbatim (`331a` and `331b` are two patients). A blank or '?' view is kept
 as '' only where GeneralBlockchain drew the two lung boxes (annotators drew left and right lung,
 so the film is frontal); otherwise the row is left out and counted, since ieee8023 also holds
-lateral films.
+lateral films; a view the import does not know ('Axial', a typo) without the lung boxes is
+quarantined with its text.
 """
 
 from __future__ import annotations
@@ -175,8 +176,11 @@ def _row(folder: Path, line: int, r, lungs: dict, clashing: set, ctx: ImportCont
         stats.skip(LATERAL)
         return None
     boxes = lungs.get(file_key(name)) if name else None
-    if kind in ("blank", "other") and not isinstance(boxes, tuple):
-        stats.skip(f"view {cell(r['view']) or 'blank'} and no lung boxes to show the film is frontal")
+    if kind == "other" and not isinstance(boxes, tuple):
+        raise RowError(f"view {cell(r['view'])!r} is not a view the import knows (PA, AP, AP Supine; a lateral is left out) "
+                       "and no lung boxes show the film is frontal")
+    if kind == "blank" and not isinstance(boxes, tuple):
+        stats.skip("view blank and no lung boxes to show the film is frontal")
         return None
     if kind in ("blank", "other"):
         stats.keep(f"view {cell(r['view']) or 'blank'} kept as '' (two lung boxes drawn: frontal)")

@@ -30,12 +30,12 @@ import re
 from pathlib import Path
 
 from cmtlib.data.collections.common import (
-    LATERAL, CollectionResult, ImportContext, SourceStats, base_row, normalise_view, place_boxes, prefixed,
+    CollectionResult, ImportContext, SourceStats, base_row, place_boxes, prefixed,
     require_columns, size_tag, walk_dirs, xywh_to_xyxy,
 )
 from cmtlib.data.collections.registry import MARKED, NO, CollectionKind, register
 from cmtlib.data.collections.rows import (
-    cell, line_of, note_damaged, quarantine_bad_lines, read_table_or_note, row_guard, same_name_copies,
+    cell, frontal_view, line_of, note_damaged, quarantine_bad_lines, read_table_or_note, row_guard, same_name_copies,
 )
 from cmtlib.data.manifest import DUPLICATE_GROUP, ManifestError, format_boxes
 from cmtlib.data.rules import box_problem, parse_number
@@ -136,9 +136,8 @@ def _rows(r, paths: list[Path], boxes: dict, guard, ctx: ImportContext, result: 
     name = cell(r["Image Index"])
     stem = Path(name).stem
     guard.image_id = prefixed(SOURCE, stem)
-    kind, view = normalise_view(r["View Position"])
-    if kind in ("lateral", "other"):
-        stats.skip(LATERAL if kind == "lateral" else f"view {cell(r['View Position'])!r} (not PA/AP)")
+    view = frontal_view(r["View Position"], stats, "View Position")
+    if view is None:
         return []
     labels = ctx.labels(r["Finding Labels"], pre2020=True)
     copies = same_name_copies(result, ctx, guard.image_id, paths, None, guard.where)

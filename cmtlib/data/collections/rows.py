@@ -1,5 +1,6 @@
 """Per-row reading shared by the importers: a row that cannot be used costs only itself.
 
+- `frontal_view`: a row's view; laterals are counted, a view the import does not know is quarantined.
 - `row_guard`: a `with` block around one metadata row; a `CmtError` raised inside it (a `RowError`
   from the helpers here, a ManifestError from the id and label rules) quarantines that row with
   the file line and the reason, and the loop goes on. Other exceptions are bugs and propagate.
@@ -27,7 +28,9 @@ from pathlib import Path
 from typing import Iterator
 
 from cmtlib.errors import CmtError
-from cmtlib.data.collections.common import CollectionResult, ImportContext, probe_image, quarantine_entry
+from cmtlib.data.collections.common import (
+    LATERAL, CollectionResult, ImportContext, SourceStats, normalise_view, probe_image, quarantine_entry,
+)
 from cmtlib.data.rules import file_digest
 from cmtlib.data.tables import Table, read_table
 
@@ -53,6 +56,20 @@ def row_guard(result: CollectionResult, source: str, where: str) -> Iterator[Row
         yield guard
     except CmtError as err:
         result.quarantine.append(quarantine_entry(guard.image_id or f"{source}:{where}", guard.path or where, f"{where}: {err}"))
+
+
+def frontal_view(raw: str, stats: SourceStats, column: str = "view") -> str | None:
+    """The row's view: PA, AP, AP Supine, or '' when blank (the caller decides what a blank view
+    means); None for a lateral film, left out and counted (DESIGN.md). A view the import does not
+    know is not guessed either way: RowError (the row is quarantined with the text)."""
+    kind, view = normalise_view(raw)
+    if kind == "lateral":
+        stats.skip(LATERAL)
+        return None
+    if kind == "other":
+        raise RowError(f"{column} {cell(raw)!r} is not a view the import knows (PA, AP, AP Supine; a lateral is left "
+                       "out): whether the film is frontal is unknown")
+    return view
 
 
 def line_of(table: Table, line: int) -> str:
