@@ -62,8 +62,9 @@ def data_key(data) -> dict[str, Any]:
             key["manifest_hash"] = manifest_hash(data.data_root)
     if data.holdout:
         key["holdout"] = list(data.holdout)
-    if kind not in ("synthetic", "manifest") and data.findings:
-        key["findings"] = list(data.findings)  # other labels: another import
+    findings = list(getattr(data, "findings", []))  # getattr: a caller may pass only the split keys
+    if kind not in ("synthetic", "manifest") and findings:
+        key["findings"] = findings  # other labels: another import
     return key
 
 
@@ -109,7 +110,7 @@ def _check_kind(data) -> None:
         hint = (f"; {data.data_kind} needs options params cannot give ({', '.join(needs.required)}): import it with "
                 f"`cmt data import {data.data_kind} ...` and use data_kind: manifest" if needs else "")
         raise ConfigError(f"data_kind must be synthetic, manifest or one of {', '.join(data_kinds())}; got {data.data_kind!r}{hint}")
-    if data.findings:
+    if getattr(data, "findings", []):
         from cmtlib.data.findings import parse_entries
 
         parse_entries(data.findings, "findings")  # refused here, before anything is imported
@@ -143,7 +144,7 @@ def _source_manifest(data, folder: Path) -> Path:
         from cmtlib.data.collections import import_collection
 
         log.info("importing %s collection(s) from %s", kind, data.data_root)
-        report = import_collection(kind, Path(data.data_root), manifest, findings=list(data.findings))
+        report = import_collection(kind, Path(data.data_root), manifest, findings=list(getattr(data, "findings", [])))
         log.info(report.summary())
     return manifest
 
