@@ -34,12 +34,29 @@ def _pairs(values: list[str] | None, flag: str) -> dict[str, str]:
     return out
 
 
+class _Kinds:
+    """The collection kinds, for `cmt data import`'s choices: read from the importers' registry
+    (cmtlib.data.collections.registry) when the command parses or prints its help, not when the
+    parser is built, so that `cmt --help` stays fast."""
+
+    def _names(self) -> tuple[str, ...]:
+        from cmtlib.data.collections.registry import kind_names
+
+        return kind_names()
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
+
+    def __iter__(self):
+        return iter(self._names())
+
+
 def _cmd_import(a: argparse.Namespace) -> int:
     from cmtlib.data.collections import import_collection
 
     report = import_collection(a.kind, Path(a.root), Path(a.out), column_map=_pairs(a.map, "--map"), source=a.source,
                                uncertain=a.uncertain, constants=_pairs(a.const, "--const"),
-                               allow_outside_root=a.allow_outside_root)
+                               allow_outside_root=a.allow_outside_root, findings=a.finding or [])
     print(report.summary())
     return 0
 
@@ -58,7 +75,7 @@ def _cmd_check(a: argparse.Namespace) -> int:
     df = read_manifest(a.manifest)
     problems = check_manifest(df)
     if not problems:  # value rules read columns the contract check has just vouched for
-        problems = value_problems(df, a.manifest)
+        problems = value_problems(df, a.manifest, findings=a.finding or [])
     if problems:
         print(f"{a.manifest}: {len(problems)} problem(s)", file=sys.stderr)
         for p in problems:
@@ -157,6 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_FINDING_HELP = ("add TEXT to the finding vocabulary as CLASS (healthy, covid, other or unknown); a finding the "
+                 "vocabulary does not recognise gives no label (docs/CONTRACTS.md) (repeat)")
+
+
 def _add_data_commands(data) -> None:
     """`cmt data synth | import | merge | check | split | cache`."""
     p = data.add_parser("synth", help="make synthetic chest X-ray phantoms with masks and labels")
@@ -167,7 +188,7 @@ def _add_data_commands(data) -> None:
     p.set_defaults(func=_cmd_synth)
 
     p = data.add_parser("import", help="turn a public collection into a manifest")
-    p.add_argument("kind", choices=["ieee8023", "covidx", "nih", "chexpert", "tbx11k", "csv", "auto"])
+    p.add_argument("kind", choices=_Kinds(), metavar="KIND", help="the collection's kind: %(choices)s")
     p.add_argument("root", help="the collection's folder")
     p.add_argument("--out", required=True, help="manifest CSV to write")
     p.add_argument("--map", action="append", metavar="COLUMN=SOURCE",
@@ -178,6 +199,7 @@ def _add_data_commands(data) -> None:
     p.add_argument("--uncertain", choices=["unknown", "positive", "negative"], default="unknown", help="chexpert: how to read -1 labels")
     p.add_argument("--allow-outside-root", action="store_true",
                    help="keep rows whose image path leads out of the collection's folder (quarantined otherwise)")
+    p.add_argument("--finding", action="append", metavar="TEXT=CLASS", help=_FINDING_HELP)
     p.set_defaults(func=_cmd_import)
 
     p = data.add_parser("merge", help="join manifests into one before the split (paths rebased, duplicate ids refused)")
@@ -187,6 +209,8 @@ def _add_data_commands(data) -> None:
 
     p = data.add_parser("check", help="validate a manifest against the contract (exit 1 naming the rows)")
     p.add_argument("manifest")
+    p.add_argument("--finding", action="append", metavar="TEXT=CLASS",
+                   help="a finding text the import was given with --finding, so that its labels are not reported (repeat)")
     p.set_defaults(func=_cmd_check)
 
     p = data.add_parser("split", help="patient- and duplicate-aware train/val/test split")

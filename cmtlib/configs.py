@@ -40,7 +40,9 @@ def switches_on(config: dict[str, Any]) -> list[str]:
 @dataclass
 class DataConfig:
     # synthetic: phantoms made by `cmt data synth`; manifest: an existing manifest at data_root;
-    # any import kind (auto, ieee8023, covidx, nih, chexpert): import the collection(s) at data_root.
+    # auto or a collection kind that needs no option (the importers' registry,
+    # cmtlib.data.collections.registry.data_kinds(): ieee8023, covidx, nih, chexpert, tbx11k, ...):
+    # import the collection(s) at data_root.
     data_kind: str = "synthetic"
     # Manifest path (data_kind=manifest) or collection folder (import kinds); '' for synthetic.
     data_root: str = ""
@@ -61,6 +63,10 @@ class DataConfig:
     # filters `column=value` or `column~pattern` (e.g. source=figure1; location~italy|canada). Films
     # sharing a patient or a duplicate group with them are excluded from training. [] = none.
     holdout: list[str] = field(default_factory=list)
+    # Finding texts added to the vocabulary that turns findings into labels when data_kind imports
+    # (as `cmt data import --finding`): "TEXT=CLASS", CLASS one of healthy, covid, other, unknown
+    # (e.g. "Bronchiolitis=other"). A finding the vocabulary does not recognise gives no label. [] = none.
+    findings: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -12,7 +12,8 @@ from PIL import Image
 
 from cmtlib.cli import main
 from cmtlib.data.collections import import_collection
-from cmtlib.data.collections.common import labels_for_finding, looks_like_uid, normalise_view, prefixed
+from cmtlib.data.collections.common import looks_like_uid, normalise_view, prefixed
+from cmtlib.data.findings import BUILT_IN
 from cmtlib.data.manifest import ManifestError, check_manifest, quarantine_path, read_manifest, read_quarantine
 
 
@@ -36,12 +37,12 @@ def _image(path: Path, size: int = 8) -> Path:
     ("non-COVID", False, ("", "0", "")),
 ])
 def test_finding_to_labels_follows_the_design_table(finding, pre2020, expected):
-    assert labels_for_finding(finding, pre2020=pre2020) == expected
+    assert BUILT_IN.labels(finding, pre2020=pre2020) == expected
 
 
 def test_covid_in_a_pre2020_collection_is_an_error():
     with pytest.raises(ManifestError, match="pre-2020"):
-        labels_for_finding("COVID-19", pre2020=True)
+        BUILT_IN.labels("COVID-19", pre2020=True)
 
 
 @pytest.mark.parametrize("raw, expected", [

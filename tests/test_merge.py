@@ -124,7 +124,7 @@ def test_csv_kind_constants_templates_and_outside_root(tmp_path):
     assert q["reason"].str.contains("needs image_id, blank on this line").tolist() == [True]
     with pytest.raises(ManifestError, match=r"\{nope\} name no column of your CSV; its columns are: image_id, patient"):
         import_collection("csv", tmp_path / "col", out, column_map={**mapping, "path": "png/{nope}.png"}, source="one",
-                          constants={"finding": "x"})
+                          constants={"finding": "COVID-19"})
     with pytest.raises(ManifestError, match="--const path"):
         import_collection("csv", tmp_path / "col", out, column_map=mapping, source="one", constants={"path": "x"})
     # a relative path leaving the CSV's folder is quarantined unless allowed; an absolute one is the user's choice

@@ -1,7 +1,9 @@
 """From params to a cache folder: the data chain a run asks for, built once and shared.
 
     synthetic          make_synthetic -> split_manifest -> build_cache
-    auto, ieee8023...  import_collection -> split_manifest -> build_cache
+    auto, ieee8023...  import_collection -> split_manifest -> build_cache   (the kinds of
+                       cmtlib.data.collections.registry that need no option; `findings` adds
+                       'TEXT=CLASS' entries to the finding vocabulary of the import)
     manifest           split_manifest (only when no row has a split) -> build_cache
     cache_dir set      used as it is (how a GPU machine trains on a carried cache)
 
@@ -40,7 +42,6 @@ from cmtlib.data.manifest import carry_findings, manifest_hash, read_manifest, r
 from cmtlib.fileio import locked, write_json
 
 log = logging.getLogger("cmtlib.data")
-IMPORT_KINDS = ("auto", "ieee8023", "covidx", "nih", "chexpert")
 PATH_COLUMNS = ("path", "lung_mask", "disease_mask")
 
 
@@ -61,6 +62,9 @@ def data_key(data) -> dict[str, Any]:
             key["manifest_hash"] = manifest_hash(data.data_root)
     if data.holdout:
         key["holdout"] = list(data.holdout)
+    findings = list(getattr(data, "findings", []))  # getattr: a caller may pass only the split keys
+    if kind not in ("synthetic", "manifest") and findings:
+        key["findings"] = findings  # other labels: another import
     return key
 
 
@@ -75,8 +79,7 @@ def prepare_data(params) -> Path:
     data = params.data if hasattr(params, "data") else params
     if data.cache_dir:
         return _given_cache(Path(data.cache_dir), data.image_size)
-    if data.data_kind != "synthetic" and data.data_kind != "manifest" and data.data_kind not in IMPORT_KINDS:
-        raise ConfigError(f"data_kind must be synthetic, manifest or one of {', '.join(IMPORT_KINDS)}; got {data.data_kind!r}")
+    _check_kind(data)
     if data.data_kind != "synthetic" and not data.data_root:
         raise ConfigError(f"data_kind={data.data_kind} needs data_root (a manifest or a collection folder)")
     folder = data_folder(data)
@@ -94,6 +97,23 @@ def prepare_data(params) -> Path:
             log.info("reusing the cache %s", cache)
         write_json(folder / "data.json", {"key": data_key(data), "manifest": str(manifest), "caches": sorted(p.name for p in folder.glob("cache-*"))})
     return cache
+
+
+def _check_kind(data) -> None:
+    """data_kind is synthetic, manifest or an import kind that needs no option (the registry's)."""
+    if data.data_kind in ("synthetic", "manifest"):
+        return
+    from cmtlib.data.collections.registry import data_kinds, kinds
+
+    if data.data_kind not in data_kinds():
+        needs = kinds().get(data.data_kind)
+        hint = (f"; {data.data_kind} needs options params cannot give ({', '.join(needs.required)}): import it with "
+                f"`cmt data import {data.data_kind} ...` and use data_kind: manifest" if needs else "")
+        raise ConfigError(f"data_kind must be synthetic, manifest or one of {', '.join(data_kinds())}; got {data.data_kind!r}{hint}")
+    if getattr(data, "findings", []):
+        from cmtlib.data.findings import parse_entries
+
+        parse_entries(data.findings, "findings")  # refused here, before anything is imported
 
 
 def _given_cache(cache: Path, image_size: int) -> Path:
@@ -124,7 +144,7 @@ def _source_manifest(data, folder: Path) -> Path:
         from cmtlib.data.collections import import_collection
 
         log.info("importing %s collection(s) from %s", kind, data.data_root)
-        report = import_collection(kind, Path(data.data_root), manifest)
+        report = import_collection(kind, Path(data.data_root), manifest, findings=list(getattr(data, "findings", [])))
         log.info(report.summary())
     return manifest
 

@@ -39,10 +39,11 @@ _AGE_UNIT = {"y": 1, "yr": 1, "yrs": 1, "year": 1, "years": 1, "m": 12, "mo": 12
 
 def normalise_text(text: object) -> str:
     """Text to compare: Unicode NFKC (a non-breaking or full-width space is a space, ＣＯＶＩＤ is
-    covid), invisible format and control characters removed, any run of whitespace one space,
-    case folded."""
+    covid), invisible format and control characters (a zero-width space, a byte-order mark) a space
+    too, never nothing: deleting one would join words ("No<ZWSP>finding" is not "nofinding"). Any
+    run of spaces is one space; case folded."""
     text = unicodedata.normalize("NFKC", str(text))
-    text = "".join(" " if ch.isspace() else ch for ch in text if ch.isspace() or unicodedata.category(ch) not in ("Cc", "Cf"))
+    text = "".join(" " if ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf") else ch for ch in text)
     return " ".join(text.split()).casefold()
 
 
@@ -236,6 +237,11 @@ def same_content_groups(paths: list[str]) -> list[list[int]]:
                     groups[_digest(paths[i]).hex()].append(i)
     groups.pop("", None)  # files that could not be read
     return [g for g in groups.values() if len(g) > 1]
+
+
+def file_digest(path: str | os.PathLike) -> bytes:
+    """sha256 of a whole file; b'' when it cannot be read."""
+    return _digest(str(path))
 
 
 def _digest(path: str, limit: int = -1) -> bytes:

@@ -2,11 +2,21 @@
 broken line costs only that line.
 
 Downloads arrive truncated, with a stray byte or quote, or hand-edited. `read_table` therefore
-never stops at a bad line: a line it cannot trust (wrong number of fields, bytes that are not text
-in the file's encoding, a NUL byte, an unbalanced quote, the partial last line of a truncated gzip)
-is left out and listed in `Table.bad_lines` with its line number and why, for the importer to
-quarantine. Only a file that cannot be read at all (missing, empty, no header, damaged gzip data)
-raises `DataFileError`, naming the file.
+never stops at a bad line: a line it cannot trust (wrong number of fields, a NUL byte, an
+unbalanced quote, the header line repeated, the partial last line of a truncated gzip) is left out
+and listed in `Table.bad_lines` with its line number and why, for the importer to quarantine. Only
+a file that cannot be read at all (missing, empty, no header, damaged gzip data) raises
+`DataFileError`, naming the file.
+
+The text encoding is the file's, and a line that is not valid in it costs only that line: one
+stray byte never makes the other lines be read in another encoding (their UTF-8 would become
+mojibake). The file's encoding is the first of those given when it reads the whole file; failing
+that, the first in which at least half of the lines holding non-ASCII bytes are valid (a UTF-8 file
+with one stray byte stays UTF-8; Figure1's latin-1 file, whose non-ASCII lines are not UTF-8, is
+latin-1). A line with bytes that are not valid in
+it is left out when they fall in a column the importer names `critical` (the path, finding, label,
+patient or view columns: the row's meaning), and otherwise kept with those cells blank, listed in
+`Table.damaged` for the importer's note.
 
 A table's index is the file line each record starts on (1 = the header), so messages name the
 line a user opens in an editor.
@@ -14,12 +24,14 @@ line a user opens in an editor.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
 import re
 import zlib
 from dataclasses import dataclass, field
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +58,10 @@ class Table:
     path: Path
     # (line, why, the line's text): the text lets an importer tell which image a lost line was about.
     bad_lines: list[tuple[int, str, str]] = field(default_factory=list)
+    # line -> [(column, its text with U+FFFD for the bytes)]: cells blanked for bytes not valid in
+    # the file's encoding, in columns that are not critical (the row is kept).
+    damaged: dict[int, list[tuple[str, str]]] = field(default_factory=dict)
+    encoding: str = "utf-8"
 
 
 def read_bytes(path: Path) -> tuple[bytes, str]:
@@ -94,45 +110,67 @@ def _inflate(raw: bytes, path: Path) -> tuple[bytes, str]:
     return b"".join(parts), problem
 
 
-def _decode(data: bytes, encodings: tuple[str, ...], path: Path) -> str:
-    """Text in the first encoding that reads the whole file; otherwise the first encoding with
-    unreadable bytes kept as surrogates, so that only the lines holding them are left out. A UTF-16
-    byte-order mark (Excel's "Unicode text") decides by itself."""
+def _codec(enc: str) -> str:
+    return "utf-8-sig" if enc.lower().replace("_", "-") in ("utf-8", "utf8") else enc
+
+
+def _decode(data: bytes, encodings: tuple[str, ...], path: Path) -> tuple[str, str]:
+    """(text, the file's encoding) by the module docstring's rule; bytes not valid in that encoding
+    are kept as surrogates (surrogateescape), so that only the lines holding them are affected. A
+    UTF-16 byte-order mark (Excel's "Unicode text") decides by itself."""
     if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
         try:
-            return data.decode("utf-16")
+            return data.decode("utf-16"), "utf-16"
         except UnicodeDecodeError:
             pass  # a damaged UTF-16 file: read below, where its lines are refused one by one
     for enc in encodings:
-        codec = "utf-8-sig" if enc.lower().replace("_", "-") in ("utf-8", "utf8") else enc
         try:
-            return data.decode(codec)
-        except UnicodeDecodeError:
-            continue
+            codecs.lookup(_codec(enc))
         except LookupError as err:
             raise DataFileError(f"{path}: unknown text encoding {enc!r} (e.g. utf-8, latin-1)") from err
-    first = "utf-8-sig" if encodings[0].lower() in ("utf-8", "utf8") else encodings[0]
-    return data.decode(first, errors="surrogateescape")
+    try:
+        return data.decode(_codec(encodings[0])), encodings[0]
+    except UnicodeDecodeError:
+        pass
+    lines = data.split(b"\n")
+    wide = [line for line in lines if not line.isascii()]
+    chosen = next((enc for enc in encodings if 2 * sum(_valid(line, enc) for line in wide) >= len(wide)), encodings[0])
+    first = _codec(chosen)
+    rest = first.replace("-sig", "")  # a byte-order mark is skipped at the start of the file only
+    # Line by line: a line valid in the file's encoding keeps its text whatever the others hold.
+    text = "\n".join(line.decode(first if k == 0 else rest, errors="surrogateescape") for k, line in enumerate(lines))
+    return text, chosen
 
 
-def read_table(path: str | Path, encodings: tuple[str, ...] = ("utf-8",), comment: str = "") -> Table:
+def _valid(line: bytes, enc: str) -> bool:
+    try:
+        line.decode(_codec(enc))
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def read_table(path: str | Path, encodings: tuple[str, ...] = ("utf-8",), comment: str = "",
+               critical: Collection[str] | Callable[[str], bool] | None = None) -> Table:
     """Read a CSV (or gzip'd CSV) into a Table of strings; bad lines are listed, not raised.
 
     Args:
         path: the file; gzip data is recognised by its content, not its name.
-        encodings: tried in order on the whole file; when none reads it, the first is used and the
-            lines holding unreadable bytes are left out.
+        encodings: the encodings the file may be in, in order of preference (module docstring).
         comment: a line starting with this text is skipped (e.g. '#'); '' = none.
+        critical: the columns (or a test on a column name) in which bytes not valid in the file's
+            encoding cost the line; elsewhere the cell is blanked and listed in `Table.damaged`.
+            None: every column is critical.
 
     Raises:
         DataFileError: the file cannot be read, is empty, or has no header line.
     """
     path = Path(path)
     data, truncated = read_bytes(path)
-    text = _decode(data, encodings, path)
+    text, encoding = _decode(data, encodings, path)
     frame = None if truncated else _plain_frame(text, comment)
     if frame is not None:
-        return Table(frame, path)
+        return Table(frame, path, encoding=encoding)
     lines = list(io.StringIO(text, newline=""))
     bad: list[tuple[int, str, str]] = []
     records = _records(lines, comment, bad)
@@ -143,28 +181,68 @@ def read_table(path: str | Path, encodings: tuple[str, ...] = ("utf-8",), commen
         bad.append((len(lines) + 1, f"and any after it are missing ({truncated})", ""))
     if not records:
         raise DataFileError(f"{path} has no header line; is it a CSV table?" + (f" ({truncated})" if truncated else ""))
-    header_text = records[0][1]
-    names = _fields(header_text)
+    names = _fields(records[0][1])
     if not names:
         raise DataFileError(f"{path}: its header line cannot be read as CSV; is it a CSV table?")
     header = _header(names)
-    # Byte-level damage is looked for line by line only when the file holds some.
-    scan = bool(_NOT_TEXT.search(text)) or "\0" in text
+    is_critical = critical if callable(critical) else (lambda c: True) if critical is None else (lambda c: c in critical)
+    table = Table(pd.DataFrame(), path, encoding=encoding)
+    rows, index = _rows(records[1:], header, _header_key(names), is_critical, bad, table,
+                        scan=bool(_NOT_TEXT.search(text)) or "\0" in text)
+    if bad and not truncated and not text.endswith(("\n", "\r")) and (not index or max(bad)[0] > index[-1]):
+        # A broken last line with no line break after it: most likely a download cut short.
+        last = max(bad)
+        bad[bad.index(last)] = (last[0], f"{last[1]} (the file ends on this line without a line break: cut short?)", last[2])
+    table.frame = pd.DataFrame(rows, columns=header, index=pd.Index(index, name="line"), dtype=object)
+    table.bad_lines = sorted(bad)
+    return table
+
+
+def _rows(records: list[tuple[int, str]], header: list[str], header_key: tuple[str, ...], is_critical: Callable[[str], bool],
+          bad: list[tuple[int, str, str]], table: Table, scan: bool) -> tuple[list[list[str]], list[int]]:
+    """The data records as rows of `header`'s width, and their line numbers; the others go to `bad`.
+    `scan`: the file holds undecodable or NUL bytes somewhere, so each record is looked at for them."""
     rows, index = [], []
-    for number, record in records[1:]:
+    for number, record in records:
         fields = _fields(record)
+        if fields is not None and _header_key(fields) == header_key:
+            bad.append((number, "is a repeated header line (files joined into one?); it is not a record", record))
+            continue
         problem = _problem(fields, len(header), record, scan)
+        if not problem and scan:
+            problem = _undecodable(fields, header, number, is_critical, table)
         if problem:
             bad.append((number, problem, record))
             continue
         rows.append(fields[:len(header)])
         index.append(number)
-    if bad and not truncated and not text.endswith(("\n", "\r")) and (not index or max(bad)[0] > index[-1]):
-        # A broken last line with no line break after it: most likely a download cut short.
-        last = max(bad)
-        bad[bad.index(last)] = (last[0], f"{last[1]} (the file ends on this line without a line break: cut short?)", last[2])
-    frame = pd.DataFrame(rows, columns=header, index=pd.Index(index, name="line"), dtype=object)
-    return Table(frame, path, sorted(bad))
+    return rows, index
+
+
+def _header_key(fields: list[str]) -> tuple[str, ...]:
+    """A header line's names as compared with a record (case, spaces, a byte-order mark and trailing
+    empty names do not count)."""
+    names = [f.replace("\ufeff", "").strip().casefold() for f in fields]
+    while names and names[-1] == "":
+        names.pop()
+    return tuple(names)
+
+
+def _undecodable(fields: list[str], header: list[str], number: int, is_critical: Callable[[str], bool], table: Table) -> str:
+    """Why a record with bytes not valid in the file's encoding is left out (one of them is in a
+    critical column), or '' after blanking those cells (their text kept in `table.damaged`)."""
+    hit = [(k, name) for k, (name, value) in enumerate(zip(header, fields)) if _NOT_TEXT.search(value)]
+    if not hit:
+        return ""
+    lost = [name for _, name in hit if is_critical(name)]
+    if lost:
+        byte = ord(_NOT_TEXT.search(fields[hit[0][0]]).group()) - 0xDC00
+        return (f"holds bytes that are not text in the file's encoding ({table.encoding}; 0x{byte:02x}) in column(s) "
+                f"{', '.join(lost)}: the row cannot be read; re-save the file as UTF-8")
+    table.damaged[number] = [(name, _NOT_TEXT.sub("\ufffd", fields[k])) for k, name in hit]
+    for k, _ in hit:
+        fields[k] = ""
+    return ""
 
 
 def _plain_frame(text: str, comment: str) -> pd.DataFrame | None:
@@ -180,6 +258,10 @@ def _plain_frame(text: str, comment: str) -> pd.DataFrame | None:
         return None
     commas = lines[0].count(",")
     header = _header(lines[0].split(","))
+    key = _header_key(lines[0].split(","))
+    if any(line.count(",") == commas and _header_key(line.split(",")) == key for line in lines[1:]
+           if line[:1].isalpha() or line[:1] == "\ufeff"):
+        return None  # a repeated header line: read line by line, where it is named
     if len(header) != commas + 1 or any(line.count(",") != commas or not line.strip(", ") for line in lines):
         return None
     frame = pd.read_csv(io.StringIO(text), header=None, skiprows=1, names=header, dtype=str, keep_default_na=False,
@@ -245,21 +327,22 @@ def _header(names: list[str]) -> list[str]:
 
 
 def _problem(fields: list[str] | None, n: int, record: str, scan: bool = True) -> str:
-    """Why a record cannot be trusted, or ''. `scan`: look for undecodable and NUL bytes too."""
+    """Why a record cannot be trusted, or ''. `scan`: look for NUL bytes too, and for undecodable
+    bytes in a record of the wrong shape (in one of the right shape, `_undecodable` decides)."""
     if fields is None:
         return "cannot be parsed as CSV (a stray quote?); fix or remove it"
     if len(fields) == n and not scan:
         return ""
-    bad_byte = _NOT_TEXT.search(record) if scan else None
-    if bad_byte:
-        return f"holds bytes that are not text in the file's encoding (0x{ord(bad_byte.group()) - 0xDC00:02x}); re-save the file as UTF-8"
     if scan and "\0" in record:
         return "holds NUL bytes (a damaged download?); fetch the file again or remove the line"
-    if len(fields) > n and any(f.strip() for f in fields[n:]):
-        return f"has {len(fields)} fields, the header has {n}: a comma in an unquoted value? quote it"
-    if len(fields) < n:
-        return f"has {len(fields)} fields, the header has {n}: a truncated or broken line? complete it"
-    return ""
+    wrong = (f"has {len(fields)} fields, the header has {n}: a comma in an unquoted value? quote it"
+             if len(fields) > n and any(f.strip() for f in fields[n:]) else
+             f"has {len(fields)} fields, the header has {n}: a truncated or broken line? complete it" if len(fields) < n else "")
+    bad_byte = _NOT_TEXT.search(record) if scan and wrong else None
+    if bad_byte:
+        return (f"holds bytes that are not text in the file's encoding (0x{ord(bad_byte.group()) - 0xDC00:02x}) and {wrong}; "
+                "re-save the file as UTF-8")
+    return wrong
 
 
 def read_json(path: str | Path) -> tuple[Any, str]:

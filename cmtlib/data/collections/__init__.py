@@ -1,19 +1,20 @@
 """Collection adapters: turn a public chest X-ray collection into one manifest (DESIGN.md).
 
 `import_collection(kind, root, out)` finds the collection(s) of `kind` under `root`, maps each
-row to the manifest contract (labels per the DESIGN.md table, views normalised, laterals left
-out and counted, source-prefixed ids), writes `out` and beside it, atomically,
-`<out stem>.quarantine.csv` (rows left out, and why), `<out stem>.notes.csv` (fields left
-unknown, and why) and `<out stem>.not_imported.csv` (collections found but not imported, and
-why), and returns an `ImportReport` whose `summary()` says what was imported and what was left out.
+row to the manifest contract (labels from the finding vocabulary, cmtlib/data/findings.py; views
+normalised, laterals left out and counted, source-prefixed ids), writes `out` and beside it,
+atomically, `<out stem>.quarantine.csv` (rows left out, and why), `<out stem>.notes.csv` (fields
+left unknown, and why) and `<out stem>.not_imported.csv` (collections found but not imported, and
+why), and returns an `ImportReport` whose `summary()` says what was imported and what was left out,
+including the finding texts the vocabulary did not recognise.
 
 A broken row, box or annotation costs only itself (rows.py, validate.py); a collection that
 cannot be imported at all (a user error: a `CmtError`) is listed as not imported while the
 others of the same import go on; only when nothing at all is imported does the import stop.
 
-Kinds: ieee8023, covidx (Figure1 + Actualmed), nih (ChestX-ray14), chexpert, tbx11k, csv (any
-other collection through a column mapping; see generic_csv.py) and auto (every known collection
-under a folder).
+Kinds: one per importer module of this package, each declared there (registry.py): ieee8023,
+covidx (Figure1 + Actualmed), nih (ChestX-ray14), chexpert, tbx11k, csv (any other collection
+through a column mapping; see generic_csv.py); and auto (every known collection under a folder).
 """
 
 from __future__ import annotations
@@ -25,21 +26,23 @@ from pathlib import Path
 
 import pandas as pd
 
-from cmtlib.errors import CmtError, MissingInputError, UnknownNameError
-from cmtlib.data.collections import auto, chexpert, covidx, generic_csv, ieee8023, nih, tbx11k
+from cmtlib.errors import CmtError, MissingInputError
+from cmtlib.data.collections import auto
 from cmtlib.data.collections.common import LATERAL, CollectionResult, ImportContext, SourceStats
+from cmtlib.data.collections.registry import AUTO, CollectionKind, get, kind_names, kinds, options_of
 from cmtlib.data.collections.validate import finalise
+from cmtlib.data.findings import vocabulary
 from cmtlib.data.manifest import (
     DUPLICATE_GROUP, NOT_IMPORTED_COLUMNS, NOTES_COLUMNS, ManifestError, check_manifest, not_imported_path, notes_path,
     quarantine_path, write_listing, write_manifest, write_quarantine,
 )
 
-# kind -> module with find(root) -> [folders] and read(folder, ctx) -> CollectionResult.
-ADAPTERS = {"ieee8023": ieee8023, "covidx": covidx, "nih": nih, "chexpert": chexpert, "tbx11k": tbx11k}
-KINDS = (*ADAPTERS, "csv", "auto")
 UNCERTAIN = ("unknown", "positive", "negative")
+# The CLI flag behind each kind option, for messages.
+FLAGS = {"column_map": "--map", "constants": "--const", "source": "--source", "uncertain": "--uncertain"}
+SHOWN_UNRECOGNISED = 10  # finding texts the summary names per source; the rest are counted
 
-__all__ = ["import_collection", "ImportReport", "KINDS"]
+__all__ = ["import_collection", "ImportReport", "kind_names", "kinds"]
 
 
 @dataclass
@@ -84,6 +87,7 @@ class ImportReport:
             n = Counter(e["column"] for e in self.notes if e["image_id"].startswith(f"{st.source}:"))
             if n:
                 lines.append(f"  left unknown: {_fmt(n)} (see {notes_path(self.manifest).name})")
+            lines.append(f"  unrecognised findings (no label from them; --finding TEXT=CLASS adds one): {_fmt_texts(st.unrecognised)}")
             lines.append(f"  laterals excluded: {st.skipped.get(LATERAL, 0)}")
             for reason, n in sorted(st.skipped.items()):
                 if reason != LATERAL:
@@ -98,6 +102,12 @@ class ImportReport:
 
 def _fmt(counts: Counter) -> str:
     return ", ".join(f"{k} {v}" for k, v in counts.items() if v) or "none"
+
+
+def _fmt_texts(counts: Counter) -> str:
+    shown = ", ".join(f"{text!r} {n}" for text, n in counts.most_common(SHOWN_UNRECOGNISED))
+    more = len(counts) - SHOWN_UNRECOGNISED
+    return (shown + (f" and {more} more (see the notes file)" if more > 0 else "")) or "none"
 
 
 def _label_classes(df: pd.DataFrame) -> Counter:
@@ -124,11 +134,11 @@ def _annotation_counts(df: pd.DataFrame) -> Counter:
 
 def import_collection(kind: str, root: str | os.PathLike, out: str | os.PathLike, column_map: dict[str, str] | None = None,
                       source: str = "", uncertain: str = "unknown", constants: dict[str, str] | None = None,
-                      allow_outside_root: bool = False) -> ImportReport:
+                      allow_outside_root: bool = False, findings: list[str] | dict[str, str] | None = None) -> ImportReport:
     """Import the collection(s) of `kind` under `root` into the manifest `out`.
 
     Args:
-        kind: one of KINDS.
+        kind: a registered kind (registry.kind_names()), or auto.
         root: the collection's folder, or a folder above it (searched two levels down).
         out: manifest CSV to write; masks composed at import go to `<out stem>_masks/` beside it.
         column_map: csv kind only: manifest column (or option) -> your CSV's column, or a template
@@ -137,27 +147,27 @@ def import_collection(kind: str, root: str | os.PathLike, out: str | os.PathLike
         uncertain: chexpert (also through auto): how to read -1 labels: unknown, positive, negative.
         constants: csv kind only: manifest column -> one value for every row (--const).
         allow_outside_root: keep rows whose image path leaves the collection's folder (quarantined otherwise).
+        findings: entries added to the finding vocabulary, 'TEXT=CLASS' strings (--finding; CLASS one
+            of healthy, covid, other, unknown) or a mapping text -> class.
 
     Raises:
         CmtError: bad options, or nothing importable (the message lists why for each collection).
     """
-    if kind not in KINDS:
-        raise UnknownNameError(f"unknown collection kind {kind!r}; valid: {', '.join(KINDS)}")
+    if kind != AUTO:
+        get(kind)  # an unknown kind raises UnknownNameError, listing the valid ones
     # Image paths are written absolute: a root given relative to the shell's folder would not
     # resolve against the manifest's folder, which is how DESIGN.md reads relative paths.
     root, out = Path(root).resolve(), Path(out)
     if not root.exists():
         raise MissingInputError(f"collection folder not found: {root}")
-    _check_options(kind, column_map, source, uncertain, constants)
-    ctx = ImportContext(out=out, uncertain=uncertain, allow_outside_root=allow_outside_root)
-    not_imported: list[tuple[str, str]] = []
-    if kind == "csv":
-        result = generic_csv.read(root, ctx, column_map or {}, source, constants)
-    elif kind == "auto":
-        result, not_imported = auto.read(root, ctx, ADAPTERS)
+    ctx = ImportContext(out=out, uncertain=uncertain, allow_outside_root=allow_outside_root, vocabulary=vocabulary(findings),
+                        column_map=dict(column_map or {}), constants=dict(constants or {}), source=source)
+    _check_options(kind, ctx)
+    if kind == AUTO:
+        result, not_imported = auto.read(root, ctx)
     else:
-        result, not_imported = _read_kind(kind, root, ctx)
-    finalise(result)
+        result, not_imported = _read_kind(get(kind), root, ctx)
+    finalise(result, ctx.vocabulary)
     df = result.frame()
     if df.empty:
         raise ManifestError(f"no images imported from {root} as {kind}; nothing written"
@@ -173,28 +183,32 @@ def import_collection(kind: str, root: str | os.PathLike, out: str | os.PathLike
     return ImportReport(kind, root, out, qpath, df, result.stats, result.quarantine, not_imported, result.notes)
 
 
-def _check_options(kind: str, column_map: dict | None, source: str, uncertain: str, constants: dict | None) -> None:
-    if column_map and kind != "csv":
-        raise ManifestError(f"--map is for the csv kind only; {kind} knows its own columns")
-    if constants and kind != "csv":
-        raise ManifestError(f"--const is for the csv kind only; {kind} knows its own columns")
-    if source and kind != "csv":
-        raise ManifestError(f"--source is for the csv kind only; {kind} prefixes ids with its own source name")
-    if uncertain not in UNCERTAIN:
-        raise ManifestError(f"uncertain must be one of {', '.join(UNCERTAIN)}, got {uncertain!r}")
+def _check_options(kind: str, ctx: ImportContext) -> None:
+    """Every option given must be one the kind reads (registry: a kind declares its options)."""
+    if ctx.uncertain not in UNCERTAIN:
+        raise ManifestError(f"uncertain must be one of {', '.join(UNCERTAIN)}, got {ctx.uncertain!r}")
+    given = {"column_map": bool(ctx.column_map), "constants": bool(ctx.constants), "source": bool(ctx.source),
+             "uncertain": ctx.uncertain != "unknown"}
+    taken = options_of(kind)
+    for option in (o for o, on in given.items() if on and o not in taken):
+        takers = [n for n, k in kinds().items() if option in k.options]
+        raise ManifestError(f"{FLAGS[option]} is for the {' and '.join(takers)} kind{'s' if len(takers) > 1 else ''} only; "
+                            f"{kind} does not read it")
+    if kind != AUTO and get(kind).check:
+        get(kind).check(ctx)
 
 
-def _read_kind(kind: str, root: Path, ctx: ImportContext) -> tuple[CollectionResult, list[tuple[str, str]]]:
+def _read_kind(kind: CollectionKind, root: Path, ctx: ImportContext) -> tuple[CollectionResult, list[tuple[str, str]]]:
     """Every collection of `kind` under `root`; one that fails with a user error is listed, not fatal."""
     result, not_imported = CollectionResult(), []
-    for folder in ADAPTERS[kind].find(root):
+    for folder in kind.find(root):
         try:
-            result.extend(ADAPTERS[kind].read(folder, ctx))
+            result.extend(kind.read(folder, ctx))
         except CmtError as err:
-            not_imported.append((auto.rel(folder, root), f"{kind} collection, import failed: {err}"))
+            not_imported.append((auto.rel(folder, root), f"{kind.name} collection, import failed: {err}"))
     return result, not_imported
 
 
 def _not_imported_entry(folder: str, why: str) -> dict:
-    collection = why.split(" ", 1)[0] if why.split(" ", 1)[0] in ADAPTERS else ""
-    return {"collection": collection, "folder": folder, "reason": why}
+    first = why.split(" ", 1)[0]
+    return {"collection": first if first in kinds() else "", "folder": folder, "reason": why}

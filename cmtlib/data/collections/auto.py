@@ -1,53 +1,46 @@
 """`cmt data import auto ROOT`: every known collection under ROOT in one manifest.
 
-A folder is a collection when it holds its marker files (ieee8023 / Figure1 / Actualmed:
-metadata.csv in their schema beside images/; ChestX-ray14: Data_Entry_2017*.csv[.gz]; CheXpert:
-train.csv / valid.csv with Frontal/Lateral; TBX11K: imgs/ + annotations/json/TBX11K_*.json).
-Annotation folders read by the ieee8023 adapter (GeneralBlockchain segmentations, V7 polygons,
-severity scores) count as used. Every other folder directly under ROOT is named in the summary
-with why it was not imported, as is a collection that failed or whose ids clash with one already
-imported (the same collection twice). A collection fails only with a user error (a `CmtError`:
-a metadata file that cannot be read, a missing column); every other exception is a bug and stops
-the import with its traceback.
+A folder is a collection when a registered kind recognises it (registry.py: each importer's
+`detect`, by its marker files: ieee8023 / Figure1 / Actualmed: metadata.csv in their schema beside
+images/; ChestX-ray14: Data_Entry_2017*.csv[.gz]; CheXpert: train.csv / valid.csv with
+Frontal/Lateral; TBX11K: imgs/ + annotations/json/TBX11K_*.json). A kind sure of its markers wins
+over one that only recognises the layout (metadata.csv beside images/ in no known schema is
+imported as the closer of the two, so that the summary says what is wrong with it); among equals
+the first by name wins. Folders a kind reads beside its collection (its `companions`: the
+GeneralBlockchain segmentations, V7 polygons, severity scores of ieee8023) count as used. Every
+other folder directly under ROOT is named in the summary with why it was not imported, as is a
+collection that failed or whose ids clash with one already imported (the same collection twice).
+A collection fails only with a user error (a `CmtError`: a metadata file that cannot be read, a
+missing column); every other exception is a bug and stops the import with its traceback.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from types import ModuleType
 
 from cmtlib.errors import CmtError
-from cmtlib.data.collections import chexpert, covidx, ieee8023, nih, tbx11k
-from cmtlib.data.collections.common import CollectionResult, ImportContext, header_of, walk_dirs
+from cmtlib.data.collections.common import CollectionResult, ImportContext, walk_dirs
+from cmtlib.data.collections.registry import NO, CollectionKind, kinds
 
 MAX_DEPTH = 3
 
 
 def detect(folder: Path) -> str | None:
     """The kind of collection `folder` holds, by its marker files, or None."""
-    if ieee8023.is_collection(folder):
-        return "ieee8023"
-    if covidx.is_figure1(folder) or covidx.is_actualmed(folder):
-        return "covidx"
-    if nih.table_of(folder):
-        return "nih"
-    if chexpert.tables(folder):
-        return "chexpert"
-    if tbx11k.is_collection(folder):
-        return "tbx11k"
-    if ieee8023.looks_like_one(folder):
-        # metadata.csv beside images/ in no known schema (a missing column, an empty or damaged
-        # file): imported as the closer of the two so that the summary says what is wrong with it.
-        header = header_of(folder / "metadata.csv")
-        return "ieee8023" if not header or "filename" in header else "covidx"
-    return None
+    best, score = None, NO
+    for name, kind in kinds().items():
+        found = kind.detect(folder) if kind.detect else NO
+        if found > score:
+            best, score = name, found
+    return best
 
 
 def _inside(path: Path, parents: list[Path]) -> bool:
     return any(p == path or p in path.parents for p in parents)
 
 
-def read(root: Path, ctx: ImportContext, adapters: dict[str, ModuleType]) -> tuple[CollectionResult, list[tuple[str, str]]]:
+def read(root: Path, ctx: ImportContext) -> tuple[CollectionResult, list[tuple[str, str]]]:
+    registered: dict[str, CollectionKind] = kinds()
     found: list[tuple[Path, str]] = []
     for d in walk_dirs(root, MAX_DEPTH):
         if _inside(d, [f for f, _ in found]):
@@ -60,11 +53,10 @@ def read(root: Path, ctx: ImportContext, adapters: dict[str, ModuleType]) -> tup
     used: list[Path] = [f for f, _ in found]
     ids: set[str] = set()
     for folder, kind in found:
-        if kind == "ieee8023":
-            comp = ieee8023.find_companions(folder)
-            used += [p if p.is_dir() else p.parent for p in (comp.segmentations, comp.v7_zip, comp.severity) if p]
+        if registered[kind].companions:
+            used += registered[kind].companions(folder)
         try:
-            part = adapters[kind].read(folder, ctx)
+            part = registered[kind].read(folder, ctx)
         except CmtError as err:
             not_imported.append((rel(folder, root), f"{kind} collection, import failed: {err}"))
             continue

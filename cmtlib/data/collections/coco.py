@@ -11,11 +11,16 @@ these may move a box to another film or stop the import:
   films involved get a problem, never a guess;
 - an annotation that names no image of the file cannot belong to any film: it is listed in
   `CocoFile.problems` for a source-wide note.
+
+Images are keyed by their `file_name` as a normalised relative path (`file_key`: './a.png' is
+'a.png'); an entry whose name leaves the collection's folder (`leaves`) matches no film, and the
+importer notes it rather than dropping it unseen.
 """
 
 from __future__ import annotations
 
 import math
+import posixpath
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +47,16 @@ class CocoFile:
     images: dict[str, CocoImage] = field(default_factory=dict)  # by file_name
     categories: dict[object, str] = field(default_factory=dict)  # id -> name
     problems: list[str] = field(default_factory=list)            # entries that belong to no film
+
+
+def file_key(name: str) -> str:
+    """A COCO file_name as a normalised relative posix path ('./tb/../tb/x.png' -> 'tb/x.png')."""
+    return posixpath.normpath(name.strip().replace("\\", "/"))
+
+
+def leaves(name: str) -> bool:
+    """Whether a file name (file_key) points outside the folder it is read from: '../x.png', '/x.png'."""
+    return name == ".." or name.startswith(("../", "/")) or (len(name) > 1 and name[1] == ":")
 
 
 def key(value: object) -> object:
@@ -114,7 +129,7 @@ def _images(entries: list, path: Path, out: CocoFile) -> dict[object, list[CocoI
         if not isinstance(name, str) or not name.strip() or "\ufffd" in name:
             out.problems.append(f"images[{k}] has no usable file_name ({name!r:.60}): the boxes drawn on it are ignored")
             continue
-        name = name.strip()
+        name = file_key(name)
         image = CocoImage(name)
         if name in out.images:
             out.images[name].fail(f"listed twice in {path.name}: which entry holds its boxes is unknown")

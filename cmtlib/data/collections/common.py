@@ -1,6 +1,7 @@
-"""Rules every collection adapter shares: finding -> labels (DESIGN.md, Manifest table), view
-normalisation, source-prefixed ids, number cleaning, and the per-source record that the import
-summary is built from. Per-row reading (bad lines, paths, image headers) is in rows.py; value
+"""Rules every collection adapter shares: view normalisation, source-prefixed ids, number
+cleaning, the import's options (ImportContext, with the finding vocabulary that turns finding text
+into labels: cmtlib/data/findings.py), and the per-source record that the import summary is built
+from. Per-row reading (bad lines, paths, image headers) is in rows.py; value
 rules shared with `cmt data check` are in cmtlib/data/rules.py.
 
 Box coordinate frame: every `lung_boxes` / `disease_boxes` cell is written in the pixels of the
@@ -18,55 +19,12 @@ from pathlib import Path
 
 import pandas as pd
 
+# Finding text is read by cmtlib.data.findings; importers reach the vocabulary through their
+# ImportContext (the user's --finding entries added).
+from cmtlib.data.findings import BUILT_IN, Vocabulary
 from cmtlib.data.manifest import COLUMNS, ManifestError, format_boxes
 # probe_image lives with the rules `cmt data check` shares; importers reach it through here.
 from cmtlib.data.rules import format_number, normalise_text, parse_number, probe_image  # noqa: F401
-
-# (label_healthy, label_covid, label_other); '' = unknown.
-HEALTHY = ("1", "0", "0")
-COVID = ("0", "1", "0")
-OTHER = ("0", "0", "1")
-UNKNOWN = ("", "", "")
-# Collections gathered before COVID-19 existed cannot hold a COVID image (DESIGN.md table); the
-# same labels serve a finding that only says "not COVID".
-UNKNOWN_PRE2020 = ("", "0", "")
-
-_NORMAL = {"no finding", "no findings", "normal", "healthy"}
-_UNKNOWN = {"", "todo", "unknown", "uncertain", "nan", "?", "n/a", "na", "none"}
-_COVID = re.compile(r"covid|sars-cov-2|sars cov 2|2019-ncov")
-_NOT_COVID = re.compile(r"non[- ]?covid|not covid|covid(-19)? negative")
-
-
-def garbled_finding(finding: str) -> bool:
-    """A finding that holds text but no word: numbers or symbols only ('3', '??', '--'). It is read
-    as unknown, and the import notes it, since a column shift or a stray code may have put it there."""
-    text = normalise_text(finding)
-    return text not in _UNKNOWN and not any(ch.isalpha() for ch in text)
-
-
-def labels_for_finding(finding: str, pre2020: bool = False) -> tuple[str, str, str]:
-    """Map a collection's raw finding text to the three labels of the DESIGN.md table.
-
-    The text is normalised first (rules.normalise_text: Unicode NFKC, any whitespace, case), so a
-    non-breaking space in "No finding" is still healthy. COVID-19 wins over anything it is combined
-    with ("COVID-19, ARDS", "Pneumonia/Viral/COVID-19"); any other named disease is "other"; blank,
-    todo, uncertain, and text without a word (numbers, symbols) are unknown, except that pre-2020
-    collections know the image is not COVID-19.
-    """
-    text = normalise_text(finding)
-    if text in _UNKNOWN or garbled_finding(text):
-        return UNKNOWN_PRE2020 if pre2020 else UNKNOWN
-    if text in _NORMAL:
-        return HEALTHY
-    if _NOT_COVID.search(text):
-        # "non-COVID" says what it is not, not whether it is healthy or another disease.
-        return UNKNOWN_PRE2020
-    if _COVID.search(text):
-        if pre2020:
-            raise ManifestError(f"finding {finding!r} names COVID-19 in a pre-2020 collection; check the source")
-        return COVID
-    return OTHER
-
 
 # View spellings met in the collections; anything lateral is excluded, anything else unknown.
 _VIEWS = {
@@ -131,6 +89,27 @@ def scale_boxes(boxes: list[list[float]], frame: tuple[int, int], size: tuple[in
     return [[b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy] for b in boxes]
 
 
+ASPECT_TOLERANCE = 0.01  # relative; annotation tools and resizers round a side by a pixel
+
+
+def place_boxes(boxes: list[list[float]], frame: tuple[int, int], size: tuple[int, int]) -> tuple[list[list[float]] | None, str]:
+    """(boxes in the file's pixels, '') for boxes drawn on a (width, height) `frame`, or (None, why)
+    when the file has another aspect ratio: the annotation then contradicts the file (a crop, or
+    another picture), and stretching the boxes would place them on the wrong anatomy."""
+    if tuple(frame) == tuple(size):
+        return boxes, ""
+    if abs((frame[0] / frame[1]) / (size[0] / size[1]) - 1) > ASPECT_TOLERANCE:
+        return None, (f"the annotation was drawn on a {frame[0]}x{frame[1]} px image and the file is {size[0]}x{size[1]} px "
+                      "(another aspect ratio: a crop or another picture)")
+    return scale_boxes(boxes, frame, size), ""
+
+
+def size_tag(size: tuple[int, int]) -> str:
+    """'64px' for a 64 x 64 file, '640x480px' otherwise: tells apart the copies of one image at
+    several sizes (`<id>_<tag>`, one duplicate group)."""
+    return f"{size[0]}px" if size[0] == size[1] else f"{size[0]}x{size[1]}px"
+
+
 def xywh_to_xyxy(box: list[float]) -> list[float]:
     x, y, w, h = (float(v) for v in box)
     return [x, y, x + w, y + h]
@@ -145,6 +124,7 @@ class SourceStats:
     skipped: Counter = field(default_factory=Counter)   # reason -> rows left out, not quarantined
     kept: Counter = field(default_factory=Counter)      # reason -> rows kept with a caveat
     notes: list[str] = field(default_factory=list)
+    unrecognised: Counter = field(default_factory=Counter)  # finding text the vocabulary does not know -> rows
 
     def skip(self, reason: str, n: int = 1) -> None:
         if n:
@@ -247,14 +227,26 @@ def header_of(path: Path, encoding: str = "utf-8") -> set[str]:
 
 @dataclass
 class ImportContext:
-    """Where derived files go: masks composed at import live in `<out stem>_masks/` beside the
-    manifest, referenced relative to the manifest's folder (DESIGN.md: path relative to it).
-    `allow_outside_root`: image paths may leave the collection's folder (the csv kind's
-    --allow-outside-root); otherwise such a row is quarantined."""
+    """An import's options, read by the kinds that declare them (registry.OPTIONS), and where
+    derived files go: masks composed at import live in `<out stem>_masks/` beside the manifest,
+    referenced relative to the manifest's folder (DESIGN.md: path relative to it).
+
+    `allow_outside_root`: image paths may leave the collection's folder (--allow-outside-root);
+    otherwise such a row is quarantined. `vocabulary`: the finding vocabulary with the user's
+    --finding entries. `column_map`, `constants`, `source`: the csv kind's --map, --const, --source.
+    `uncertain`: how CheXpert's -1 reads (unknown, positive, negative)."""
 
     out: Path
     uncertain: str = "unknown"
     allow_outside_root: bool = False
+    vocabulary: Vocabulary = field(default_factory=lambda: BUILT_IN)
+    column_map: dict[str, str] = field(default_factory=dict)
+    constants: dict[str, str] = field(default_factory=dict)
+    source: str = ""
+
+    def labels(self, finding: str, pre2020: bool = False) -> tuple[str, str, str]:
+        """The labels a finding gives (findings.Vocabulary.labels); unknown when not recognised."""
+        return self.vocabulary.labels(finding, pre2020)
 
     def mask_path(self, source: str, image_id: str, kind: str) -> tuple[Path, str]:
         rel = f"{self.out.stem}_masks/{source}/{safe_name(image_id)}_{kind}.png"

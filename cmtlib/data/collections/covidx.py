@@ -10,7 +10,9 @@ DICOM UIDs (`CR.1.2.840.113564....png`), so ids are built from the anonymised pa
 (`actualmed:ANON239`, with `-2`, `-3`, ... for a patient's further images).
 
 Both hold frontal films only, so a blank view is kept as ''; "AP erect" is AP. Neither gives a
-licence per image (license left empty).
+licence per image (license left empty). Two Figure1 files of one name (`COVID-00003a.jpg` and
+`.png`) are one image when their bytes are identical, quarantined when they differ at one size,
+and one duplicate group (`figure1:COVID-00003a_<W>px`) at different sizes (rows.same_name_copies).
 """
 
 from __future__ import annotations
@@ -19,14 +21,21 @@ import re
 from pathlib import Path
 
 from cmtlib.data.collections.common import (
-    LATERAL, CollectionResult, ImportContext, SourceStats, base_row, header_of, labels_for_finding, normalise_view,
-    prefixed, require_columns, walk_dirs,
+    CollectionResult, ImportContext, SourceStats, base_row, header_of, prefixed, require_columns,
+    size_tag, walk_dirs,
 )
-from cmtlib.data.collections.rows import RowError, admit_image, cell, line_of, quarantine_bad_lines, row_guard
-from cmtlib.data.manifest import ManifestError
+from cmtlib.data.collections.registry import LOOKS_LIKE, MARKED, NO, CollectionKind, register
+from cmtlib.data.collections.rows import (
+    RowError, admit_image, cell, frontal_view, line_of, note_damaged, quarantine_bad_lines, row_guard, same_name_copies,
+)
+from cmtlib.data.manifest import DUPLICATE_GROUP, ManifestError
 from cmtlib.data.tables import read_table
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".dcm")
+# Columns that decide a row (a byte that cannot be read there costs the row), and the others read.
+FIGURE1_CRITICAL = ("patientid", "finding", "view")
+ACTUALMED_CRITICAL = ("patientid", "finding", "imagename", "view")
+USED = ("offset", "sex", "age")
 _PATIENT = re.compile(r"^(.*\d)[a-z]$")
 
 
@@ -81,17 +90,6 @@ def schema_problem(folder: Path) -> str:
             f"Actualmed's (lacks {', '.join(actualmed) or 'nothing'}); it has: {', '.join(sorted(cols))}")
 
 
-def _frontal_view(raw: str, stats: SourceStats) -> str | None:
-    kind, view = normalise_view(raw)
-    if kind == "lateral":
-        stats.skip(LATERAL)
-        return None
-    if kind == "other":
-        stats.skip(f"view {cell(raw)!r} is not a frontal film")
-        return None
-    return view
-
-
 def _fill(row: dict, r, view: str, size: tuple[int, int], where: str) -> dict:
     # Raw text: validate.py cleans age, offset and sex, and notes what it has to leave unknown.
     row.update(view=view, sex=cell(r.get("sex", "")), age=cell(r.get("age", "")), offset_days=cell(r.get("offset", "")),
@@ -102,7 +100,7 @@ def _fill(row: dict, r, view: str, size: tuple[int, int], where: str) -> dict:
 def read_figure1(folder: Path, ctx: ImportContext) -> CollectionResult:
     source = "figure1"
     # The upstream file is latin-1 (e.g. "38°" in the notes); reading it as UTF-8 fails.
-    table = read_table(folder / "metadata.csv", encodings=("utf-8", "latin-1"))
+    table = read_table(folder / "metadata.csv", encodings=("utf-8", "latin-1"), critical=FIGURE1_CRITICAL)
     require_columns(table.frame, ["patientid", "finding", "view"], table.path)
     stats = SourceStats(source, folder)
     result = CollectionResult(stats=[stats])
@@ -117,31 +115,32 @@ def read_figure1(folder: Path, ctx: ImportContext) -> CollectionResult:
             local = cell(r["patientid"])
             if not local:
                 raise RowError("patientid is blank: it names the image file, so there is no image to import")
-            view = _frontal_view(r["view"], stats)
-            if view is None:
-                continue
             guard.image_id = image_id = prefixed(source, local)
             guard.path = str(folder / "images" / f"{local}.*")
-            matches = files.get(local, [])
-            if not matches:
-                raise RowError("file not found: no images/<patientid>.* for this row")
-            if len(matches) > 1:
-                stats.keep(f"rows with several files of one name, first kept ({', '.join(p.name for p in matches)})")
-            used.add(local)
-            size = admit_image(result, ctx, image_id, matches[0], folder, guard.where)
-            if size is None:
+            view = frontal_view(r["view"], stats)
+            if view is None:
                 continue
+            if not files.get(local):
+                raise RowError("file not found: no images/<patientid>.* for this row")
+            used.add(local)
             m = _PATIENT.match(local)
             patient = prefixed(source, m.group(1) if m else local)
-            row = base_row(source, image_id, matches[0], patient, r["finding"], labels_for_finding(r["finding"]))
-            result.rows.append(_fill(row, r, view, size, guard.where))
+            copies = same_name_copies(result, ctx, image_id, files[local], folder, guard.where)
+            for path, size in copies:
+                several = len(copies) > 1
+                row = base_row(source, prefixed(source, f"{local}_{size_tag(size)}") if several else image_id, path, patient,
+                               r["finding"], ctx.labels(r["finding"]))
+                if several:
+                    row[DUPLICATE_GROUP] = image_id
+                result.rows.append(_fill(row, r, view, size, guard.where))
+                note_damaged(table, line, row["image_id"], result, USED)
     stats.skip("image files without a metadata row", len(set(files) - used))
     return result
 
 
 def read_actualmed(folder: Path, ctx: ImportContext) -> CollectionResult:
     source = "actualmed"
-    table = read_table(folder / "metadata.csv", encodings=("utf-8", "latin-1"))
+    table = read_table(folder / "metadata.csv", encodings=("utf-8", "latin-1"), critical=ACTUALMED_CRITICAL)
     require_columns(table.frame, ["patientid", "finding", "imagename"], table.path)
     stats = SourceStats(source, folder)
     result = CollectionResult(stats=[stats])
@@ -149,7 +148,7 @@ def read_actualmed(folder: Path, ctx: ImportContext) -> CollectionResult:
     seen: dict[str, int] = {}
     for line, r in table.frame.iterrows():
         with row_guard(result, source, line_of(table, line)) as guard:
-            view = _frontal_view(r.get("view", ""), stats)
+            view = frontal_view(r.get("view", ""), stats)
             if view is None:
                 continue
             patient_local = cell(r["patientid"]) or f"row{line}"
@@ -164,8 +163,27 @@ def read_actualmed(folder: Path, ctx: ImportContext) -> CollectionResult:
             size = admit_image(result, ctx, image_id, path, folder / "images", guard.where)
             if size is None:
                 continue
-            row = base_row(source, image_id, path, prefixed(source, patient_local), r["finding"], labels_for_finding(r["finding"]))
+            row = base_row(source, image_id, path, prefixed(source, patient_local), r["finding"], ctx.labels(r["finding"]))
             result.rows.append(_fill(row, r, view, size, guard.where))
+            note_damaged(table, line, image_id, result, USED)
     listed = {cell(n) for n in table.frame["imagename"]}
     stats.skip("image files without a metadata row", sum(1 for p in (folder / "images").iterdir() if p.name not in listed))
     return result
+
+
+def detect(folder: Path) -> int:
+    """MARKED: Figure1's or Actualmed's metadata.csv (never ieee8023's: no filename column);
+    LOOKS_LIKE: metadata.csv beside images/ with a header that names no files."""
+    header = _header(folder)
+    if "filename" in header:
+        return NO
+    if is_figure1(folder) or is_actualmed(folder):
+        return MARKED
+    return LOOKS_LIKE if header and is_candidate(folder) else NO
+
+
+register(CollectionKind(
+    "covidx", find, read, detect,
+    sources={"figure1": "Figure 1 COVID-19 chest X-ray collection (agchung)",
+             "actualmed": "Actualmed COVID-19 chest X-ray collection, normal films (agchung)"},
+    help="the COVIDx contributions of agchung: Figure1 and Actualmed (metadata.csv beside images/)"))

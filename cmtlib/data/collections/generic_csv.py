@@ -21,11 +21,14 @@ ids rather than files, `--map path=png/{image_id}.png` (where `image_id` is one 
 columns) builds each path. `--const COLUMN=VALUE` sets a manifest column to one value for every row,
 e.g. `--const finding=COVID-19` for a collection of one class.
 
-`--source NAME` (required) prefixes every id (`NAME:...`). Labels come from `finding` by the
-DESIGN.md table; a mapped label column (1/0/blank; also yes/no, true/false; -1 = unknown)
-overrides it where it is not blank (a value that is none of these leaves that label unknown, with
-a note). Views are normalised (AP erect -> AP) and laterals left out and counted; a blank view is
-kept as '' (map a view column if the collection holds laterals). Without image_id the id is the
+`--source NAME` (required) prefixes every id (`NAME:...`). Labels come from `finding` through the
+finding vocabulary (cmtlib.data.findings; a text it does not recognise gives no label, with a note;
+`--finding TEXT=CLASS` adds one); a mapped label column (1/0/blank; also yes/no, true/false;
+-1 = unknown) overrides it where it is not blank (a value that is none of these leaves that label
+unknown, with a note). A `--const` finding or label the rules do not recognise is refused before
+anything is read: it would stand for every row. A row with a blank path is quarantined. Views are
+normalised (AP erect -> AP) and laterals left out and counted; a blank view is kept as '' (map a
+view column if the collection holds laterals). Without image_id the id is the
 image's path below the image folder (or the CSV line number when the file name is a DICOM UID);
 without patient_id each image is its own patient. Boxes are JSON lists of [x0, y0, x1, y1] in the
 image file's pixels. A relative path that leads out of the image folder ('../') is quarantined
@@ -38,12 +41,14 @@ import os
 import re
 from pathlib import Path
 
-from cmtlib.errors import MissingInputError
+from cmtlib.errors import ConfigError, MissingInputError
 from cmtlib.data.collections.common import (
-    LATERAL, CollectionResult, ImportContext, SourceStats, base_row, labels_for_finding, looks_like_uid,
-    normalise_view, prefixed,
+    CollectionResult, ImportContext, SourceStats, base_row, looks_like_uid, prefixed,
 )
-from cmtlib.data.collections.rows import RowError, admit_image, cell, inside, line_of, quarantine_bad_lines, row_guard
+from cmtlib.data.collections.registry import CollectionKind, register
+from cmtlib.data.collections.rows import (
+    RowError, admit_image, cell, frontal_view, inside, line_of, note_damaged, quarantine_bad_lines, row_guard,
+)
 from cmtlib.data.manifest import COLUMNS, LABEL_COLUMNS, ManifestError, format_boxes, parse_boxes
 from cmtlib.data.rules import is_file, normalise_text
 from cmtlib.data.tables import Table, read_table
@@ -51,6 +56,8 @@ from cmtlib.data.tables import Table, read_table
 MAPPABLE = tuple(c for c in COLUMNS if c != "source")
 CONSTANT = tuple(c for c in MAPPABLE if c not in ("image_id", "path"))  # one value for every row
 OPTIONS = ("csv", "images", "encoding", "pre2020")
+# Manifest columns whose CSV columns decide a row: a byte that cannot be read there costs the row.
+CRITICAL = ("path", "image_id", "finding", "label_healthy", "label_covid", "label_other", "patient_id", "view")
 _SOURCE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _YES = {"1", "1.0", "true", "yes", "y", "positive", "pos"}
@@ -143,11 +150,43 @@ def _getters(table: Table, column_map: dict[str, str], constants: dict[str, str]
     return getters
 
 
-def read(root: Path, ctx: ImportContext, column_map: dict[str, str], source: str, constants: dict[str, str] | None = None) -> CollectionResult:
-    constants = constants or {}
-    _check_map(column_map, constants, source)
+def find(root: Path) -> list[Path]:
+    """The csv kind reads the CSV (or the folder holding it) it is given: no search."""
+    return [root]
+
+
+def _check_constants(constants: dict[str, str], ctx: ImportContext) -> None:
+    """A constant finding or label stands for every row: one the rules do not recognise is refused."""
+    if "finding" in constants and not ctx.vocabulary.classify(constants["finding"]).recognised:
+        why = ctx.vocabulary.classify(constants["finding"]).why
+        raise ConfigError(f"--const finding={constants['finding']}: not a finding the vocabulary recognises ({why}); "
+                          f"add it with --finding '{constants['finding']}=healthy|covid|other|unknown' (docs/CONTRACTS.md)")
+    for col in LABEL_COLUMNS:
+        if col in constants and _label(constants[col])[1]:
+            raise ConfigError(f"--const {col}={constants[col]}: {_label(constants[col])[1]}")
+
+
+def _columns_of(column_map: dict[str, str], keys: tuple[str, ...]) -> set[str]:
+    """Your CSV's columns behind the manifest columns `keys` (a template names several)."""
+    out: set[str] = set()
+    for key in keys:
+        spec = column_map.get(key)
+        if spec is not None:
+            out |= set(_PLACEHOLDER.findall(spec)) if "{" in spec else {spec}
+    return out
+
+
+def check(ctx: ImportContext) -> None:
+    """The options this kind needs, checked before any file is read."""
+    _check_map(ctx.column_map, ctx.constants, ctx.source)
+    _check_constants(ctx.constants, ctx)
+
+
+def read(root: Path, ctx: ImportContext) -> CollectionResult:
+    column_map, source, constants = ctx.column_map, ctx.source, ctx.constants
     csv_path = _csv_file(root, column_map.get("csv", ""))
-    table = read_table(csv_path, encodings=(column_map.get("encoding", "utf-8"),))
+    table = read_table(csv_path, encodings=(column_map.get("encoding", "utf-8"),), critical=_columns_of(column_map, CRITICAL))
+    used = _columns_of(column_map, MAPPABLE)
     getters = _getters(table, column_map, constants)
     images = Path(column_map["images"]) if "images" in column_map else csv_path.parent
     if not images.is_absolute():
@@ -163,30 +202,29 @@ def read(root: Path, ctx: ImportContext, column_map: dict[str, str], source: str
             row = _row(get, line, source, images, pre2020, guard, ctx, result)
             if row is not None:
                 result.rows.append(row)
+                note_damaged(table, line, row["image_id"], result, used)
     return result
 
 
 def _row(get, line: int, source: str, images: Path, pre2020: bool, guard, ctx: ImportContext, result: CollectionResult) -> dict | None:
     stats = result.stats[0]
-    kind, view = normalise_view(get("view"))
-    if kind in ("lateral", "other"):
-        stats.skip(LATERAL if kind == "lateral" else f"view {get('view')!r} (not PA/AP)")
-        return None
-    if kind == "blank":
-        stats.keep("blank view kept as '' (assumed frontal)")
     rel = get("path")
     if rel == "":
-        stats.skip("rows with a blank path")
-        return None
+        raise RowError("the path is blank: no image to import")
     absolute = Path(rel).is_absolute()
     path = Path(os.path.normpath(rel if absolute else images / rel))  # 'a/../b.png' written as 'b.png
     guard.image_id = image_id = _image_id(source, get("image_id"), rel, line, stats)
     guard.path = str(path)
+    view = frontal_view(get("view"), stats)
+    if view is None:
+        return None
+    if view == "":
+        stats.keep("blank view kept as '' (assumed frontal)")
     # Absolute paths are the user's explicit choice (DESIGN.md); relative ones stay in the image folder.
     size = admit_image(result, ctx, image_id, path, None if absolute else images, guard.where)
     if size is None:
         return None
-    labels = list(labels_for_finding(get("finding"), pre2020=pre2020))
+    labels = list(ctx.labels(get("finding"), pre2020=pre2020))
     for j, col in enumerate(LABEL_COLUMNS):
         value, why = _label(get(col))
         if why:
@@ -239,3 +277,8 @@ def _boxes(text: str) -> str:
         return format_boxes(parse_boxes(text))
     except ManifestError:
         return text
+
+
+register(CollectionKind(
+    "csv", find, read, detect=None, options=("column_map", "constants", "source"), required=("column_map", "source"),
+    check=check, help="any other collection: your CSV and a column mapping (--map COLUMN=YOURS, --const, --source)"))

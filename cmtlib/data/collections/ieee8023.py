@@ -16,7 +16,8 @@ that folder and beside it (its parent, two levels down):
 Patient ids are kept verbatim (`331a` and `331b` are two patients). A blank or '?' view is kept
 as '' only where GeneralBlockchain drew the two lung boxes (annotators drew left and right lung,
 so the film is frontal); otherwise the row is left out and counted, since ieee8023 also holds
-lateral films.
+lateral films; a view the import does not know ('Axial', a typo) without the lung boxes is
+quarantined with its text.
 """
 
 from __future__ import annotations
@@ -26,18 +27,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cmtlib.errors import CmtError
-from cmtlib.data.collections.coco import read_coco
+from cmtlib.data.collections.coco import file_key, leaves, read_coco
 from cmtlib.data.collections.common import (
-    LATERAL, CollectionResult, ImportContext, SourceStats, base_row, header_of, labels_for_finding, looks_like_uid,
-    normalise_view, prefixed, require_columns, scale_boxes, walk_dirs,
+    LATERAL, CollectionResult, ImportContext, SourceStats, base_row, header_of, looks_like_uid, normalise_view,
+    place_boxes, prefixed, require_columns, walk_dirs,
 )
 from cmtlib.data.collections.ieee8023_extras import add_disease_masks, add_severity, add_v7_polygons
-from cmtlib.data.collections.rows import RowError, admit_image, cell, line_of, quarantine_bad_lines, row_guard
+from cmtlib.data.collections.registry import LOOKS_LIKE, MARKED, NO, CollectionKind, register
+from cmtlib.data.collections.rows import RowError, admit_image, cell, line_of, note_damaged, quarantine_bad_lines, row_guard
 from cmtlib.data.manifest import ManifestError, format_boxes
 from cmtlib.data.tables import read_table
 
 SOURCE = "ieee8023"
 META_COLUMNS = ("patientid", "finding", "view", "filename")
+# Columns that decide the row (a byte that cannot be read there costs the row), and the others it reads.
+CRITICAL = (*META_COLUMNS, "folder", "modality")
+USED = ("offset", "sex", "age", "license", "location")
 # COCO category ids of the GeneralBlockchain lung boxes, in the order they are written.
 LUNG_CATEGORIES = (1, 2)
 LUNG_NAMES = {1: "Right Lung", 2: "Left Lung"}
@@ -113,7 +118,7 @@ def _lung_problem(cats: list) -> str:
 
 def read(folder: Path, ctx: ImportContext) -> CollectionResult:
     meta_path = folder / "metadata.csv"
-    table = read_table(meta_path)
+    table = read_table(meta_path, critical=CRITICAL)
     meta = table.frame
     require_columns(meta, META_COLUMNS, meta_path, "; is this ieee8023's metadata.csv?")
     stats = SourceStats(SOURCE, folder)
@@ -131,15 +136,29 @@ def read(folder: Path, ctx: ImportContext) -> CollectionResult:
             row = _row(folder, line, r, lungs, clashing, ctx, result, guard)
             if row is not None:
                 result.rows.append(row)
+                note_damaged(table, line, row["image_id"], result, USED)
                 by_name.setdefault(cell(r["filename"]), row)
     listed = {cell(f) for f in meta["filename"]}
     images = [p for p in (folder / "images").iterdir() if p.is_file()] if (folder / "images").is_dir() else []
     result.stats[0].skip("image files in images/ without a metadata row", sum(p.name not in listed for p in images))
+    _unmatched_boxes(lungs, {file_key(n) for n in listed if n}, comp.coco, result)
     sizes = {name: row["_size"] for name, row in by_name.items()}
     add_disease_masks(comp.segmentations, sizes, by_name, ctx, result)
     add_v7_polygons(comp.v7_zip, sizes, by_name, ctx, result)
     add_severity(comp.severity, by_name, result)
     return result
+
+
+def _unmatched_boxes(lungs: dict, listed: set[str], coco: Path | None, result: CollectionResult) -> None:
+    """COCO entries that name no metadata row: one leaving the folder is noted (it may be meant for
+    a film that now has no boxes); the others name images without a row, and are counted."""
+    unmatched = sorted(set(lungs) - listed)
+    for name in (n for n in unmatched if leaves(n)):
+        result.note(f"{SOURCE}:*", "lung_boxes", name, f"{coco.name}: an image entry whose file_name leaves the collection's "
+                    "folder; no film is matched to it and its boxes are not used")
+    others = sum(not leaves(n) for n in unmatched)
+    if others:
+        result.stats[0].notes.append(f"lung boxes: {others} COCO image entries name no metadata row (their boxes are not used)")
 
 
 def _row(folder: Path, line: int, r, lungs: dict, clashing: set, ctx: ImportContext, result: CollectionResult, guard) -> dict | None:
@@ -156,9 +175,12 @@ def _row(folder: Path, line: int, r, lungs: dict, clashing: set, ctx: ImportCont
     if kind == "lateral":
         stats.skip(LATERAL)
         return None
-    boxes = lungs.get(name)
-    if kind in ("blank", "other") and not isinstance(boxes, tuple):
-        stats.skip(f"view {cell(r['view']) or 'blank'} and no lung boxes to show the film is frontal")
+    boxes = lungs.get(file_key(name)) if name else None
+    if kind == "other" and not isinstance(boxes, tuple):
+        raise RowError(f"view {cell(r['view'])!r} is not a view the import knows (PA, AP, AP Supine; a lateral is left out) "
+                       "and no lung boxes show the film is frontal")
+    if kind == "blank" and not isinstance(boxes, tuple):
+        stats.skip("view blank and no lung boxes to show the film is frontal")
         return None
     if kind in ("blank", "other"):
         stats.keep(f"view {cell(r['view']) or 'blank'} kept as '' (two lung boxes drawn: frontal)")
@@ -174,7 +196,7 @@ def _row(folder: Path, line: int, r, lungs: dict, clashing: set, ctx: ImportCont
     if size is None:
         return None
     patient = cell(r["patientid"])
-    row = base_row(SOURCE, image_id, path, prefixed(SOURCE, patient) or image_id, r["finding"], labels_for_finding(r["finding"]))
+    row = base_row(SOURCE, image_id, path, prefixed(SOURCE, patient) or image_id, r["finding"], ctx.labels(r["finding"]))
     if not patient:
         stats.keep("patientid blank: the image is its own patient")
     # Raw text: validate.py cleans age, offset and sex, and notes what it has to leave unknown.
@@ -184,8 +206,10 @@ def _row(folder: Path, line: int, r, lungs: dict, clashing: set, ctx: ImportCont
     # one place out (`holdout: location~...`) to judge the network on hospitals it never saw.
     row["location"] = cell(r.get("location", ""))
     if isinstance(boxes, tuple):
-        found, frame = boxes
-        row["lung_boxes"] = format_boxes(found if frame == size else scale_boxes(found, frame, size))
+        placed, why = place_boxes(*boxes, size)
+        if placed is None:
+            result.note(image_id, "lung_boxes", "", f"{why}; lung_boxes left unknown")
+        row["lung_boxes"] = format_boxes(placed)
     elif isinstance(boxes, str):
         result.note(image_id, "lung_boxes", "", f"{boxes}; lung_boxes left unknown")
     return row
@@ -205,3 +229,25 @@ def find(root: Path) -> list[Path]:
 def looks_like_one(folder: Path) -> bool:
     """metadata.csv beside images/ (the ieee8023 and COVIDx layout), whatever its header says."""
     return (folder / "metadata.csv").is_file() and (folder / "images").is_dir()
+
+
+def detect(folder: Path) -> int:
+    """MARKED: ieee8023's metadata.csv beside images/; LOOKS_LIKE: metadata.csv beside images/ with
+    no readable header, or one naming files (so the import says what is wrong with it)."""
+    if is_collection(folder):
+        return MARKED
+    if looks_like_one(folder):
+        header = header_of(folder / "metadata.csv")
+        return LOOKS_LIKE if not header or "filename" in header else NO
+    return NO
+
+
+def companions(folder: Path) -> list[Path]:
+    comp = find_companions(folder)
+    return [p if p.is_dir() else p.parent for p in (comp.segmentations, comp.v7_zip, comp.severity) if p]
+
+
+register(CollectionKind(
+    "ieee8023", find, read, detect, options=(), companions=companions,
+    sources={SOURCE: "the COVID-19 image data collection of Cohen et al. (many images are figures cropped from papers)"},
+    help="ieee8023/covid-chestxray-dataset: metadata.csv beside images/, with the annotations published for it"))

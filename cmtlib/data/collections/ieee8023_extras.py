@@ -36,7 +36,8 @@ def add_disease_masks(folder: Path | None, sizes: dict, by_name: dict, ctx: Impo
     stats.notes.append(
         f"disease masks: {n} composed from {folder} (ground-glass opacity, consolidation, "
         f"pleural effusion, pneumothorax); {len(sick)} annotated without any disease instance left unknown"
-        + (f" ({', '.join(sick)})" if sick else ""))
+        + (f" ({', '.join(sick)})" if sick else "")
+        + (f"; {info.unmatched} instance rows name images not imported (not used)" if info.unmatched else ""))
     for name, why in sorted(info.problems.items()):
         stats.notes.append(f"{name}: no disease mask, {why}")
         result.note(by_name[name]["image_id"], "disease_mask", name, f"{why}; disease_mask left unknown")
@@ -46,8 +47,8 @@ def add_v7_polygons(zip_path: Path | None, sizes: dict, by_name: dict, ctx: Impo
     if zip_path is None:
         return
     problems: dict[str, str] = {}
-    n = 0
-    for name, mask in v7_lung_polygons(zip_path, sizes, problems, result):
+    n, unmatched = 0, []
+    for name, mask in v7_lung_polygons(zip_path, sizes, problems, result, unmatched=unmatched):
         row = by_name[name]
         target, rel = ctx.mask_path(SOURCE, row["image_id"], "lungpoly")
         save_mask(mask, target)
@@ -56,7 +57,8 @@ def add_v7_polygons(zip_path: Path | None, sizes: dict, by_name: dict, ctx: Impo
     stats = result.stats[0]
     stats.notes.append(
         f"V7 lung polygons: {n} rasterised into extra column lung_polygon_mask, not lung_mask "
-        f"(they cover COVID images only; as lung_mask they would tie mask shape to the label)")
+        f"(they cover COVID images only; as lung_mask they would tie mask shape to the label)"
+        + (f"; {len(unmatched)} entries name images not imported (not used)" if unmatched else ""))
     for name, why in sorted(problems.items()):
         stats.notes.append(f"{name}: no lung_polygon_mask, {why}")
         result.note(by_name[name]["image_id"], "lung_polygon_mask", name, f"{why}; lung_polygon_mask left unknown")
@@ -75,14 +77,17 @@ def add_severity(path: Path | None, by_name: dict, result: CollectionResult) -> 
     for line, why, _ in table.bad_lines:
         result.note(f"{SOURCE}:*", "severity_geographic", f"{path.name} line {line}", f"line {why}; its scores are not used")
     n = 0
+    unmatched = 0
     for _, r in table.frame.iterrows():
         row = by_name.get(cell(r["filename"]))
         if row is None:
+            unmatched += 1
             continue
         for column, target in (("geographic_mean", "severity_geographic"), ("opacity_mean", "severity_opacity")):
             row[target] = _score(r[column], column, row["image_id"], target, result)
         n += 1
-    result.stats[0].notes.append(f"severity scores: {n} images from {path} (extra columns severity_geographic, severity_opacity)")
+    result.stats[0].notes.append(f"severity scores: {n} images from {path} (extra columns severity_geographic, severity_opacity)"
+                                 + (f"; {unmatched} rows name images not imported (not used)" if unmatched else ""))
 
 
 def _score(raw: str, column: str, image_id: str, target: str, result: CollectionResult) -> str:

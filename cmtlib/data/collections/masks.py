@@ -36,6 +36,7 @@ class ComposedMasks:
     annotated: set[str] = field(default_factory=set)       # every image with any instance row
     no_disease: set[str] = field(default_factory=set)      # annotated, but no disease instance
     problems: dict[str, str] = field(default_factory=dict)  # file name -> why no mask was made
+    unmatched: int = 0  # instance rows naming an image that is not imported (counted in the summary)
 
 
 STRUCTURE_COLUMNS = ("Filename", "Template Name", "Mask", "Resolution", "Top", "Left")
@@ -58,6 +59,7 @@ def structure_table(folder: Path, result: CollectionResult, source: str, sizes: 
         if not named:
             result.note(f"{source}:*", "disease_mask", f"structure.csv line {line}", f"line {why}; it names no imported image")
     df = table.frame.map(cell)
+    info.unmatched = int((~df["Filename"].isin(sizes)).sum())
     return df[df["Filename"].isin(sizes)]
 
 

@@ -12,6 +12,15 @@ so a 64-px thumbnail's boxes are the 1024-px boxes x 64/1024. The extra column
 
 One Image Index found at two sizes (a 64-px thumbnail and a larger copy) becomes two images,
 `nih:<stem>_<W>px`, sharing the duplicate_group `nih:<stem>`, so a split keeps them together.
+Found twice at one size (copies in two split or class folders), identical bytes are one image
+(noted), different bytes are both quarantined: which one Data_Entry describes is unknown
+(rows.same_name_copies).
+
+The Image Index names the patient too (<patient, 8 digits>_<follow-up>.png). A Patient ID that
+contradicts it is noted and the film keeps the file name's patient: the name is what groups the
+film with the patient's other files (their ids agree with their names), so a patient-disjoint
+split keeps them together; one contradicting cell in one row cannot say which other films are
+the same person's.
 """
 
 from __future__ import annotations
@@ -21,10 +30,13 @@ import re
 from pathlib import Path
 
 from cmtlib.data.collections.common import (
-    LATERAL, CollectionResult, ImportContext, SourceStats, base_row, labels_for_finding, normalise_view, prefixed,
-    require_columns, scale_boxes, walk_dirs, xywh_to_xyxy,
+    CollectionResult, ImportContext, SourceStats, base_row, place_boxes, prefixed,
+    require_columns, size_tag, walk_dirs, xywh_to_xyxy,
 )
-from cmtlib.data.collections.rows import admit_image, cell, line_of, quarantine_bad_lines, read_table_or_note, row_guard
+from cmtlib.data.collections.registry import MARKED, NO, CollectionKind, register
+from cmtlib.data.collections.rows import (
+    cell, frontal_view, line_of, note_damaged, quarantine_bad_lines, read_table_or_note, row_guard, same_name_copies,
+)
 from cmtlib.data.manifest import DUPLICATE_GROUP, ManifestError, format_boxes
 from cmtlib.data.rules import box_problem, parse_number
 from cmtlib.data.tables import read_table
@@ -32,6 +44,7 @@ from cmtlib.data.tables import read_table
 SOURCE = "nih"
 TABLE_GLOB = "Data_Entry_2017*.csv*"
 COLUMNS = ("Image Index", "Finding Labels", "Patient ID", "View Position")
+USED = ("Patient Age", "Patient Gender")
 BOX_FRAME = (1024, 1024)  # (width, height) of the released PNGs the boxes were drawn on
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # ChestX-ray14 names each image <patient, 8 digits>_<follow-up, 3 digits>.png.
@@ -61,7 +74,7 @@ def _boxes(folder: Path, result: CollectionResult) -> dict[str, list[tuple[str, 
     out: dict[str, list[tuple[str, list[float]]] | str] = {}
     for line, why, text in table.bad_lines:
         name = text.split(",")[0].strip().strip('"')
-        if name:
+        if name and "repeated header" not in why:
             out[name] = f"BBox_List line {line} {why}"
         else:
             result.note(f"{SOURCE}:*", "disease_boxes", f"{path.name} line {line}", f"line {why}; it names no image")
@@ -87,7 +100,7 @@ def _boxes(folder: Path, result: CollectionResult) -> dict[str, list[tuple[str, 
 
 
 def read(folder: Path, ctx: ImportContext) -> CollectionResult:
-    table = read_table(table_of(folder))
+    table = read_table(table_of(folder), critical=COLUMNS)
     entries = table.frame
     require_columns(entries, COLUMNS, table.path, "; is this ChestX-ray14's Data_Entry table?")
     stats = SourceStats(SOURCE, folder)
@@ -103,15 +116,17 @@ def read(folder: Path, ctx: ImportContext) -> CollectionResult:
     stats.skip("Data_Entry rows whose image is not in this copy (counted, not quarantined)", len(entries) - len(present))
     stats.skip("image files not listed in Data_Entry", len(set(files) - set(names)))
     boxes = _boxes(folder, result)
-    disagree = 0
     for line, r in present.iterrows():
         with row_guard(result, SOURCE, line_of(table, line)) as guard:
             rows = _rows(r, files[cell(r["Image Index"])], boxes, guard, ctx, result)
-            disagree += sum(_folder_disagrees(Path(row["path"]), (row["label_healthy"], row["label_covid"], row["label_other"])) for row in rows)
+            for row in rows:
+                _folder_disagrees(row, result)
+                note_damaged(table, line, row["image_id"], result, USED)
             result.rows += rows
     stats.notes.append(f"disease boxes: from {BOX_FRAME[0]}-px coordinates scaled to each file's own pixels")
-    if disagree:
-        stats.notes.append(f"{disagree} images sit in a 0_normal / 1_abnormal folder that disagrees with Data_Entry (labels from Data_Entry)")
+    absent = len(set(boxes) - set(names[names.isin(files)]))
+    if absent:
+        stats.notes.append(f"disease boxes: {absent} BBox_List images are not in this copy or not in Data_Entry (not used)")
     return result
 
 
@@ -121,23 +136,16 @@ def _rows(r, paths: list[Path], boxes: dict, guard, ctx: ImportContext, result: 
     name = cell(r["Image Index"])
     stem = Path(name).stem
     guard.image_id = prefixed(SOURCE, stem)
-    kind, view = normalise_view(r["View Position"])
-    if kind in ("lateral", "other"):
-        stats.skip(LATERAL if kind == "lateral" else f"view {cell(r['View Position'])!r} (not PA/AP)")
+    view = frontal_view(r["View Position"], stats, "View Position")
+    if view is None:
         return []
-    labels = labels_for_finding(r["Finding Labels"], pre2020=True)
-    by_size: dict[tuple[int, int], Path] = {}
-    for path in paths:
-        size = admit_image(result, ctx, guard.image_id, path, None, guard.where)
-        if size in by_size:
-            stats.skip("second copy of an image at the same size (first kept)")
-        elif size is not None:
-            by_size[size] = path
+    labels = ctx.labels(r["Finding Labels"], pre2020=True)
+    copies = same_name_copies(result, ctx, guard.image_id, paths, None, guard.where)
     patient = _patient(r, name, guard.image_id, result)
     rows = []
-    for size, path in sorted(by_size.items()):
-        several = len(by_size) > 1
-        image_id = prefixed(SOURCE, f"{stem}_{_size_tag(size)}" if several else stem)
+    for path, size in copies:
+        several = len(copies) > 1
+        image_id = prefixed(SOURCE, f"{stem}_{size_tag(size)}" if several else stem)
         row = base_row(SOURCE, image_id, path, patient, r["Finding Labels"], labels)
         row.update(view=view, sex=cell(r.get("Patient Gender", "")), age=cell(r.get("Patient Age", "")), _size=size, _where=guard.where)
         if several:
@@ -148,16 +156,20 @@ def _rows(r, paths: list[Path], boxes: dict, guard, ctx: ImportContext, result: 
 
 
 def _patient(r, name: str, image_id: str, result: CollectionResult) -> str:
-    """nih:<8-digit Patient ID>. A blank or non-numeric one is taken from the Image Index (whose
-    first 8 digits are the patient by ChestX-ray14's naming), else the image is its own patient;
-    either way a note says so, so that blank ids never merge unrelated patients into one."""
+    """nih:<8-digit patient> from the Image Index (module docstring). A Patient ID that is blank, not
+    a number or another patient's is noted; without a patient number in the name, a numeric Patient
+    ID is used, else the image is its own patient, so that blank ids never merge unrelated patients."""
     raw = cell(r["Patient ID"])
+    match = _INDEX.match(name)
+    if match and raw.isdigit() and raw.zfill(8) == match.group(1):
+        return prefixed(SOURCE, match.group(1))
+    if match:
+        why = ("Patient ID blank or not a number" if not raw.isdigit() else
+               f"Patient ID {raw} contradicts the file name, which names patient {match.group(1)}")
+        result.note(image_id, "patient_id", raw, f"{why}; the film keeps the file name's patient (<patient>_<follow-up>.png)")
+        return prefixed(SOURCE, match.group(1))
     if raw.isdigit():
         return prefixed(SOURCE, raw.zfill(8))
-    match = _INDEX.match(name)
-    if match:
-        result.note(image_id, "patient_id", raw, "Patient ID blank or not a number; taken from the Image Index (<patient>_<follow-up>.png)")
-        return prefixed(SOURCE, match.group(1))
     result.note(image_id, "patient_id", raw, "Patient ID blank or not a number; the image is its own patient")
     return image_id
 
@@ -173,20 +185,31 @@ def _add_boxes(row: dict, found: list | str | None, labels: tuple[str, str, str]
         row["disease_boxes"] = ""
         result.note(row["image_id"], "disease_boxes", "[]", f"BBox_List draws {', '.join(lab for lab, _ in found)} on a No Finding film; disease_boxes left unknown")
     else:
-        row["disease_boxes"] = format_boxes(scale_boxes([b for _, b in found], BOX_FRAME, size))
+        placed, why = place_boxes([b for _, b in found], BOX_FRAME, size)
+        if placed is None:
+            row["disease_boxes"] = ""
+            result.note(row["image_id"], "disease_boxes", "", f"BBox_List: {why}; disease_boxes left unknown")
+            return
+        row["disease_boxes"] = format_boxes(placed)
         row["disease_box_labels"] = json.dumps([lab for lab, _ in found])
 
 
-def _size_tag(size: tuple[int, int]) -> str:
-    return f"{size[0]}px" if size[0] == size[1] else f"{size[0]}x{size[1]}px"
+def _folder_disagrees(row: dict, result: CollectionResult) -> None:
+    """The 64-px copy sorts images into 0_normal / 1_abnormal folders: a folder that contradicts
+    Data_Entry is noted on the film (its labels stay Data_Entry's, the release's own table)."""
+    parts = set(Path(row["path"]).parts)
+    healthy = row["label_healthy"] == "1"
+    folder = "0_normal" if "0_normal" in parts else "1_abnormal" if "1_abnormal" in parts else ""
+    if (folder == "0_normal" and row["label_healthy"] != "1") or (folder == "1_abnormal" and healthy):
+        result.note(row["image_id"], "labels", folder, f"the file sits in {folder}/ but Data_Entry says "
+                    f"{row['finding']!r}; labels from Data_Entry")
+        result.stats[0].keep("images in a 0_normal / 1_abnormal folder that disagrees with Data_Entry (labels from Data_Entry)")
 
 
-def _folder_disagrees(path: Path, labels: tuple[str, str, str]) -> int:
-    """The 64-px copy sorts images into 0_normal / 1_abnormal folders; count contradictions."""
-    parts = set(path.parts)
-    if "0_normal" in parts:
-        return int(labels[0] != "1")
-    if "1_abnormal" in parts:
-        return int(labels[0] == "1")
-    return 0
+def detect(folder: Path) -> int:
+    return MARKED if table_of(folder) else NO
+
+
+register(CollectionKind("nih", find, read, detect, sources={SOURCE: "NIH ChestX-ray14 (pre-2020 films: no COVID-19)"},
+                        help="NIH ChestX-ray14: Data_Entry_2017*.csv[.gz] and the images below its folder"))
 

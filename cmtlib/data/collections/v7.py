@@ -28,12 +28,14 @@ _ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplemented
 
 
 def v7_lung_polygons(zip_path: Path, sizes: dict[str, tuple[int, int]], problems: dict[str, str], result: CollectionResult,
-                     source: str = "ieee8023") -> Iterator[tuple[str, np.ndarray]]:
+                     source: str = "ieee8023", unmatched: list[str] | None = None) -> Iterator[tuple[str, np.ndarray]]:
     """Yield (ieee8023 file name, bool (H, W) lung mask) from V7 Darwin JSON lung polygons.
 
     Only images of `sizes` are parsed (the name is read from the raw bytes first: the whole zip is
     ~50 MB of JSON). A polygon drawn on a copy of another aspect ratio cannot be placed and is
-    left out; so is one whose entry cannot be read (`problems`: file name -> why).
+    left out; so is one whose entry cannot be read (`problems`: file name -> why). Entries of
+    images not imported go to `unmatched` (for the summary's count); an entry that names no image
+    is noted.
     """
     try:
         zf = zipfile.ZipFile(zip_path)
@@ -47,7 +49,12 @@ def v7_lung_polygons(zip_path: Path, sizes: dict[str, tuple[int, int]], problems
             raw = _member(zf, info, zip_path, result, source)
             match = _ORIGINAL_NAME.search(raw) if raw else None
             name = _json_string(match.group(1)) if match else None
+            if raw and name is None:
+                result.note(f"{source}:*", "lung_polygon_mask", f"{zip_path.name}:{info.filename}",
+                            "names no image (no readable original_filename); not used")
             if name not in sizes:
+                if name is not None and unmatched is not None:
+                    unmatched.append(name)
                 continue
             mask, why = _rasterise(raw, name, sizes[name])
             if mask is None:

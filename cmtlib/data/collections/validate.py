@@ -3,9 +3,10 @@ the ambiguities only visible across rows. Nothing is guessed and nothing is drop
 
 - per field: an age outside 0-120 years, an offset outside -365 to 3,650 days, a sex that is not
   M or F, a box that is not finite, has no area, is inverted or lies outside the image: the field
-  is left unknown and a note (image_id, column, value, reason) says why. A finding of numbers or
-  symbols only is read as unknown and noted; disease boxes on a film labelled healthy are left
-  unknown (one of the two is wrong). Any invalid box of a film makes that film's whole
+  is left unknown and a note (image_id, column, value, reason) says why. A finding the vocabulary
+  does not recognise (cmtlib/data/findings.py) gave no label: it is noted with the text and
+  counted per source for the summary; disease boxes on a film labelled healthy are left unknown
+  (one of the two is wrong). Any invalid box of a film makes that film's whole
   box field unknown (one lung box of two would teach "background" where the other lung is).
 - one image id for two different files: every row involved is quarantined.
 - one file listed twice: kept once when the rows agree (a note says so), quarantined when they
@@ -19,7 +20,8 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 
-from cmtlib.data.collections.common import CollectionResult, clean_sex, garbled_finding, quarantine_entry
+from cmtlib.data.collections.common import CollectionResult, clean_sex, quarantine_entry
+from cmtlib.data.findings import BUILT_IN, Vocabulary
 from cmtlib.data.manifest import DUPLICATE_GROUP, LABEL_COLUMNS
 from cmtlib.data.rules import boxes_problem, clean_age, clean_offset, normalise_text, same_content_groups
 
@@ -29,10 +31,11 @@ AGREE = (*LABEL_COLUMNS, "patient_id")
 BOX_COLUMNS = ("lung_boxes", "disease_boxes")
 
 
-def finalise(result: CollectionResult) -> None:
+def finalise(result: CollectionResult, vocabulary: Vocabulary = BUILT_IN) -> None:
     """Apply the module's rules to `result` in place."""
     for row in result.rows:
         _fields(row, result)
+        _finding(row, result, vocabulary)
     result.rows = _same_id(result)
     result.rows = _same_file(result)
     _same_content(result)
@@ -64,11 +67,24 @@ def _fields(row: dict, result: CollectionResult) -> None:
     if split is None:
         result.note(iid, "split", row["split"], "not train, val or test; left unassigned (cmt data split assigns it)")
     row["split"] = split or ""
-    if garbled_finding(row.get("finding", "")):
-        result.note(iid, "finding", row["finding"], "numbers or symbols only, not a finding: labels unknown")
-        stats = result.source_stats(row["source"])
-        if stats is not None:
-            stats.keep("finding of numbers or symbols only: labels unknown")
+
+
+def _finding(row: dict, result: CollectionResult, vocabulary: Vocabulary) -> None:
+    """A finding the vocabulary does not recognise gave no label: noted with the text, counted."""
+    verdict = vocabulary.classify(row.get("finding", ""))
+    if verdict.recognised:
+        return
+    text = row["finding"]
+    labels = tuple(row.get(c, "") for c in LABEL_COLUMNS)
+    symbols = "" if any(ch.isalpha() for ch in text) else " (numbers or symbols only)"
+    what = ("labels left unknown" if labels == ("", "", "") else
+            "labels left unknown (label_covid 0: a pre-2020 collection)" if labels == ("", "0", "") else
+            f"the labels {'/'.join(v or '?' for v in labels)} (healthy/covid/other) come from the label columns")
+    result.note(row["image_id"], "finding", text, f"finding {text!r} is not in the finding vocabulary{symbols}: {verdict.why}; "
+                f"{what} (docs/CONTRACTS.md; --finding 'TEXT=CLASS' adds a text)")
+    stats = result.source_stats(row["source"])
+    if stats is not None:
+        stats.unrecognised[text] += 1
 
 
 def _where(row: dict) -> str:

@@ -4,6 +4,7 @@ evidence) for it."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,22 +12,36 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cmtlib.data.collections.registry import source_notes
 from cmtlib.data.manifest import check_manifest, import_findings, quarantine_path, read_manifest, read_quarantine
 from cmtlib.errors import MissingInputError
 from cmtlib.fileio import read_json
 from cmtlib.metrics.ranking import roc_auc
 from cmtlib.report.pages.tables import CLASS_ORDER, class_label, safe_table
 
-# One plain-language line per known source (see ../shared/data/cxr-public/SOURCES.md).
-SOURCE_NOTES = {
-    "synthetic": "synthetic phantoms drawn by cmtlib: no patient data; they exercise the pipeline, not clinical performance",
-    "ieee8023": "the COVID-19 image data collection of Cohen et al. (many images are figures cropped from papers)",
-    "figure1": "Figure 1 COVID-19 chest X-ray collection (agchung)",
-    "actualmed": "Actualmed COVID-19 chest X-ray collection, normal films (agchung)",
-    "nih": "NIH ChestX-ray14 (pre-2020 films: no COVID-19)",
-    "chexpert": "CheXpert, Stanford (pre-2020 films: no COVID-19)",
-    "tbx11k": "TBX11K tuberculosis collection (pre-2020 films)",
-}
+SYNTHETIC_NOTE = "synthetic phantoms drawn by cmtlib: no patient data; they exercise the pipeline, not clinical performance"
+
+
+class _SourceNotes(Mapping):
+    """One plain-language line per known source: the synthetic phantoms and every source an importer
+    declares (cmtlib.data.collections.registry), read when used so that a new importer's note shows."""
+
+    def _notes(self) -> dict[str, str]:
+        return {"synthetic": SYNTHETIC_NOTE, **source_notes()}
+
+    def __getitem__(self, source: str) -> str:
+        return self._notes()[source]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._notes())
+
+    def __len__(self) -> int:
+        return len(self._notes())
+
+
+SOURCE_NOTES: Mapping[str, str] = _SourceNotes()
+# The notes an import writes for a finding the vocabulary does not recognise (collections/validate.py).
+UNRECOGNISED_REASON = "is not in the finding vocabulary"
 
 
 def sample_rows(index: pd.DataFrame, n: int, seed: int = 0) -> list[int]:
@@ -94,9 +109,28 @@ def data_facts(index: pd.DataFrame, quarantine: pd.DataFrame, manifest_hash: str
         "split_counts": " / ".join(str(int(splits.get(s, 0))) for s in ("train", "val", "test")),
         "quarantine_count": len(quarantine),
         "notes_count": 0 if notes is None else len(notes),
+        # finding text -> films: texts that gave no label (the vocabulary did not recognise them)
+        "unrecognised_findings": {str(r.finding): int(r.films) for r in unrecognised_findings(notes).itertuples()},
         "not_imported": [] if not_imported is None else sorted(set(not_imported["collection"].astype(str))),
         "manifest_hash": manifest_hash,
     }
+
+
+def unrecognised_findings(notes: pd.DataFrame) -> pd.DataFrame:
+    """The finding texts the import did not recognise (so they gave no label), with how many films
+    carry each and from which sources: `finding`, `films`, `sources`, most frequent first. Empty
+    (with those columns) when every finding was recognised."""
+    columns = ["finding", "films", "sources"]
+    if notes is None or notes.empty or not {"column", "value", "reason"} <= set(notes.columns):
+        return pd.DataFrame(columns=columns)
+    hits = notes[(notes["column"] == "finding") & notes["reason"].astype(str).str.contains(UNRECOGNISED_REASON, regex=False)]
+    if hits.empty:
+        return pd.DataFrame(columns=columns)
+    source = hits["image_id"].astype(str).str.partition(":")[0]
+    table = (hits.assign(source=source).groupby("value")
+             .agg(films=("image_id", "size"), sources=("source", lambda s: ", ".join(sorted(set(s))))).reset_index()
+             .rename(columns={"value": "finding"}))
+    return table.sort_values(["films", "finding"], ascending=[False, True]).reset_index(drop=True)[columns]
 
 
 def provenance_text(params: Any, index: pd.DataFrame, meta: dict[str, Any]) -> str:
