@@ -11,6 +11,9 @@ Any model, CMTNet or a baseline, can be explained if it exposes:
   returning one), else ``model.encoder.blocks[-1]`` (CMTNet's VGG16-BN: the last conv block's
   output, before its max-pool, H/16), else the last child of an ``nn.Sequential`` ``model.encoder``
   (a torchvision trunk such as ResNet's ``layer4``). Baselines should set ``cam_target_layer``.
+  Named layers (``cam_layers``) reach the other blocks of a model with ``encoder.blocks``:
+  ``block<k>`` (1-based; CMTNet's block k outputs H / 2^(k-1)), and ``fused``, the maps of the
+  last three blocks averaged (pytorch-grad-cam's multi-layer aggregation; LayerCAM's fusion).
 
 Agreement measures (per map and image; NaN where the ground truth is unknown or empty):
     mass_in_lung   share of the map's total inside the lung mask (1 = all of it);
@@ -100,6 +103,32 @@ def cam_target_layer(model: nn.Module) -> nn.Module:
         "(the module whose output is the encoder's last conv block) or pass target_layer=")
 
 
+FUSED_BLOCKS = 3  # `fused`: the last three encoder blocks (H/4, H/8, H/16 for CMTNet)
+
+
+def cam_layers(model: nn.Module, layer: str | nn.Module | Sequence[nn.Module] | None = None) -> list[nn.Module]:
+    """The target layers a CAM weights: a module or modules as given; None or "last": the model's CAM
+    target layer (``cam_target_layer``); "block<k>" (1-based) or "fused" for models with ``encoder.blocks``.
+
+    Raises:
+        UnknownNameError: a name this model has no layer for (the message lists what it has).
+    """
+    if isinstance(layer, nn.Module):
+        return [layer]
+    if layer is not None and not isinstance(layer, str):
+        return list(layer)
+    if layer in (None, "last"):
+        return [cam_target_layer(model)]
+    blocks = getattr(getattr(model, "encoder", None), "blocks", None)
+    names = [f"block{k + 1}" for k in range(len(blocks))] if blocks is not None else []
+    if layer == "fused" and len(names) >= FUSED_BLOCKS:
+        return list(blocks[-FUSED_BLOCKS:])
+    if layer in names:
+        return [blocks[names.index(layer)]]
+    valid = ["last"] + names + (["fused"] if len(names) >= FUSED_BLOCKS else [])
+    raise UnknownNameError(f"{type(model).__name__} has no CAM layer {layer!r}; valid: {', '.join(valid)}")
+
+
 def normalise_maps(maps) -> np.ndarray:
     """Min-max normalise each map to [0, 1]; a constant map becomes all zeros.
 
@@ -113,7 +142,7 @@ def normalise_maps(maps) -> np.ndarray:
 
 
 def compute_cams(model: nn.Module, images, methods: Sequence[str] = DEFAULT_METHODS, target_index: int = 0,
-                 head: str = "multilabel", batch_size: int = 8, target_layer: nn.Module | None = None,
+                 head: str = "multilabel", batch_size: int = 8, layer: str | nn.Module | Sequence[nn.Module] | None = None,
                  score_batch_size: int = 64) -> dict[str, np.ndarray]:
     """CAMs of one head's logit (default: COVID, ``multilabel`` index 0) for each method.
 
@@ -131,7 +160,7 @@ def compute_cams(model: nn.Module, images, methods: Sequence[str] = DEFAULT_METH
         target_index: the logit of ``head`` to explain (multilabel: 0 = COVID, 1 = other disease).
         head: the ``classify`` key.
         batch_size: images per CAM call.
-        target_layer: overrides ``cam_target_layer(model)``.
+        layer: the target layer(s): a name for ``cam_layers`` ("last", "block3", "fused") or modules.
         score_batch_size: masked images per forward pass inside ScoreCAM.
 
     Returns:
@@ -155,12 +184,12 @@ def compute_cams(model: nn.Module, images, methods: Sequence[str] = DEFAULT_METH
         if len(x):
             with torch.no_grad():
                 wrapper.eval()(x[:1])  # a model without the head fails here, before any hook is placed
-        layer = target_layer if target_layer is not None else cam_target_layer(model)
+        layers = cam_layers(model, layer)
         with torch.enable_grad():
             for name in methods:
                 method = getattr(pytorch_grad_cam, CAM_METHODS[name])
                 maps = []
-                with method(model=wrapper, target_layers=[layer]) as cam:
+                with method(model=wrapper, target_layers=layers) as cam:
                     cam.batch_size = score_batch_size  # read by ScoreCAM only
                     for start in range(0, len(x), batch_size):
                         xb = x[start:start + batch_size]
