@@ -14,7 +14,7 @@ SPLIT_CHOICES = ("train", "val", "test", "holdout", "all")
 
 
 # The phantoms' cues, in cmtlib.data.synth.ties.CUES order (kept here so --help stays light; the
-# defaults come from DataConfig, and tests/test_cli.py checks the two lists agree).
+# defaults come from DataConfig, and tests/test_synth_truth.py checks the two lists agree).
 SYNTH_CUES = ("source", "view", "marker", "text", "size", "border", "tubes")
 
 

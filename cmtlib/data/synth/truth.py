@@ -27,6 +27,7 @@ TRUTH_FILE, TWINS_FILE = "truth.csv", "twins.csv"
 TRUTH_COLUMNS = ("image_id", "lung", "lesion", "lesion_area", "kind", "severity", "cues", "view", "source")
 TWIN_COLUMNS = ("image_id", "twin_of", "removed", "path", "lung", "lesion")
 TRUTH_PATHS, TWIN_PATHS = ("lung", "lesion"), ("path", "lung", "lesion")
+SPLIT_ORDER = ("train", "val", "test", "holdout", "excluded")
 
 
 def truth_folder(manifest_path: str | os.PathLike, df: pd.DataFrame | None = None) -> Path | None:
@@ -95,14 +96,14 @@ def cue_strengths(truth: pd.DataFrame, labels: pd.Series, by: pd.Series | None =
     # source and view are properties of every film, tied or not: measure them whatever their key.
     carried["source"] = truth["source"].to_numpy() == SOURCES[1]
     carried["view"] = truth["view"].to_numpy() == "AP"
+    counted = {cue: np.ones(len(truth), bool) for cue in CUES}
+    counted["source"] = truth["source"].isin(SOURCES).to_numpy()
     groups = {"all": np.ones(len(truth), bool)}
     if by is not None:
-        groups.update({g: by.to_numpy() == g for g in sorted(set(by)) if g})
-    training_sites = truth["source"].isin(SOURCES).to_numpy()
-    table = {}
-    for name, rows in groups.items():
-        table[name] = {cue: _difference(carried[cue][rows & (training_sites if cue == "source" else True)],
-                                        covid[rows & (training_sites if cue == "source" else True)]) for cue in CUES}
+        names = [g for g in SPLIT_ORDER if g in set(by)] + sorted(set(by) - set(SPLIT_ORDER) - {""})
+        groups.update({g: by.to_numpy() == g for g in names})
+    table = {name: {cue: _difference(carried[cue][rows & counted[cue]], covid[rows & counted[cue]]) for cue in CUES}
+             for name, rows in groups.items()}
     return pd.DataFrame(table)
 
 
