@@ -181,8 +181,9 @@ def _scene(case: Case, size: int, seed: int, drawn_view: str) -> _Scene:
 
 
 def _density(scene: _Scene, with_lesion: bool, with_tubes: bool) -> np.ndarray:
-    """The film's density, in the same order of operations whatever is left out (an absent term is
-    skipped, never added as zeros), so the film itself stays byte for byte what it always was."""
+    """The film's density, in the order of operations it always had (the films stay byte for byte
+    what they were). Without the lesion its terms are zeros: x + 0.0 == x, so every pixel the lesion
+    never touched keeps its exact value; without tubes the addition is skipped."""
     t, chest = scene.terms, scene.chest
     lesion = scene.lesion if with_lesion else Lesion(np.zeros_like(t["air"]), None)
     vessels = t["vessels"]
