@@ -13,11 +13,22 @@ from pathlib import Path
 SPLIT_CHOICES = ("train", "val", "test", "holdout", "all")
 
 
-def _cmd_synth(a: argparse.Namespace) -> int:
-    from cmtlib.data.synth import make_synthetic
+# The phantoms' cues, in cmtlib.data.synth.ties.CUES order (kept here so --help stays light; the
+# defaults come from DataConfig, and tests/test_synth_truth.py checks the two lists agree).
+SYNTH_CUES = ("source", "view", "marker", "text", "size", "border", "tubes")
 
-    manifest = make_synthetic(Path(a.out), n=a.n, size=a.size, seed=a.seed)
-    print(f"wrote {manifest}")
+
+def _cmd_synth(a: argparse.Namespace) -> int:
+    from cmtlib.data.manifest import read_manifest
+    from cmtlib.data.synth import Strengths, cue_strengths, make_synthetic, read_truth
+
+    strengths = Strengths(**{cue: getattr(a, f"{cue}_strength") for cue in SYNTH_CUES})
+    manifest = make_synthetic(Path(a.out), n=a.n, size=a.size, seed=a.seed, strengths=strengths, external_n=a.external_n)
+    truth = read_truth(manifest)
+    labels = read_manifest(manifest)["label_covid"]
+    print(f"wrote {manifest}, with truth.csv and twins.csv beside it")
+    print("cue strengths realised (share of COVID-19 films carrying the cue minus the others'):")
+    print(cue_strengths(truth, labels).round(3).to_string())
     return 0
 
 
@@ -181,10 +192,17 @@ _FINDING_HELP = ("add TEXT to the finding vocabulary as CLASS (healthy, covid, o
 def _add_data_commands(data) -> None:
     """`cmt data synth | import | merge | check | split | cache`."""
     p = data.add_parser("synth", help="make synthetic chest X-ray phantoms with masks and labels")
-    p.add_argument("--out", required=True, help="output folder (manifest.csv, images/, masks/)")
+    p.add_argument("--out", required=True, help="output folder (manifest.csv, images/, masks/; truth.csv, truth/, twins.csv, twins/)")
     p.add_argument("--n", type=int, default=2000, help="number of images")
     p.add_argument("--size", type=_pixels, default=256, help="image side in pixels")
     p.add_argument("--seed", type=int, default=0)
+    from cmtlib.configs import DataConfig
+
+    for cue in SYNTH_CUES:
+        p.add_argument(f"--{cue}-strength", type=float, default=getattr(DataConfig, f"synth_{cue}_strength"), metavar="S",
+                       help=f"tie of the {cue} cue to the label in [0, 1]: the share of COVID-19 films carrying it minus "
+                            f"the others' (params key synth_{cue}_strength; default %(default)s)")
+    p.add_argument("--external-n", type=int, default=0, help="films of a third site (synth-c), appended after the n films")
     p.set_defaults(func=_cmd_synth)
 
     p = data.add_parser("import", help="turn a public collection into a manifest")

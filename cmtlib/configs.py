@@ -50,6 +50,23 @@ class DataConfig:
     synth_n: int = 1200
     synth_size: int = 128
     synth_seed: int = 0
+    # How strongly each cue of the phantoms is tied to the label: the share of COVID-19 films carrying
+    # it minus the share of the others, in [0, 1] (cmtlib.data.synth.ties). The defaults are today's
+    # mild, realistic shortcuts; params/phantoms/clean.yaml sets all to 0, params/phantoms/<cue>.yaml
+    # plants one at 0.8. Source: the film is from synth-b (the noisier site); view: AP.
+    synth_source_strength: float = 0.153
+    synth_view_strength: float = 0.283
+    # The site's side marker: on 85 % of films whatever the label at 0.
+    synth_marker_strength: float = 0.0
+    # Planted cues, absent at 0: burned-in text, the film stored at half size, a collimation frame,
+    # lines and tubes (ECG leads, central line, nasogastric tube, chest drain).
+    synth_text_strength: float = 0.0
+    synth_size_strength: float = 0.0
+    synth_border_strength: float = 0.0
+    synth_tubes_strength: float = 0.0
+    # Films of a third site (source synth-c, a scanner look outside both training sites'), appended
+    # after the synth_n films from their own random streams; hold them out with `holdout: [source=synth-c]`.
+    synth_external_n: int = 0
     # Training / evaluation resolution (the cache size); the paper uses 224.
     image_size: int = 224
     # Patient-disjoint split fractions and seed (`cmt data split`).

@@ -14,7 +14,7 @@ share one split and one cache, built once; each image size gets its own `cache-<
 
     <kind>-<key>/source.csv       the source manifest with absolute paths (input to the split)
     <kind>-<key>/manifest.csv     the split manifest (absent when the given manifest was split)
-    <kind>-<key>/synth/ import/   what make_synthetic / import_collection wrote
+    <kind>-<key>/synth/ import/   what make_synthetic (truth and twins included) / import_collection wrote
     <kind>-<key>/cache-<size>/    the cache (docs/CONTRACTS.md)
     <kind>-<key>/data.json        the fields behind the key, and what was built
 
@@ -56,6 +56,12 @@ def data_key(data) -> dict[str, Any]:
     key: dict[str, Any] = {"data_kind": kind, "val_fraction": data.val_fraction, "test_fraction": data.test_fraction, "split_seed": data.split_seed}
     if kind == "synthetic":
         key.update(synth_n=data.synth_n, synth_size=data.synth_size, synth_seed=data.synth_seed)
+        # Only settings away from the defaults join the key, so the caches of data sets made before
+        # these keys existed (the same films, byte for byte) keep their folders.
+        default = type(data)()
+        for name in synth_keys():
+            if getattr(data, name) != getattr(default, name):
+                key[name] = getattr(data, name)
     else:
         key["data_root"] = str(Path(data.data_root).resolve())
         if kind == "manifest":
@@ -66,6 +72,20 @@ def data_key(data) -> dict[str, Any]:
     if kind not in ("synthetic", "manifest") and findings:
         key["findings"] = findings  # other labels: another import
     return key
+
+
+def synth_keys() -> list[str]:
+    """The DataConfig keys of the phantoms' cues and external site (beyond synth_n, _size, _seed)."""
+    from cmtlib.data.synth.ties import CUES
+
+    return [f"synth_{cue}_strength" for cue in CUES] + ["synth_external_n"]
+
+
+def synth_strengths(data):
+    """The DataConfig's cue strengths as cmtlib.data.synth.ties.Strengths (ConfigError out of [0, 1])."""
+    from cmtlib.data.synth.ties import CUES, Strengths
+
+    return Strengths(**{cue: getattr(data, f"synth_{cue}_strength") for cue in CUES})
 
 
 def data_folder(data) -> Path:
@@ -86,6 +106,8 @@ def prepare_data(params) -> Path:
     with locked(folder):
         source = _source_manifest(data, folder)
         manifest = _split_manifest(data, source, folder)
+        if data.data_kind == "synthetic":
+            _log_cue_strengths(manifest)
         cache = folder / f"cache-{data.image_size}"
         if not _cache_is_current(cache, manifest, data.image_size):
             from cmtlib.data.cache import build_cache
@@ -133,11 +155,17 @@ def _source_manifest(data, folder: Path) -> Path:
     if kind == "synthetic":
         out = folder / "synth"
         manifest = out / "manifest.csv"
-        if not manifest.is_file():
+        # A data set made before the generator wrote its truth is made again: the same films, byte for
+        # byte (so the split and the cache stay current), now with truth.csv and twins.csv beside them.
+        if not manifest.is_file() or not (out / "truth.csv").is_file():
             from cmtlib.data.synth import make_synthetic
 
-            log.info("making %d synthetic images (%d px, seed %d) in %s", data.synth_n, data.synth_size, data.synth_seed, out)
-            manifest = Path(make_synthetic(out, n=data.synth_n, size=data.synth_size, seed=data.synth_seed))
+            strengths = synth_strengths(data)
+            tied = ", ".join(f"{c} {getattr(strengths, c):g}" for c in strengths.tied()) or "none"
+            log.info("making %d synthetic images and %d of the external site (%d px, seed %d; cues tied to the label: %s) in %s",
+                     data.synth_n, data.synth_external_n, data.synth_size, data.synth_seed, tied, out)
+            manifest = Path(make_synthetic(out, n=data.synth_n, size=data.synth_size, seed=data.synth_seed,
+                                           strengths=strengths, external_n=data.synth_external_n))
         return manifest
     manifest = folder / "import" / "manifest.csv"
     if not manifest.is_file():
@@ -174,6 +202,18 @@ def _split_manifest(data, source: Path, folder: Path) -> Path:
     report = split_manifest(absolute, out, val=data.val_fraction, test=data.test_fraction, seed=data.split_seed, find_duplicates=data.data_kind != "synthetic")
     log.info(report.summary() if hasattr(report, "summary") else str(report))
     return _with_holdout(data, out, folder) if data.holdout else out
+
+
+def _log_cue_strengths(manifest: Path) -> None:
+    """Log each cue's realised strength (COVID-19 share minus the others') per split of the phantoms."""
+    from cmtlib.data.synth.truth import cue_strengths, read_truth
+
+    truth = read_truth(manifest)
+    if truth is None:
+        return
+    labels = read_manifest(manifest).set_index("image_id").loc[truth["image_id"], "label_covid"].reset_index(drop=True)
+    table = cue_strengths(truth, labels, truth["split"])
+    log.info("cue strengths realised (share of COVID-19 films carrying the cue minus the others'):\n%s", table.round(3).to_string())
 
 
 def _with_holdout(data, split: Path, folder: Path) -> Path:

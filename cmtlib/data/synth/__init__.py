@@ -26,8 +26,25 @@ Choices worth knowing (see cohort.py for the numbers):
   and source `synth-b` sees a little more COVID, as in real collections: mild, realistic
   shortcuts for the shortcut audit to find. Each source burns its own side marker ("R" top left
   for synth-a, "L" top right for synth-b) into 85 % of its films, independently of the label.
+  These ties are strengths (ties.py: the share of COVID-19 films carrying a cue minus the share of
+  the others), params keys `synth_<cue>_strength`; the defaults are the numbers above, and
+  params/phantoms/clean.yaml sets them all to 0.
+- Planted cues (ties.py, cues.py): burned-in text, a film stored at half size, a collimation frame
+  and lines and tubes, each absent by default and tied to the label by its own strength
+  (params/phantoms/<cue>.yaml: 0.8). Whether a film carries one, and how it looks, come from the
+  cue's own random streams: planting a cue changes nothing else of the film or the cohort.
+- Truth beside the manifest (build.py, truth.py; format in docs/CONTRACTS.md): every film's full
+  lung and lesion masks (truth/, truth.csv, whatever the manifest publishes), and twins (twins/,
+  twins.csv): the same film without its lesion, or without one tied cue (for the view: drawn again
+  in the other view; for the source: exposed with the other site's look). Twins are in no manifest,
+  so no run trains on them.
+- An external site (`external_n`): source `synth-c`, a scanner look outside both training sites',
+  appended after the n films from its own streams (the n films and their split do not change);
+  params/default.yaml holds it out for the External validation page.
 """
 
 from cmtlib.data.synth.build import make_synthetic
+from cmtlib.data.synth.ties import CUES, Strengths
+from cmtlib.data.synth.truth import cue_strengths, read_truth, read_twins
 
-__all__ = ["make_synthetic"]
+__all__ = ["CUES", "Strengths", "cue_strengths", "make_synthetic", "read_truth", "read_twins"]

@@ -104,7 +104,8 @@ def _body(a: Anatomy, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return (t * a.habitus).astype(np.float32)
 
 
-def build_chest(a: Anatomy, view: str, rng: np.random.Generator, size: int, raise_side: int = 0, raise_by: float = 0.0) -> Chest:
+def build_chest(a: Anatomy, view: str, rng: np.random.Generator, size: int, raise_side: int = 0, raise_by: float = 0.0,
+                drawn_view: str | None = None) -> Chest:
     """Pose and outline one film of patient anatomy `a`.
 
     Args:
@@ -114,6 +115,8 @@ def build_chest(a: Anatomy, view: str, rng: np.random.Generator, size: int, rais
         rng: this image's generator (pose and inspiration jitter).
         size: image side in pixels.
         raise_side, raise_by: lift one hemidiaphragm (volume loss in atelectasis).
+        drawn_view: the view whose random draws are made (default: `view`): a film re-drawn in the
+            other view (its twin) makes the same draws as the film itself, so only the view changes.
     """
     pix = (np.arange(size, dtype=np.float32) + 0.5) / size
     # Positioning and collimation vary from film to film (and more between patients in practice).
@@ -132,7 +135,9 @@ def build_chest(a: Anatomy, view: str, rng: np.random.Generator, size: int, rais
     # Heart: between a right border (image left) bulging a third of its width right of the
     # midline and a left border sweeping out to the apex on the left dome; it hangs from the
     # mediastinum at about the level of the hila.
-    mag = rng.uniform(1.1, 1.2) if ap else 1.0
+    # The magnification is drawn for AP films only; a PA film re-drawn as AP takes the middle value.
+    drawn = rng.uniform(1.1, 1.2) if (drawn_view or view) == "AP" else 1.15
+    mag = drawn if ap else 1.0
     width = a.ctr * mag * 2.0 * a.thorax_hw * rng.uniform(0.97, 1.03)
     left = lungs[1]
     h_top = left.top + rng.uniform(0.4, 0.47) * (left.base - left.top)

@@ -1,4 +1,6 @@
-"""`make_synthetic`: render the cohort's films in parallel and write images, masks and manifest."""
+"""`make_synthetic`: render the cohort's films in parallel and write images, masks and manifest, and
+beside them the generator's truth: every film's full masks (truth/, truth.csv) and its twins
+(twins/, twins.csv). The truth's format: docs/CONTRACTS.md, "Synthetic truth, twins and cues"."""
 
 from __future__ import annotations
 
@@ -17,8 +19,10 @@ from scipy import ndimage
 from cmtlib.errors import ConfigError
 from cmtlib.data.manifest import format_boxes, write_manifest
 from cmtlib.data.synth.anatomy import box_of
-from cmtlib.data.synth.cohort import LICENSE, Case, make_cohort
-from cmtlib.data.synth.render import Film, render
+from cmtlib.data.synth.cohort import LICENSE, Case, make_cohort, make_external_cohort
+from cmtlib.data.synth.render import Film, Twin, render_with_twins
+from cmtlib.data.synth.ties import Strengths
+from cmtlib.data.synth.truth import TRUTH_COLUMNS, TWIN_COLUMNS, TRUTH_FILE, TWINS_FILE
 from cmtlib.fileio import atomic_path
 
 MIN_SIZE = 32
@@ -27,65 +31,87 @@ CHUNK = 40
 POOL_MIN_N = 300
 
 
-def make_synthetic(out_dir: Path, n: int = 2000, size: int = 256, seed: int = 0, *, workers: int | None = None, progress: bool | None = None) -> Path:
+def make_synthetic(out_dir: Path, n: int = 2000, size: int = 256, seed: int = 0, *, strengths: Strengths | None = None,
+                   external_n: int = 0, workers: int | None = None, progress: bool | None = None) -> Path:
     """Write n synthetic chest films with labels and masks to out_dir; return out_dir/manifest.csv.
 
-    Byte-identical for the same (n, size, seed), whatever `workers` is: the cohort comes from one
-    generator and each film from its own generator seeded by (seed, image index).
+    Byte-identical for the same arguments, whatever `workers` is: the cohort comes from one
+    generator and each film from its own generator seeded by (seed, image index). The default
+    strengths are today's phantoms: the same files, byte for byte, as before strengths existed.
 
     Args:
-        out_dir: folder for manifest.csv, images/ and masks/ (created; paths in the manifest are
-            relative to it).
+        out_dir: folder for manifest.csv, images/ and masks/, truth.csv, truth/, twins.csv and
+            twins/ (created; paths in the CSV files are relative to it).
         n: number of images (patients have 1-5 each).
         size: image side in pixels.
         seed: the data set's seed.
+        strengths: how strongly each cue is tied to the label (ties.Strengths; default: today's).
+        external_n: films of a third site (source synth-c, its own scanner look), appended after
+            the n films from their own random streams, so the n films stay what they were.
         workers: processes to render with; default: up to 4 CPU cores for n >= 300, else 1.
         progress: show a tqdm bar; default: when stderr is a terminal.
     """
-    if not isinstance(n, (int, np.integer)) or n < 1:
-        raise ConfigError(f"n must be a positive number of images, got {n!r}")
+    for name, value, low in (("n", n, 1), ("external_n", external_n, 0)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise ConfigError(f"{name} must be {'a positive' if low else 'a non-negative'} number of images, got {value!r}")
     if not isinstance(size, (int, np.integer)) or size < MIN_SIZE:
         raise ConfigError(f"size must be an integer of at least {MIN_SIZE} px, got {size!r}")
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+    strengths = strengths or Strengths()
     out_dir = Path(out_dir)
     manifest = out_dir / "manifest.csv"
-    (out_dir / "images").mkdir(parents=True, exist_ok=True)
-    (out_dir / "masks").mkdir(parents=True, exist_ok=True)
+    for folder in ("images", "masks", "truth", "twins"):
+        (out_dir / folder).mkdir(parents=True, exist_ok=True)
     # A run stopped half-way must not leave an old manifest pointing at a mix of old and new files.
-    manifest.unlink(missing_ok=True)
+    for name in ("manifest.csv", TRUTH_FILE, TWINS_FILE):
+        (out_dir / name).unlink(missing_ok=True)
 
-    cases = make_cohort(int(n), int(seed))
+    cases = make_cohort(int(n), int(seed), strengths) + make_external_cohort(int(external_n), int(seed), strengths)
     if workers is None:
-        workers = min(os.cpu_count() or 1, 4) if n >= POOL_MIN_N else 1
+        workers = min(os.cpu_count() or 1, 4) if len(cases) >= POOL_MIN_N else 1
     if progress is None:
         progress = os.isatty(2)
     chunks = [cases[i:i + CHUNK] for i in range(0, len(cases), CHUNK)]
+    rows = _render_chunks(chunks, int(size), int(seed), out_dir, workers, progress)
+    films = [row for i in range(len(chunks)) for row in rows[i]]
+    _write_table([f["truth"] for f in films], TRUTH_COLUMNS, out_dir / TRUTH_FILE)
+    _write_table([t for f in films for t in f["twins"]], TWIN_COLUMNS, out_dir / TWINS_FILE)
+    # The manifest last: its presence says the data set (truth and twins included) is complete.
+    return write_manifest(pd.DataFrame([f["manifest"] for f in films]), manifest)
+
+
+def _render_chunks(chunks: list[list[Case]], size: int, seed: int, out_dir: Path, workers: int, progress: bool) -> dict[int, list[dict]]:
+    """Render and write every chunk of films, in a process pool when workers > 1; chunk index -> rows."""
     rows: dict[int, list[dict]] = {}
     from tqdm.auto import tqdm
 
-    with tqdm(total=len(cases), desc="synthetic films", unit="img", disable=not progress) as bar:
+    with tqdm(total=sum(map(len, chunks)), desc="synthetic films", unit="img", disable=not progress) as bar:
         if workers <= 1:
             for i, chunk in enumerate(chunks):
-                rows[i] = _write_chunk(chunk, int(size), int(seed), str(out_dir))
+                rows[i] = _write_chunk(chunk, size, seed, str(out_dir))
                 bar.update(len(chunk))
-        else:
-            # spawn, not fork: forking a process that runs other threads (numpy's BLAS pool, torch's,
-            # a notebook kernel's) can deadlock the child, and Python 3.12+ warns about it.
-            context = get_context("spawn")
-            try:
-                with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init) as pool:
-                    futures = {pool.submit(_write_chunk, chunk, int(size), int(seed), str(out_dir)): i for i, chunk in enumerate(chunks)}
-                    for fut in as_completed(futures):
-                        rows[futures[fut]] = fut.result()
-                        bar.update(len(chunks[futures[fut]]))
-            except BrokenProcessPool as err:
-                raise RuntimeError(
-                    "a make_synthetic worker process died. Spawned workers re-import the calling script: "
-                    "put the call under `if __name__ == \"__main__\":`, or pass workers=1"
-                ) from err
-    df = pd.DataFrame([row for i in range(len(chunks)) for row in rows[i]])
-    return write_manifest(df, manifest)
+            return rows
+        # spawn, not fork: forking a process that runs other threads (numpy's BLAS pool, torch's,
+        # a notebook kernel's) can deadlock the child, and Python 3.12+ warns about it.
+        context = get_context("spawn")
+        try:
+            with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init) as pool:
+                futures = {pool.submit(_write_chunk, chunk, size, seed, str(out_dir)): i for i, chunk in enumerate(chunks)}
+                for fut in as_completed(futures):
+                    rows[futures[fut]] = fut.result()
+                    bar.update(len(chunks[futures[fut]]))
+        except BrokenProcessPool as err:
+            raise RuntimeError(
+                "a make_synthetic worker process died. Spawned workers re-import the calling script: "
+                "put the call under `if __name__ == \"__main__\":`, or pass workers=1"
+            ) from err
+    return rows
+
+
+def _write_table(rows: list[dict], columns: tuple[str, ...], path: Path) -> None:
+    with atomic_path(path) as tmp:
+        pd.DataFrame(rows, columns=list(columns)).fillna("").astype(str).to_csv(tmp, index=False)
 
 
 def _worker_init() -> None:
@@ -105,9 +131,22 @@ def _save_png(array: np.ndarray, path: Path) -> None:
         Image.fromarray(array).save(tmp, format="PNG")
 
 
+def _save_truth_png(array: np.ndarray, path: Path) -> None:
+    """Truth and twin files are written in place, without atomic_path's temporary file and rename
+    (a millisecond a file, seconds over a data set's thousands): the manifest, deleted first and
+    written last, is what says the data set is complete, and an interrupted one is made again.
+    zlib level 1: a third faster than the default 6, files a tenth larger."""
+    Image.fromarray(array).save(path, format="PNG", compress_level=1)
+
+
 def _write_chunk(cases: list[Case], size: int, seed: int, out_dir: str) -> list[dict]:
     root = Path(out_dir)
-    return [_write_case(case, render(case, size, seed), root) for case in cases]
+    out = []
+    for case in cases:
+        film, twins = render_with_twins(case, size, seed)
+        out.append({"manifest": _write_case(case, film, root), "truth": _write_truth(case, film, root),
+                    "twins": [_write_twin(case, film, twin, root) for twin in twins]})
+    return out
 
 
 def _write_case(case: Case, film: Film, root: Path) -> dict:
@@ -138,6 +177,42 @@ def _write_case(case: Case, film: Film, root: Path) -> dict:
         "lung_mask": lung_rel, "disease_mask": disease_rel, "lung_boxes": lung_boxes,
         "disease_boxes": disease_boxes, "split": "",
     }
+
+
+def _write_masks(film: Film, name: str, root: Path) -> tuple[str, str]:
+    """Write a film's full truth masks into truth/; (lung, lesion) paths relative to root, the
+    lesion '' when the film has no lung-field lesion (healthy, cardiomegaly, one hidden behind the heart)."""
+    lung = f"truth/{name}_lung.png"
+    _save_truth_png(film.lung.astype(np.uint8) * 255, root / lung)
+    lesion = ""
+    if film.disease is not None and film.disease.any():
+        lesion = f"truth/{name}_lesion.png"
+        _save_truth_png(film.disease.astype(np.uint8) * 255, root / lesion)
+    return lung, lesion
+
+
+def _write_truth(case: Case, film: Film, root: Path) -> dict:
+    lung, lesion = _write_masks(film, case.image_name, root)
+    area = float(film.disease.mean()) if lesion else 0.0
+    return {
+        "image_id": f"synth:{case.image_name}", "lung": lung, "lesion": lesion, "lesion_area": f"{area:.6f}",
+        "kind": case.kind, "severity": "" if case.kind == "healthy" else f"{case.severity:.4f}",
+        "cues": ";".join(film.cues), "view": case.view, "source": case.source,
+    }
+
+
+def _write_twin(case: Case, film: Film, twin: Twin, root: Path) -> dict:
+    """Write a twin's image (and its own masks where they differ from the film's); its twins.csv row."""
+    name = f"{case.image_name}~{twin.name}"
+    path = f"twins/{name}.png"
+    _save_truth_png(twin.film.image, root / path)
+    if twin.name in ("view", "size"):  # other geometry or size: masks of its own
+        lung, lesion = _write_masks(twin.film, name, root)
+    else:  # the film's own masks; the lesion twin has none
+        lung = f"truth/{case.image_name}_lung.png"
+        lesion = "" if twin.name == "lesion" or film.disease is None or not film.disease.any() else f"truth/{case.image_name}_lesion.png"
+    return {"image_id": f"synth:{name}", "twin_of": f"synth:{case.image_name}", "removed": twin.removed, "path": path,
+            "lung": lung, "lesion": lesion}
 
 
 def disease_boxes_of(mask: np.ndarray, lungs: tuple[np.ndarray, np.ndarray], max_boxes: int = 4) -> list[list[float]]:

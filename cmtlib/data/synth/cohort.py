@@ -2,7 +2,10 @@
 truth each image carries. Everything here is metadata; pixels are made in render.py.
 
 The cohort is drawn from one generator seeded by (seed, COHORT_TAG), so it does not depend on how
-the images are later spread over worker processes.
+the images are later spread over worker processes. Which films carry a planted cue is drawn from one
+generator per cue (seed, CUE_TAG, cue), so planting a cue changes nothing else of the cohort. The
+external site (`make_external_cohort`) is a second cohort from its own generator, appended after
+the first, so adding it changes none of the first films.
 """
 
 from __future__ import annotations
@@ -11,7 +14,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cmtlib.data.synth.ties import CUES, PLANTED, Strengths
+
 COHORT_TAG = 0xC0407
+CUE_TAG = 0xC0E5
+EXTERNAL_TAG = 0xE7E2  # the external site's streams (cohort, films, cues)
 
 # Image shares per class (the issue: ~40 % healthy, 35 % other disease, 25 % COVID-19).
 CLASS_SHARES = {"healthy": 0.40, "other": 0.35, "covid": 0.25}
@@ -38,11 +45,13 @@ IMAGES_PER_PATIENT = {
     "other": [0.50, 0.30, 0.20, 0.0, 0.0],
     "covid": [0.25, 0.25, 0.20, 0.15, 0.15],
 }
-# AP (portable) films are commoner for the sick, as in real collections; every class has both.
-P_AP = {"healthy": 0.25, "other": 0.50, "covid": 0.65}
-# Mild source confound: synth-b (the noisier site) sees more COVID; the shortcut audit should find it.
-P_SOURCE_B = {"healthy": 0.40, "other": 0.50, "covid": 0.60}
+# How often a film is AP (portable), comes from synth-b (the noisier site) or carries its side
+# marker, per label: ties.Strengths. Today's default: AP 25 / 50 / 65 % (healthy / other / COVID-19),
+# synth-b 40 / 50 / 60 %, the marker on 85 % of every class: mild, realistic shortcuts.
 SOURCES = ("synth-a", "synth-b")
+# The third site: films held out by params/default.yaml as a collection no run trains on.
+EXTERNAL_SOURCE = "synth-c"
+EXTERNAL_PREFIX = "X"
 
 # Ground-truth availability, drawn per image and independent of the label (DESIGN.md: pixel masks
 # for every class alike), so mask presence tells the model nothing about the class.
@@ -100,6 +109,10 @@ class Case:
     has_lung_mask: bool
     has_disease_mask: bool
     disease_seed: int     # lesion shape seed, shared by a patient's images so lesions persist
+    stream: int = 0       # 0: the main cohort's random streams; EXTERNAL_TAG: the external site's
+    cues: tuple[str, ...] = ()   # cues tied to the label that this film carries, decided here (CUES order)
+    p_marker: float = 0.85       # P(the side marker is burned in), drawn when the film is rendered
+    marker_tied: bool = False    # the marker is tied to the label (a cue to list and twin)
 
     @property
     def image_name(self) -> str:
@@ -159,9 +172,54 @@ def _covid_days(k: int, early_ok: bool, rng: np.random.Generator) -> list[int]:
     return days
 
 
-def make_cohort(n: int, seed: int) -> list[Case]:
-    """The n cases (images) of the data set, in patient order; deterministic for (n, seed)."""
-    rng = np.random.default_rng([seed, COHORT_TAG])
+def make_cohort(n: int, seed: int, strengths: Strengths | None = None) -> list[Case]:
+    """The n cases (images) of the data set, in patient order; deterministic for (n, seed, strengths).
+
+    A strength changes only which films carry its cue: every draw is made whatever its value.
+    """
+    strengths = strengths or Strengths()
+    cases = _draw_cohort(np.random.default_rng([seed, COHORT_TAG]), n, strengths, "P", None)
+    return _plant(cases, seed, strengths, stream=0)
+
+
+def make_external_cohort(n: int, seed: int, strengths: Strengths | None = None) -> list[Case]:
+    """The external site's n cases: patients X0001..., source synth-c, from their own streams.
+
+    The same class shares, views and planted cues as the main cohort (a hospital with the same
+    patients and practices); only the scanner differs (render.SOURCE_LOOK).
+    """
+    strengths = strengths or Strengths()
+    cases = _draw_cohort(np.random.default_rng([seed, COHORT_TAG, EXTERNAL_TAG]), n, strengths, EXTERNAL_PREFIX, EXTERNAL_SOURCE)
+    return _plant(cases, seed, strengths, stream=EXTERNAL_TAG)
+
+
+def _plant(cases: list[Case], seed: int, strengths: Strengths, stream: int) -> list[Case]:
+    """Record the tied cues each film carries. Planted cues are drawn per film from one generator per
+    cue (one draw per film, in cohort order), so planting one changes nothing else."""
+    tied = strengths.tied()
+    carried: dict[int, list[str]] = {c.index: [] for c in cases}
+    for k, cue in enumerate(CUES):
+        if cue not in tied or cue not in PLANTED:
+            continue
+        rng = np.random.default_rng([seed, CUE_TAG, k, stream])
+        for case, u in zip(cases, rng.random(len(cases))):
+            if u < strengths.p(cue, case.label):
+                carried[case.index].append(cue)
+    for case in cases:
+        own = []
+        if "source" in tied and case.source == SOURCES[1]:
+            own.append("source")
+        if "view" in tied and case.view == "AP":
+            own.append("view")
+        case.cues = tuple(c for c in CUES if c in own or c in carried[case.index])
+        case.p_marker = strengths.p("marker", case.label)
+        case.marker_tied = "marker" in tied
+        case.stream = stream
+    return cases
+
+
+def _draw_cohort(rng: np.random.Generator, n: int, strengths: Strengths, prefix: str, site: str | None) -> list[Case]:
+    """Patients and their films (module docstring); `site` fixes the source (the draw is still made)."""
     counts = dict.fromkeys(CLASS_SHARES, 0)
     covid_target = CLASS_SHARES["covid"] * n
     early = 0
@@ -176,7 +234,8 @@ def make_cohort(n: int, seed: int) -> list[Case]:
         age_mu, age_sd = {"healthy": (45, 15), "other": (58, 17), "covid": (60, 14)}[label]
         age = int(np.clip(round(rng.normal(age_mu, age_sd)), 18, 92))
         anatomy = _anatomy(rng, sex, age)
-        source = SOURCES[int(rng.random() < P_SOURCE_B[label])]
+        source = SOURCES[int(rng.random() < strengths.p("source", label))]
+        source = site or source
         if label == "healthy":
             days: list[int | None] = [None] * k
         elif label == "covid":
@@ -199,8 +258,8 @@ def make_cohort(n: int, seed: int) -> list[Case]:
             severity = covid_severity(day, peak, onset) if kind == "covid" else size
             has_disease_mask = label != "healthy" and kind != "cardiomegaly" and rng.random() < P_DISEASE_MASK
             cases.append(Case(
-                index=len(cases), patient=f"P{p:04d}", visit=v, day=day, label=label, kind=kind,
-                view="AP" if rng.random() < P_AP[label] else "PA", source=source, sex=sex, age=age,
+                index=len(cases), patient=f"{prefix}{p:04d}", visit=v, day=day, label=label, kind=kind,
+                view="AP" if rng.random() < strengths.p("view", label) else "PA", source=source, sex=sex, age=age,
                 anatomy=anatomy, severity=severity, side=side,
                 has_lung_mask=bool(rng.random() < P_LUNG_MASK), has_disease_mask=bool(has_disease_mask),
                 disease_seed=disease_seed,  # one lesion per patient: follow-ups show it grow

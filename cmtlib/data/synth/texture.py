@@ -87,10 +87,13 @@ def smooth_field(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
     return f / (f.std() + 1e-6)
 
 
-# 5 x 7 glyphs of the side markers hospitals burn into films.
+# 5 x 7 glyphs of the side markers hospitals burn into films, and of the planted text (cues.py).
 _GLYPHS = {
     "R": ["11110", "10001", "10001", "11110", "10100", "10010", "10001"],
     "L": ["10000", "10000", "10000", "10000", "10000", "10000", "11111"],
+    "I": ["11111", "00100", "00100", "00100", "00100", "00100", "11111"],
+    "C": ["01111", "10000", "10000", "10000", "10000", "10000", "01111"],
+    "U": ["10001", "10001", "10001", "10001", "10001", "10001", "01110"],
 }
 
 
