@@ -106,8 +106,6 @@ def prepare_data(params) -> Path:
     with locked(folder):
         source = _source_manifest(data, folder)
         manifest = _split_manifest(data, source, folder)
-        if data.data_kind == "synthetic":
-            _log_cue_strengths(manifest)
         cache = folder / f"cache-{data.image_size}"
         if not _cache_is_current(cache, manifest, data.image_size):
             from cmtlib.data.cache import build_cache
@@ -201,7 +199,10 @@ def _split_manifest(data, source: Path, folder: Path) -> Path:
     # Phantoms are all distinct by construction, so duplicate detection is skipped for them.
     report = split_manifest(absolute, out, val=data.val_fraction, test=data.test_fraction, seed=data.split_seed, find_duplicates=data.data_kind != "synthetic")
     log.info(report.summary() if hasattr(report, "summary") else str(report))
-    return _with_holdout(data, out, folder) if data.holdout else out
+    final = _with_holdout(data, out, folder) if data.holdout else out
+    if data.data_kind == "synthetic":  # beside the split's summary, once, when the split is made
+        _log_cue_strengths(final)
+    return final
 
 
 def _log_cue_strengths(manifest: Path) -> None:
