@@ -9,6 +9,7 @@
     <run>/predictions_val.csv  the validation films scored by the best checkpoint (written with threshold.json)
     <run>/predictions.csv, metrics.json, embeddings.npy, embeddings_index.csv   `cmt evaluate` (an Evaluation)
     <run>/external/<name>/   evaluations of other manifests (never over the run's own results)
+    <run>/explanations/      heat maps and reliance measured against known truth (phantoms)
 
 The engine writes a run (claim, logging, run.json, threshold.json); evaluation, prediction, the
 experiments and the report pages read it through `Run` and `Evaluation`, never by path arithmetic of
@@ -244,6 +245,11 @@ class Run(Evaluation):
                 raise MissingInputError(f"run folder not found: {self.path}; train one with `cmt train --params YAML`")
             raise MissingInputError(f"{path} not found; is {self.path} a run folder whose training finished at least one epoch?")
         return path
+
+    @property
+    def explanations_dir(self) -> Path:
+        """Where the explanation measures of this run are kept (cmtlib.experiments.heatmaps)."""
+        return self.path / "explanations"
 
     def external(self, name: str) -> Evaluation:
         """The evaluation of another set: external/<name>/ (a manifest's stem, or holdout)."""

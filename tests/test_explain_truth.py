@@ -144,9 +144,14 @@ def test_named_cam_layers_and_the_fused_map():
     model = create_model("cmtnet", width=0.0625, encoder_weights="none", head_hidden=8).eval()
     blocks = model.encoder.blocks
     assert cam_layers(model) == [blocks[-1]] and cam_layers(model, "block3") == [blocks[2]]
-    assert cam_layers(model, "fused") == list(blocks[-3:])
+    assert cam_layers(model, "fused") == [blocks[2], blocks[3]]
     with pytest.raises(UnknownNameError, match="no CAM layer 'block9'; valid: last, block1"):
         cam_layers(model, "block9")
     images = np.random.default_rng(0).integers(0, 255, (2, 64, 64)).astype(np.uint8)
     fused = compute_cams(model, images, ("layercam",), layer="fused")["layercam"]
     assert fused.shape == (2, 64, 64) and fused.min() >= 0 and fused.max() <= 1
+    # `fused` is the geometric mean of the method's maps at the two blocks before the last, renormalised.
+    b3, b4 = (compute_cams(model, images, ("layercam",), layer=name)["layercam"] for name in ("block3", "block4"))
+    expected = np.sqrt(b3 * b4)
+    lo, hi = expected.min(axis=(1, 2), keepdims=True), expected.max(axis=(1, 2), keepdims=True)
+    assert np.allclose(fused, (expected - lo) / (hi - lo), atol=1e-5)

@@ -12,8 +12,10 @@ Any model, CMTNet or a baseline, can be explained if it exposes:
   output, before its max-pool, H/16), else the last child of an ``nn.Sequential`` ``model.encoder``
   (a torchvision trunk such as ResNet's ``layer4``). Baselines should set ``cam_target_layer``.
   Named layers (``cam_layers``) reach the other blocks of a model with ``encoder.blocks``:
-  ``block<k>`` (1-based; CMTNet's block k outputs H / 2^(k-1)), and ``fused``, the maps of the
-  last three blocks averaged (pytorch-grad-cam's multi-layer aggregation; LayerCAM's fusion).
+  ``block<k>`` (1-based; CMTNet's block k outputs H / 2^(k-1)), and ``fused``: the geometric mean
+  of the method's maps at the two blocks before the last (H/4 and H/8 for CMTNet), so that a
+  region is hot only where both resolutions agree (the heat-map study, docs/explanations.md, chose it:
+  the last block's H/16 map is too coarse to point at a lesion, a single earlier block too noisy).
 
 Agreement measures (per map and image; NaN where the ground truth is unknown or empty):
     mass_in_lung   share of the map's total inside the lung mask (1 = all of it);
@@ -26,6 +28,8 @@ methods are judged alike; its plain p >= 0.5 mask is already scored as disease I
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import time
 from collections.abc import Sequence
@@ -103,7 +107,7 @@ def cam_target_layer(model: nn.Module) -> nn.Module:
         "(the module whose output is the encoder's last conv block) or pass target_layer=")
 
 
-FUSED_BLOCKS = 3  # `fused`: the last three encoder blocks (H/4, H/8, H/16 for CMTNet)
+FUSED_BLOCKS = (-3, -2)  # `fused`: the two encoder blocks before the last (H/4, H/8 for CMTNet's five)
 
 
 def cam_layers(model: nn.Module, layer: str | nn.Module | Sequence[nn.Module] | None = None) -> list[nn.Module]:
@@ -121,11 +125,11 @@ def cam_layers(model: nn.Module, layer: str | nn.Module | Sequence[nn.Module] | 
         return [cam_target_layer(model)]
     blocks = getattr(getattr(model, "encoder", None), "blocks", None)
     names = [f"block{k + 1}" for k in range(len(blocks))] if blocks is not None else []
-    if layer == "fused" and len(names) >= FUSED_BLOCKS:
-        return list(blocks[-FUSED_BLOCKS:])
+    if layer == "fused" and len(names) >= len(FUSED_BLOCKS) + 1:
+        return [blocks[k] for k in FUSED_BLOCKS]
     if layer in names:
         return [blocks[names.index(layer)]]
-    valid = ["last"] + names + (["fused"] if len(names) >= FUSED_BLOCKS else [])
+    valid = ["last"] + names + (["fused"] if len(names) >= len(FUSED_BLOCKS) + 1 else [])
     raise UnknownNameError(f"{type(model).__name__} has no CAM layer {layer!r}; valid: {', '.join(valid)}")
 
 
@@ -185,16 +189,24 @@ def compute_cams(model: nn.Module, images, methods: Sequence[str] = DEFAULT_METH
             with torch.no_grad():
                 wrapper.eval()(x[:1])  # a model without the head fails here, before any hook is placed
         layers = cam_layers(model, layer)
+        # `fused`: one map per layer, combined here by their geometric mean (the library averages instead)
+        groups = [[one] for one in layers] if layer == "fused" else [layers]
+        targets = [ClassifierOutputTarget(target_index)]
         with torch.enable_grad():
             for name in methods:
                 method = getattr(pytorch_grad_cam, CAM_METHODS[name])
-                maps = []
-                with method(model=wrapper, target_layers=layers) as cam:
-                    cam.batch_size = score_batch_size  # read by ScoreCAM only
-                    for start in range(0, len(x), batch_size):
-                        xb = x[start:start + batch_size]
-                        maps.append(cam(input_tensor=xb, targets=[ClassifierOutputTarget(target_index)] * len(xb)))
-                out[name] = normalise_maps(np.concatenate(maps)) if maps else np.zeros((0, *x.shape[-2:]), np.float32)
+                per_group = []
+                for group in groups:
+                    maps = []
+                    # ScoreCAM draws a progress bar per batch on stderr: kept off pages and study logs
+                    quiet = contextlib.redirect_stderr(io.StringIO()) if name == "scorecam" else contextlib.nullcontext()
+                    with method(model=wrapper, target_layers=group) as cam, quiet:
+                        cam.batch_size = score_batch_size  # read by ScoreCAM only
+                        for start in range(0, len(x), batch_size):
+                            xb = x[start:start + batch_size]
+                            maps.append(cam(input_tensor=xb, targets=targets * len(xb)))
+                    per_group.append(normalise_maps(np.concatenate(maps)) if maps else np.zeros((0, *x.shape[-2:]), np.float32))
+                out[name] = normalise_maps(np.prod(per_group, axis=0) ** (1.0 / len(per_group)))
     finally:
         model.zero_grad(set_to_none=True)
         model.train(was_training)
