@@ -32,7 +32,10 @@ from cmtlib.explain.cam import HeadLogits, normalise_maps
 from cmtlib.inference import as_batch, model_device
 from cmtlib.metrics import bootstrap_ci
 
-PERCENTILES = (20, 40, 60, 80)  # shares of pixels removed (most / least relevant first)
+# Shares of pixels removed (most / least relevant first). Two levels keep ROAD within a page's budget
+# (it solves a sparse system per film, map and level); on the clean phantoms' default run 20/40/60/80 gave
+# the same gain for the default map (0.289 against 0.293, 30 films).
+PERCENTILES = (30, 70)
 RANDOMISATION_BAR = 0.5  # median rank correlation with the fully randomised classifier must stay below this
 
 

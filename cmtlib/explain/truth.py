@@ -79,6 +79,8 @@ def truth_films(run: Run, split: str = "test", cap: int = 0, seed: int = 0) -> T
     """
     cache = run.cache_dir()
     manifest = Path(_cache_manifest(cache))
+    if not manifest.is_file():  # a cache carried without its manifest (a GPU machine): no truth to read
+        return None
     truth, twins = read_truth(manifest), read_twins(manifest)
     if truth is None or twins is None:
         return None

@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 
 from cmtlib.explain.cam import DEFAULT_METHODS, agreement_summary, cam_comparison
+from cmtlib.explain.checks import DEFAULT_LABEL, DISEASE
+from cmtlib.explain.map_truth import TARGETS, value
 from cmtlib.explain.embeddings import predicted_labels, true_labels
 from cmtlib.explain.overlays import load_images, true_class
 from cmtlib.fileio import write_json
@@ -25,7 +27,9 @@ from cmtlib.runtime import quietly
 
 METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "eigencam": "EigenCAM", "layercam": "LayerCAM",
                 "scorecam": "ScoreCAM", "xgradcam": "XGradCAM", "hirescam": "HiResCAM",
-                "model disease map": "CMTNet's disease map"}
+                "model disease map": "CMTNet's disease map", "disease decoder": "CMTNet's disease map"}
+LAYER_NAMES = {"last": "last block", "fused": "blocks 3 and 4 fused", "block2": "block 2", "block3": "block 3", "block4": "block 4"}
+DEFAULT_COLUMN = "HiResCAM, blocks 3 and 4 (default)"  # the figure's column of the default map (explain.checks.DEFAULT_MAP)
 MEASURE_NAMES = {"mass_in_lung": "share of the map inside the lungs",
                  "pointing_game": "hottest point inside the disease region",
                  "iou_disease": "overlap with the disease region (IoU, map at half its maximum)"}
@@ -35,7 +39,9 @@ AGREEMENT_FILE, AGREEMENT_META = "cam_agreement.csv", "cam_agreement.json"
 
 
 def method_name(key: str) -> str:
-    return METHOD_NAMES.get(key, key)
+    """A method, or a map "method @ layer", in plain words: "HiResCAM, blocks 3 and 4 fused"."""
+    method, sep, layer = key.partition(" @ ")
+    return f"{METHOD_NAMES.get(method, method)}, {LAYER_NAMES.get(layer, layer)}" if sep else METHOD_NAMES.get(key, key)
 
 
 def named_maps(maps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -274,3 +280,96 @@ def cam_outside_table(audit: Any) -> pd.DataFrame:
         return pd.DataFrame()
     return pd.DataFrame({"map": c["method"].map(method_name), "share outside the lungs": c["outside_mean"],
                          "a uniform map would put outside": c["uniform_outside"], "films": c["n"]})
+
+
+# ---- page 7: the checks against truth (cmtlib.explain.checks) -------------------------------
+
+def _ci(estimate: Any, low: Any, high: Any, fmt: str = "{:.2f}") -> str:
+    """'0.86 (0.74 to 0.97)'; '–' without an estimate, no interval where it is undefined."""
+    estimate, low, high = _f(estimate), _f(low), _f(high)
+    if math.isnan(estimate):
+        return "–"
+    return fmt.format(estimate) + ("" if math.isnan(low) or math.isnan(high) else f" ({fmt.format(low)} to {fmt.format(high)})")
+
+
+def reliance_table(summary: dict) -> pd.DataFrame:
+    """Reliance by group: films, median drop with its interval, mean drop."""
+    rows = []
+    for group, words in (("later", "past day 3"), ("early", "days 0-3 (faint)"), ("all", "all")):
+        r = summary[group]
+        rows.append({"COVID-19 films with a lesion": words, "films": r["n"],
+                     "median drop of the COVID-19 probability (95 % CI)": _ci(r["median"], r["ci_low"], r["ci_high"]),
+                     "mean drop": "–" if r["n"] == 0 else f"{r['mean']:.2f}"})
+    return pd.DataFrame(rows)
+
+
+def not_read_text(summary: dict, limit: int = 12) -> str:
+    """The films whose lesion the network does not read (drop below NOT_READ), named."""
+    from cmtlib.explain.reliance import NOT_READ
+
+    ids = summary["not_read"]
+    if not ids:
+        return f"On every film the lesion's removal lowers the COVID-19 probability by at least {NOT_READ:.1f}."
+    shown = ", ".join(ids[:limit]) + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+    return (f"{len(ids)} film(s) whose COVID-19 probability moves by less than {NOT_READ:.1f} when the lesion is removed (the "
+            f"network does not read their lesion; most are early, faint films): {shown}.")
+
+
+def truth_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per map: the later films' pointing, share on the lesion (times an even map's) and overlap, each with
+    its interval; the early films' pointing."""
+    from cmtlib.explain.map_truth import TARGETS
+
+    rows = []
+    for name in dict.fromkeys(summary["map"]):
+        def cell(measure, group="later"):
+            hit = summary[(summary["map"] == name) & (summary["group"] == group) & (summary["measure"] == measure)]
+            return _ci(hit["mean"].iloc[0], hit["ci_low"].iloc[0], hit["ci_high"].iloc[0]) if len(hit) else "–"
+        point = summary[(summary["map"] == name) & (summary["group"] == "later") & (summary["measure"] == "pointing")]
+        ratio = summary[(summary["map"] == name) & (summary["group"] == "later") & (summary["measure"] == "ratio")]
+        shows = len(point) and len(ratio) and point["mean"].iloc[0] >= TARGETS["pointing"] and ratio["mean"].iloc[0] >= TARGETS["ratio"]
+        rows.append({"map": method_name(name), "films past day 3": int(point["n"].iloc[0]) if len(point) else 0,
+                     "hottest point inside the lesion": cell("pointing"),
+                     "share on the lesion, times an even map's": cell("ratio"), "overlap with the lesion (IoU)": cell("iou"),
+                     "hottest point inside, days 0-3": cell("pointing", "early"),
+                     "shows the lesion": "yes" if shows else "no"})
+    return pd.DataFrame(rows)
+
+
+def faithfulness_table(summary: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({"map": summary["map"].map(method_name), "films": summary["n"],
+                         "ROAD score of the map": summary["road"].round(3), "ROAD score of a random ordering": summary["road_random"].round(3),
+                         "gain over random (95 % CI)": [_ci(g, lo, hi, "{:.3f}") for g, lo, hi in zip(summary["gain"], summary["ci_low"], summary["ci_high"])],
+                         "faithful": np.where(summary["faithful"], "yes", "no")})
+
+
+def randomisation_table(table: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({"weights replaced by random ones": table["randomised"].str.replace("heads", "the heads", regex=False),
+                         "median rank correlation with the map of the trained network": table["median_spearman"].round(2),
+                         "films": table["n"]})
+
+
+def checks_verdicts(summary: dict) -> list[str]:
+    """Plain sentences: does the network read the lesion, which maps show it, is the default map
+    faithful and does it pass the randomisation check."""
+    out = []
+    rel = summary["reliance"]
+    if rel is not None:
+        later = rel["later"]
+        reads = "reads the lesion" if rel["reads_lesion"] else "does not rely on the lesion alone"
+        out.append(f"Removing only the lesion from a film (its twin) lowers the COVID-19 probability by {later['median']:.2f} on the median "
+                   f"film past day 3 ({later['n']} films; 95 % CI {later['ci_low']:.2f} to {later['ci_high']:.2f}): the network {reads}.")
+    maps = summary["maps"]
+    if maps is not None:
+        passed = [name for name in dict.fromkeys(maps["map"]) if name != DISEASE
+                  and all(value(maps, name, m) >= bar for m, bar in TARGETS.items())]
+        out.append("Maps whose hottest point lies inside the lesion on at least 70 % of the films past day 3, with at least three "
+                   "times an even map's share on the lesion: " + ("; ".join(method_name(p) for p in passed) if passed else "none") + ".")
+    faith = summary["faithfulness"].set_index("map").loc[DEFAULT_LABEL]
+    out.append(f"The default map ({method_name(DEFAULT_LABEL)}) is {'faithful' if faith['faithful'] else 'not shown to be faithful'}: removing the "
+               f"pixels it ranks highest lowers the COVID-19 probability more than removing random pixels (gain {faith['gain']:.2f}, "
+               f"95 % CI {faith['ci_low']:.2f} to {faith['ci_high']:.2f}, {int(faith['n'])} films).")
+    out.append("With every weight of the classifier replaced by random ones the default map "
+               + ("changes, as it should: it shows what the network learned." if summary["randomisation_passed"]
+                  else "barely changes: it shows the film's structure more than what the network learned."))
+    return out
