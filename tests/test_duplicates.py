@@ -10,8 +10,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from cmtlib.data import dupfeatures as F
 from cmtlib.data import duplicates as D
 from cmtlib.data.duplicates import EVIDENCE_COLUMNS, find_duplicates
+from cmtlib.data.hashindex import popcount
 
 
 def film(seed: int, size: int = 256) -> np.ndarray:
@@ -46,19 +48,20 @@ def resized(a: np.ndarray, h: int, w: int) -> np.ndarray:
 
 def test_phash_is_64_bit_and_stable_under_resampling():
     a = film(1)
-    h_full = D._phash(a)
-    h_small = D._phash(resized(a, 100, 100))
+    h_full = F._phash(a)
+    h_small = F._phash(resized(a, 100, 100))
     assert isinstance(h_full, np.uint64) and int(h_full) < 2**63  # top bit is the unused 64th
-    h_other = D._phash(film(2))
-    distance = lambda x, y: int(D._popcount(np.array([x ^ y], dtype=np.uint64))[0])
+    h_other = F._phash(film(2))
+    distance = lambda x, y: int(popcount(np.array([x ^ y], dtype=np.uint64))[0])
     assert distance(h_full, h_small) <= 6 < D.HASH_MAX < distance(h_full, h_other)
 
 
 def test_candidate_pairs_match_brute_force():
     rng = np.random.default_rng(0)
-    hashes = rng.integers(0, 2**63, size=(300, len(D.HASH_WINDOWS)), dtype=np.uint64)
+    hashes = rng.integers(0, 2**63, size=(300, len(F.HASH_WINDOWS)), dtype=np.uint64)
     hashes[7, 3] = hashes[5, 0] ^ np.uint64(0b101)  # 5's full frame is 2 bits from 7's fourth window
-    got = {(i, j): d for i, j, d in D._candidate_pairs(hashes, 26)}
+    cand = F.candidate_pairs(hashes, 26)
+    got = {(i, j): d for i, j, d in zip(cand.i.tolist(), cand.j.tolist(), cand.distance.tolist())}
     want = {(i, j): D.hash_distance(hashes[i], hashes[j]) for i in range(300) for j in range(i + 1, 300)}
     assert got == {k: d for k, d in want.items() if d <= 26}
     assert got[(5, 7)] == 2
@@ -67,13 +70,13 @@ def test_candidate_pairs_match_brute_force():
 def test_trim_removes_letterbox_bars_only():
     a = film(2, 128)
     boxed = np.pad(a, ((0, 0), (20, 20)))  # black bars left and right
-    assert D._trim(boxed).shape == a.shape
-    assert D._trim(a).shape == a.shape
+    assert F._trim(boxed).shape == a.shape
+    assert F._trim(a).shape == a.shape
 
 
 def test_equalise_keeps_equal_pixels_equal():
     a = np.array([[0.1, 0.1], [0.5, 0.9]], dtype=np.float32)
-    e = D._equalise(a)
+    e = F._equalise(a)
     np.testing.assert_allclose(e, [[0.25, 0.25], [0.625, 0.875]])
 
 
@@ -171,7 +174,7 @@ def test_real_copies_found(cxr_public):
     for rel in (FIG1 + "COVID-00002.jpg", FIG1 + "COVID-00034.jpg", FIG1 + "COVID-00038.jpg", IEEE + "figure1-5e71be566aa8714a04de3386-98-left.jpeg"):
         images[rel] = cxr_public / rel
     # Every pair a candidate: the confirmation alone must separate them.
-    result = find_duplicates(images, hash_max=64, workers=2, progress=False)
+    result = find_duplicates(images, hash_max=64, max_candidates=None, workers=2, progress=False)
     assert result.groups == sorted(tuple(sorted(p)) for p in REAL_PAIRS)
     ev = result.evidence
     assert len(ev) == 22 * 21 // 2
