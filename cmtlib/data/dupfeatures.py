@@ -12,11 +12,13 @@ untrimmed, a re-cropped one 16 and a portrait film cut square 14.
 
 Candidates (`candidate_pairs`): every image's full-frame hash is looked up in a multi-index hash
 table of every image's windows (cmtlib.data.hashindex), so no pair of hashes is compared unless
-some chunk of them nearly agrees. With `per_image`, an image keeps only its nearest candidates
-(ties to the image listed first): films that share their anatomy (phantoms of one patient, one
+some chunk of them nearly agrees. With `per_image`, an image keeps only its nearest candidates:
+films that share their anatomy (phantoms of one patient, one
 ICU's portable films, one patient's follow-ups) are all within a few bits of each other, and
-comparing them all would cost the square of their number. An exact or near-exact copy is nearest
-and so never crowded out. A pair is compared if either image keeps it.
+comparing them all would cost the square of their number. An exact or near-exact copy is nearest;
+among candidates at one distance, those whose five windows agree best window by window come
+first (a copy with the same framing agrees in all five; a film that only shares the anatomy is a
+few bits off in each), then the image listed first. A pair is compared if either image keeps it.
 """
 
 from __future__ import annotations
@@ -103,7 +105,10 @@ def candidate_pairs(hashes: np.ndarray, hash_max: int, per_image: int | None = N
     nearest per_image of them (by its full frame against the others' windows) and no more."""
     n, w = hashes.shape
     index = HashIndex(hashes.ravel(), np.repeat(np.arange(n), w))
-    found = index.search(hashes[:, 0], hash_max, k=per_image, exclude=np.arange(n), cap=cap)
+    def agreement(q: np.ndarray, o: np.ndarray) -> np.ndarray:  # bits apart over all windows, window by window
+        return popcount(hashes[q] ^ hashes[o]).sum(1)
+
+    found = index.search(hashes[:, 0], hash_max, k=per_image, exclude=np.arange(n), cap=cap, tiebreak=agreement)
     pair = np.unique(np.minimum(found.query, found.owner) * n + np.maximum(found.query, found.owner))
     i, j = pair // n, pair % n
     return Candidates(i, j, hash_distances(hashes, i, j), found.full, found.capped)

@@ -11,7 +11,7 @@ correlation of equalised 32 x 32 thumbnails cannot separate these: copies 0.98-1
 patient's follow-ups up to 0.98.
 
 What a comparison needs of one thumbnail at one size (its band-pass, FFT and integral images,
-coarse and full) depends on that thumbnail alone: `Thumbs` prepares it once and keeps the most
+coarse and full, and the spectra of its coarse templates) depends on that thumbnail alone: `Thumbs` prepares it once and keeps the most
 recent PREPARED_KEPT, so an image compared with its k candidates in a row is prepared once, not
 k times. The scores are the same as preparing both sides afresh (`match_score`).
 """
@@ -36,7 +36,7 @@ CLIMB_STEPS = (0.02, 0.01, 0.005)  # scale / aspect refinement steps at full siz
 ASPECT_MAX = 0.06          # largest h/w stretch tried (re-cropped copies: up to 5 %)
 CLIMB_GATE = 0.5           # coarse correlation below which a pair is not refined (copies: >= 0.77)
 DOG_SIGMA = 1 / 64         # of the long side: 2 px at 128, 1 px at 64 (the same anatomy)
-PREPARED_KEPT = 128        # prepared thumbnails a process keeps (about 0.7 MB each at 128 px)
+PREPARED_KEPT = 64         # prepared thumbnails a process keeps (about 1.2 MB each at 128 px)
 
 
 class _Prepared:
@@ -49,6 +49,13 @@ class _Prepared:
         self.coarse_search = _search(coarse)
         self._template: np.ndarray | None = None
         self._search: tuple | None = None
+        self._coarse_templates: dict[tuple[int, int], tuple] = {}
+
+    def coarse_templates(self, shape: tuple[int, int]) -> tuple[np.ndarray, list]:
+        """_templates of the coarse thumbnail at every scale in SCALES, for FFTs of `shape`."""
+        if shape not in self._coarse_templates:
+            self._coarse_templates[shape] = _templates(self.coarse_template, [(s, 1.0) for s in SCALES], shape)
+        return self._coarse_templates[shape]
 
     @property
     def template(self) -> np.ndarray:
@@ -160,7 +167,7 @@ def _score(a: _Prepared, b: _Prepared, px: int) -> tuple[float, int, float]:
     """match_score of two prepared thumbnails (the same size px)."""
     coarse = []
     for x, y in ((a, b), (b, a)):
-        coarse.append((*max(zip(_ncc_batch(x.coarse_template, [(s, 1.0) for s in SCALES], y.coarse_search), SCALES)), x, y))
+        coarse.append((*max(zip(_ncc(*x.coarse_templates(y.coarse_search[2]), y.coarse_search), SCALES)), x, y))
     climb = [c for c in coarse if c[0] >= CLIMB_GATE]
     if not climb:  # clearly no copy: score the best coarse alignment at full size, unrefined
         _, scale, x, y = max(coarse, key=lambda c: c[0])
@@ -223,17 +230,22 @@ def _integral(a: np.ndarray) -> np.ndarray:
 
 def _ncc_batch(xb: np.ndarray, params: list[tuple[float, float]], ctx: tuple) -> list[float]:
     """Per (scale, aspect): the best NCC over y of band-pass xb's central TEMPLATE_FRACTION,
-    resized by scale * aspect vertically and scale / aspect horizontally (-1 if it does not fit).
+    resized by scale * aspect vertically and scale / aspect horizontally (-1 if it does not fit)."""
+    return _ncc(*_templates(xb, params, ctx[2]), ctx)
+
+
+def _templates(xb: np.ndarray, params: list[tuple[float, float]], shape: tuple[int, int]) -> tuple[np.ndarray, list]:
+    """The spectra (K, *rfft2 shape) of xb's templates (see _ncc_batch) zero-padded to `shape`, and
+    their sizes (None for one under 12 px or larger than `shape`). A template's spectrum does not
+    depend on the others in the stack, so one stack serves every y of that FFT shape.
     Templates are resampled at the exact scale, not a rounded size: the 128 px peak is about a
     pixel wide, and rounding made the correlation jump between neighbouring scales."""
-    yb, fy, shape, i1, i2 = ctx
-    H, W = yb.shape
     stack = np.zeros((len(params), *shape))
     sizes = []
     for k, (scale, aspect) in enumerate(params):
         sy, sx = scale * aspect, scale / aspect
         th, tw = round(xb.shape[0] * sy * TEMPLATE_FRACTION), round(xb.shape[1] * sx * TEMPLATE_FRACTION)
-        if min(th, tw) < 12 or th > H or tw > W:
+        if min(th, tw) < 12 or th > shape[0] or tw > shape[1]:
             sizes.append(None)
             continue
         # Template pixels mapped onto x's centre; whole-pixel offsets, so that at scale 1 the
@@ -243,10 +255,17 @@ def _ncc_batch(xb: np.ndarray, params: list[tuple[float, float]], ctx: tuple) ->
         t = t - t.mean()
         stack[k, :th, :tw] = t / (np.sqrt((t * t).sum()) + 1e-12)
         sizes.append((th, tw))
-    corr = np.fft.irfft2(fy * np.conj(np.fft.rfft2(stack, axes=(-2, -1))), shape, axes=(-2, -1))  # (K, *shape)
+    return np.conj(np.fft.rfft2(stack, axes=(-2, -1))), sizes
+
+
+def _ncc(spectra: np.ndarray, sizes: list, ctx: tuple) -> list[float]:
+    """The best NCC over y (ctx = _search(y)) of each template of `_templates`; -1 where it does not fit."""
+    yb, fy, shape, i1, i2 = ctx
+    H, W = yb.shape
+    corr = np.fft.irfft2(fy * spectra, shape, axes=(-2, -1))           # (K, *shape)
     out = []
     for k, size in enumerate(sizes):
-        if size is None:
+        if size is None or size[0] > H or size[1] > W:
             out.append(-1.0)
             continue
         th, tw = size

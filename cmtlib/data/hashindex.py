@@ -16,7 +16,8 @@ Chunks take the bits dealt by measured entropy (most informative first, in turn)
 that nearly every code shares (a perceptual hash of chest films has several) spread over the
 chunks instead of making one chunk's buckets huge.
 
-Ties at equal distance go to the smaller owner (the codes' order), so results are reproducible.
+Ties at equal distance go to the smaller `tiebreak` value the caller gives, then to the smaller
+owner (the codes' order), so results are reproducible.
 A bucket holding more than `cap` codes is read only up to `cap` (its codes in owner order): a
 query that meets one is counted in `capped`, its neighbours being the nearest of those read.
 """
@@ -24,6 +25,7 @@ query that meets one is counted in `capped`, its neighbours being the nearest of
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, NamedTuple
 from functools import lru_cache
 from itertools import combinations
 from math import comb
@@ -36,7 +38,8 @@ MIN_CHUNKS = 3          # so a chunk's table has at most 2^22 + 1 offsets (int32
 LOOKUP_COST = 4         # one bucket lookup, in codes read (chunks_for)
 GATHER = 1 << 22        # bucket entries read at once (memory: a few arrays of this length)
 QUERY_BLOCK = 4096      # queries searched together (the top-k lists are merged per block)
-_OWNER_BITS = 28        # sort keys pack (query, owner, distance) into one int64
+_OWNER_BITS = 28        # sort keys pack (query in its block, distance, tiebreak, owner) into one int64
+_TIE_BITS = 9
 
 
 def popcount(x: np.ndarray) -> np.ndarray:
@@ -59,6 +62,14 @@ class SearchResult:
     distance: np.ndarray    # int16: Hamming distance to that code
     full: int = 0           # queries that found k neighbours (more may lie within the radius)
     capped: int = 0         # queries that met a bucket larger than `cap` (module docstring)
+
+
+class _Ask(NamedTuple):
+    chunks: int
+    radius: int
+    k: int | None
+    cap: int | None
+    tiebreak: Callable | None
 
 
 class HashIndex:
@@ -92,24 +103,26 @@ class HashIndex:
         return self._built[m]
 
     def search(self, queries: np.ndarray, radius: int, k: int | None = None, exclude: np.ndarray | None = None,
-               cap: int | None = None) -> SearchResult:
+               cap: int | None = None, tiebreak: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> SearchResult:
         """Owners within `radius` of each query; with k, only the k nearest of each.
 
         Args:
             queries: (Q,) uint64.
             radius: largest Hamming distance kept (0-64).
-            k: neighbours kept per query (nearest first, ties to the smaller owner); None = all.
+            k: neighbours kept per query, nearest first; None = all.
             exclude: (Q,) the owner each query leaves out (itself), or None.
             cap: bucket entries read per lookup (module docstring); None = all.
+            tiebreak: (query positions, owners) -> ints in [0, 512): among neighbours at one
+                distance the smaller value comes first, then the smaller owner.
         """
         queries = np.ascontiguousarray(queries, dtype=np.uint64).ravel()
         exclude = np.full(len(queries), -1, np.int64) if exclude is None else np.asarray(exclude, np.int64).ravel()
         if not 0 <= radius <= 64:
             raise ValueError(f"radius must be 0-64, got {radius}")
-        m = self.chunks or chunks_for(len(self.codes), radius)
+        ask = _Ask(self.chunks or chunks_for(len(self.codes), radius), radius, k, cap, tiebreak)
         parts, full, capped = [], 0, 0
         for s in range(0, len(queries), QUERY_BLOCK):
-            q, o, d, f, c = self._search_block(m, queries[s:s + QUERY_BLOCK], exclude[s:s + QUERY_BLOCK], radius, k, cap)
+            q, o, d, f, c = self._search_block(ask, queries[s:s + QUERY_BLOCK], exclude[s:s + QUERY_BLOCK], s)
             parts.append((q + s, o, d))
             full, capped = full + f, capped + c
         if not parts:
@@ -117,8 +130,10 @@ class HashIndex:
         q, o, d = (np.concatenate(x) for x in zip(*parts))
         return SearchResult(q, o, d, full, capped)
 
-    def _search_block(self, m: int, queries: np.ndarray, exclude: np.ndarray, radius: int, k: int | None, cap: int | None):
+    def _search_block(self, ask: _Ask, queries: np.ndarray, exclude: np.ndarray, offset: int):
+        m, radius, k = ask.chunks, ask.radius, ask.k
         chunk_bits, tables = self.tables(m)
+        rank = None if ask.tiebreak is None else (lambda q, o: ask.tiebreak(q + offset, o))
         qkeys = [_keys(queries, bits) for bits in chunk_bits]
         found = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int16))
         active = np.arange(len(queries))
@@ -130,12 +145,12 @@ class HashIndex:
                 if s > nbits:
                     continue
                 parts = [found]
-                for lq, owner, d in _probe(table, qkeys[c], queries, active, _masks(nbits, s), radius, cap, capped):
+                for lq, owner, d in _probe(table, qkeys[c], queries, active, _masks(nbits, s), radius, ask.cap, capped):
                     keep = owner != exclude[lq]
                     parts.append((lq[keep], owner[keep], d[keep]))
                     if len(parts) > 8:  # keep memory to about the k nearest per query
-                        parts = [_nearest(*(np.concatenate(x) for x in zip(*parts)), k)]
-                found = _nearest(*(np.concatenate(x) for x in zip(*parts)), k)
+                        parts = [_nearest(*(np.concatenate(x) for x in zip(*parts)), k, rank)]
+                found = _nearest(*(np.concatenate(x) for x in zip(*parts)), k, rank)
             if k is not None:  # a query whose k nearest lie within the certified radius is done
                 certified = m * (s + 1) - 1
                 have = np.bincount(found[0][found[2] <= certified], minlength=len(queries))
@@ -227,8 +242,9 @@ def _probe(table: tuple, qkeys: np.ndarray, queries: np.ndarray, active: np.ndar
             yield lq, owners[pos[hit]], d[hit].astype(np.int16)
 
 
-def _nearest(q: np.ndarray, owner: np.ndarray, d: np.ndarray, k: int | None):
-    """One row per (query, owner) at its smallest distance; with k, each query's k nearest."""
+def _nearest(q: np.ndarray, owner: np.ndarray, d: np.ndarray, k: int | None, rank: Callable | None):
+    """One row per (query, owner) at its smallest distance, ordered by query, distance, rank and
+    owner; with k, each query's first k."""
     if not len(q):
         return q, owner, d
     key = (q << (_OWNER_BITS + 7)) | (owner << 7) | d.astype(np.int64)
@@ -236,8 +252,10 @@ def _nearest(q: np.ndarray, owner: np.ndarray, d: np.ndarray, k: int | None):
     first = np.r_[True, (key[1:] >> 7) != (key[:-1] >> 7)]               # smallest distance per pair
     key = key[first]
     q, owner, d = key >> (_OWNER_BITS + 7), (key >> 7) & ((1 << _OWNER_BITS) - 1), key & 127
-    ranked = np.sort((q << (_OWNER_BITS + 7)) | (d << _OWNER_BITS) | owner)
-    q, d, owner = ranked >> (_OWNER_BITS + 7), (ranked >> _OWNER_BITS) & 127, ranked & ((1 << _OWNER_BITS) - 1)
+    t = np.zeros(len(q), np.int64) if rank is None else np.clip(np.asarray(rank(q, owner), np.int64), 0, (1 << _TIE_BITS) - 1)
+    low = _OWNER_BITS + _TIE_BITS
+    ranked = np.sort((q << (low + 7)) | (d << low) | (t << _OWNER_BITS) | owner)
+    q, d, owner = ranked >> (low + 7), (ranked >> low) & 127, ranked & ((1 << _OWNER_BITS) - 1)
     if k is not None:
         starts = np.r_[0, np.flatnonzero(np.diff(q)) + 1]
         rank = np.arange(len(q)) - np.repeat(starts, np.diff(np.r_[starts, len(q)]))
