@@ -46,10 +46,13 @@ from cmtlib.data.dupmatch import Thumbs, match_score, score_task, worker_init
 from cmtlib.data.workers import die_with_parent
 from cmtlib.fileio import atomic_path
 
-__all__ = ["DuplicateResult", "EVIDENCE_COLUMNS", "find_duplicates", "image_features", "match_score", "hash_distance"]
+__all__ = ["DuplicateResult", "EVIDENCE_COLUMNS", "find_duplicates", "image_features", "match_score", "hash_distance", "read_features"]
 
 HASH_MAX = 10              # candidate hash distance; real copies measured 0-8
 MAX_CANDIDATES = 8         # candidates an image keeps, nearest first (module docstring, step 2)
+# Hashes read per bucket lookup: a safety valve for collections of many identical films (10^5
+# phantoms at 64 px fill buckets of at most 5,600); where it bites, the candidates line says so.
+BUCKET_CAP = 1 << 14
 # Confirmation threshold by comparison size: (at least this many px on the long side, threshold).
 MIN_CORRELATION = ((128, 0.80), (0, 0.90))
 EVIDENCE_COLUMNS = ("image_id_a", "image_id_b", "hash_distance", "correlation", "decision", "compared_px", "scale")
@@ -104,13 +107,15 @@ def find_duplicates(images: Mapping[str, str | os.PathLike], *, hash_max: int = 
     ids = list(images)
     workers = workers or os.cpu_count() or 1
     stages: dict[str, float] = {}
-    feats, unreadable = _read_features(ids, images, workers, progress, stages)
+    feats, unreadable, stages["features"] = read_features(images, workers=workers, progress=progress)
     ok = [i for i in ids if i in feats]
     hashes = np.stack([feats[i].hashes for i in ok]) if ok else np.zeros((0, len(HASH_WINDOWS)), np.uint64)
 
     stage = _Stage("candidates", len(ok), "images", progress)
-    cand = candidate_pairs(hashes, hash_max, max_candidates)
+    cand = candidate_pairs(hashes, hash_max, max_candidates, cap=BUCKET_CAP)
     bound = f"at most {max_candidates} per image, nearest first; {cand.at_bound} image(s) reached it" if max_candidates else "no bound per image"
+    if cand.capped:
+        bound += f"; {cand.capped} image(s) met a bucket of more than {BUCKET_CAP} hashes and saw only its first"
     stages["candidates"] = stage.done(f"{len(cand)} pairs of {len(ok)} images within hash distance {hash_max} ({bound})")
 
     thumbs = Thumbs([feats[i].thumb for i in ok])
@@ -142,18 +147,19 @@ def find_duplicates(images: Mapping[str, str | os.PathLike], *, hash_max: int = 
                            max_candidates, cand.at_bound, stages)
 
 
-def _read_features(ids: list[str], images: Mapping[str, str | os.PathLike], workers: int, progress: bool,
-                   stages: dict[str, float]) -> tuple[dict[str, Features], dict[str, str]]:
+def read_features(images: Mapping[str, str | os.PathLike], *, workers: int | None = None,
+                  progress: bool = True) -> tuple[dict[str, Features], dict[str, str], float]:
+    """Step 1 (module docstring): (features by image id, unreadable ids with the reason, seconds)."""
+    ids = list(images)
     stage = _Stage("features", len(ids), "images", progress)
     feats, unreadable = {}, {}
     paths = [str(images[i]) for i in ids]
-    for iid, out in zip(ids, list(stage.track(_pmap(features_task, paths, workers, chunksize=16)))):
+    for iid, out in zip(ids, list(stage.track(_pmap(features_task, paths, workers or os.cpu_count() or 1, chunksize=16)))):
         if isinstance(out, str):
             unreadable[iid] = out
         else:
             feats[iid] = out
-    stages["features"] = stage.done(f"{len(feats)} images hashed, {len(unreadable)} unreadable")
-    return feats, unreadable
+    return feats, unreadable, stage.done(f"{len(feats)} images hashed, {len(unreadable)} unreadable")
 
 
 def _confirm(cand: Candidates, thumbs: Thumbs, workers: int, progress: bool, stages: dict[str, float],
