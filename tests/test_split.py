@@ -201,7 +201,7 @@ def test_cli_split_shows_each_duplicate_stage_when_output_is_not_a_terminal(tmp_
     assert [x.split(":")[1].strip() for x in lines] == ["features", "candidates", "confirmations", "groups"]
     assert lines[0].startswith("duplicates: features: 6 images hashed") and all(re.search(r", \d+\.\d s$", x) for x in lines)
     assert "groups: 1 group(s) of 2 images" in lines[3]
-    assert re.search(r"^duplicate search: \d+ candidate pair\(s\) compared \(at most 8 per image, nearest first", done.stdout, re.M)
+    assert re.search(r"^duplicate search: \d+ candidate pair\(s\) compared \(at most 6 per image, nearest first", done.stdout, re.M)
 
 
 @pytest.mark.shared_data

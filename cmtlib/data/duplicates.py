@@ -49,7 +49,7 @@ from cmtlib.fileio import atomic_path
 __all__ = ["DuplicateResult", "EVIDENCE_COLUMNS", "find_duplicates", "image_features", "match_score", "hash_distance", "read_features"]
 
 HASH_MAX = 10              # candidate hash distance; real copies measured 0-8
-MAX_CANDIDATES = 8         # candidates an image keeps, nearest first (module docstring, step 2)
+MAX_CANDIDATES = 6         # candidates an image keeps, nearest first (module docstring, step 2)
 # Hashes read per bucket lookup: a safety valve for collections of many identical films (10^5
 # phantoms at 64 px fill buckets of at most 5,600); where it bites, the candidates line says so.
 BUCKET_CAP = 1 << 14
