@@ -119,7 +119,7 @@ def find_duplicates(images: Mapping[str, str | os.PathLike], *, hash_max: int = 
     stages["candidates"] = stage.done(f"{len(cand)} pairs of {len(ok)} images within hash distance {hash_max} ({bound})")
 
     thumbs = Thumbs([feats[i].thumb for i in ok])
-    matches = list(_confirm(cand, thumbs, workers, progress, stages, min_correlation))
+    matches, stages["confirmations"] = _confirm(cand, thumbs, workers, progress, min_correlation)
     scores = {(ok[i], ok[j]): (d, *m) for i, j, d, m in zip(cand.i.tolist(), cand.j.tolist(), cand.distance.tolist(), matches)}
 
     stage = _Stage("groups", len(scores), "pairs", progress)
@@ -162,9 +162,10 @@ def read_features(images: Mapping[str, str | os.PathLike], *, workers: int | Non
     return feats, unreadable, stage.done(f"{len(feats)} images hashed, {len(unreadable)} unreadable")
 
 
-def _confirm(cand: Candidates, thumbs: Thumbs, workers: int, progress: bool, stages: dict[str, float],
-             min_correlation: float | None) -> Iterator[tuple[float, int, float]]:
-    """match_score of every candidate pair, in order; tasks are one image and its next partners."""
+def _confirm(cand: Candidates, thumbs: Thumbs, workers: int, progress: bool,
+             min_correlation: float | None) -> tuple[list[tuple[float, int, float]], float]:
+    """(match_score of every candidate pair in order, seconds); a task is one image and its next
+    partners, so that the image is prepared once (cmtlib.data.dupmatch)."""
     tasks, sizes = [], []
     i, j = cand.i.tolist(), cand.j.tolist()
     runs = np.r_[0, np.flatnonzero(np.diff(cand.i)) + 1, len(i)] if len(i) else np.zeros(1, int)
@@ -174,18 +175,17 @@ def _confirm(cand: Candidates, thumbs: Thumbs, workers: int, progress: bool, sta
             sizes.append(len(tasks[-1][1]))
     stage = _Stage("confirmations", len(i), "pairs", progress)
     processes = min(workers, len(tasks)) if len(tasks) >= _PARALLEL_MIN else 1
-    confirmed = total = 0
+    matches = []
     with tempfile.TemporaryDirectory(prefix="cmt-duplicates-") as tmp:
-        if processes > 1:
-            results = _pmap(score_task, tasks, processes, chunksize=4, init=worker_init, initargs=(Thumbs.pack(thumbs.thumbs, Path(tmp) / "thumbs.npy"),))
+        if processes > 1:  # workers map the thumbnails from one file instead of each receiving a copy
+            packed = Thumbs.pack(thumbs.thumbs, Path(tmp) / "thumbs.npy")
+            results = _pmap(score_task, tasks, processes, chunksize=4, init=worker_init, initargs=(packed,))
         else:
             results = ([thumbs.score(a, b) for b in partners] for a, partners in tasks)
         for part in stage.track(results, sizes):
-            for r, px, s in part:
-                total += 1
-                confirmed += r >= _threshold(px, min_correlation)
-                yield r, px, s
-    stages["confirmations"] = stage.done(f"{total} pairs compared in {processes} process(es), {confirmed} above the threshold")
+            matches += part
+    confirmed = sum(r >= _threshold(px, min_correlation) for r, px, _ in matches)
+    return matches, stage.done(f"{len(matches)} pairs compared in {processes} process(es), {confirmed} above the threshold")
 
 
 def _pmap(fn: Callable, tasks: list, workers: int, chunksize: int, init: Callable | None = None, initargs: tuple = ()) -> Iterator:

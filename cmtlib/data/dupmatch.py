@@ -19,7 +19,6 @@ k times. The scores are the same as preparing both sides afresh (`match_score`).
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
