@@ -10,11 +10,14 @@ after round s every code within m(s + 1) - 1 of the query has been met (the cert
 A query that asks for its k nearest stops at the first round whose certified radius holds k of
 them: a near-copy is met in round 0 or 1, films that share their anatomy (many close neighbours)
 stop early, and unrelated films (none) go on to the full radius, whose cost is the number of
-buckets looked at, not the number of codes. Time grows near-linearly with the number of codes.
+buckets looked at, not the number of codes. Where codes crowd, buckets fill in proportion to the
+collection, and so does the work per query (benchmarks/RESULTS.md: 10^5 phantoms in 12 s CPU).
 
 Chunks take the bits dealt by measured entropy (most informative first, in turn), so that bits
 that nearly every code shares (a perceptual hash of chest films has several) spread over the
-chunks instead of making one chunk's buckets huge.
+chunks instead of making one chunk's buckets huge. The number of chunks is the one of least
+estimated work for random codes (`chunks_for`), or, for a large index, of least work measured on
+a sample of the queries (`HashIndex._choose_chunks`).
 
 Ties at equal distance go to the smaller `tiebreak` value the caller gives, then to the smaller
 owner (the codes' order), so results are reproducible.
@@ -25,10 +28,10 @@ query that meets one is counted in `capped`, its neighbours being the nearest of
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
 from functools import lru_cache
 from itertools import combinations
 from math import comb
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -147,8 +150,9 @@ class HashIndex:
         """The m for this search: `chunks_for` (random codes) for a small index; for a large one,
         the m of least work on a sample of the queries, since codes that crowd together (films
         sharing their anatomy) fill some buckets thousands of times more than random codes would:
-        10^5 phantoms at 64 px search in 12 s CPU with m = 3 and 150 s with m = 4, random codes in
-        6 s with m = 4 and about 40 s with m = 3."""
+        for 10^5 phantoms at 64 px m = 3 took a third of m = 4's time (47 s and 147 s CPU, before
+        the reading was bounded by each query's k-th), for 10^5 random codes m = 4 about a sixth
+        of m = 3's."""
         guess = chunks_for(len(self.codes), ask.radius)
         if len(self.codes) < TRIAL_MIN_CODES or len(queries) < 4 * TRIAL_QUERIES:
             return guess
