@@ -69,3 +69,18 @@ def test_report_timing_runs_a_one_page_chain_and_reads_it_back(tmp_path):
     assert re.search(r"chain total +\d+\.\d", out) and f"{os.cpu_count()} CPUs" in out
     again = run_script("report_timing.py", "--from", str(tmp_path / "r"))
     assert row in again.splitlines() and "timings.json" in again
+
+
+def test_split_scale_smoke(tmp_path):
+    out = run_script("split_scale.py", "--smoke", "--out", str(tmp_path / "ph"), "--json", str(tmp_path / "r.json"), timeout=300)
+    r = json.loads((tmp_path / "r.json").read_text())
+    split = r["split"]
+    assert split["films"] == 30 and split["of"] == 40 and split["wall_s"] > 0 and split["cpu_s"] > 0
+    assert set(split["stages_s"]) == {"features", "candidates", "confirmations", "groups"}
+    assert 0 < split["pairs_compared"] <= 30 * 6 and split["groups"] == 0  # phantoms: no film twice
+    assert (tmp_path / "ph" / "first30_split.duplicates.csv").is_file()
+    sizes = [row["films"] for row in r["candidates"]]
+    assert sizes == [210, 410]  # 200 and 400 films plus 1 % planted copies (at least 10)
+    for row in r["candidates"]:
+        assert row["planted_found"] == row["planted"] == 10 and row["pairs"] >= 10 and row["cpu_s"] >= 0
+    assert r["machine"]["cpus"] == os.cpu_count() and re.search(r"growth 210 -> 410 films", out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -10,8 +11,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from cmtlib.data import dupfeatures as F
 from cmtlib.data import duplicates as D
 from cmtlib.data.duplicates import EVIDENCE_COLUMNS, find_duplicates
+from cmtlib.data.hashindex import HashIndex, popcount
 
 
 def film(seed: int, size: int = 256) -> np.ndarray:
@@ -46,34 +49,117 @@ def resized(a: np.ndarray, h: int, w: int) -> np.ndarray:
 
 def test_phash_is_64_bit_and_stable_under_resampling():
     a = film(1)
-    h_full = D._phash(a)
-    h_small = D._phash(resized(a, 100, 100))
+    h_full = F._phash(a)
+    h_small = F._phash(resized(a, 100, 100))
     assert isinstance(h_full, np.uint64) and int(h_full) < 2**63  # top bit is the unused 64th
-    h_other = D._phash(film(2))
-    distance = lambda x, y: int(D._popcount(np.array([x ^ y], dtype=np.uint64))[0])
+    h_other = F._phash(film(2))
+    distance = lambda x, y: int(popcount(np.array([x ^ y], dtype=np.uint64))[0])
     assert distance(h_full, h_small) <= 6 < D.HASH_MAX < distance(h_full, h_other)
 
 
 def test_candidate_pairs_match_brute_force():
     rng = np.random.default_rng(0)
-    hashes = rng.integers(0, 2**63, size=(300, len(D.HASH_WINDOWS)), dtype=np.uint64)
+    hashes = rng.integers(0, 2**63, size=(300, len(F.HASH_WINDOWS)), dtype=np.uint64)
     hashes[7, 3] = hashes[5, 0] ^ np.uint64(0b101)  # 5's full frame is 2 bits from 7's fourth window
-    got = {(i, j): d for i, j, d in D._candidate_pairs(hashes, 26)}
+    cand = F.candidate_pairs(hashes, 26)
+    got = {(i, j): d for i, j, d in zip(cand.i.tolist(), cand.j.tolist(), cand.distance.tolist())}
     want = {(i, j): D.hash_distance(hashes[i], hashes[j]) for i in range(300) for j in range(i + 1, 300)}
     assert got == {k: d for k, d in want.items() if d <= 26}
     assert got[(5, 7)] == 2
 
 
+def random_hashes(n: int, seed: int, near: int = 0, max_flips: int = 12) -> np.ndarray:
+    """n random 63-bit codes; `near` of them replaced by copies of others with 0..max_flips bits flipped."""
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(0, 2**63, size=n, dtype=np.uint64)
+    for _ in range(near):
+        i, j = rng.choice(n, 2, replace=False)
+        codes[j] = codes[i] ^ np.bitwise_or.reduce(np.uint64(1) << rng.choice(63, rng.integers(0, max_flips + 1), replace=False).astype(np.uint64))
+    return codes
+
+
+@pytest.mark.parametrize("chunks", [None, 3, 4, 6, 11])
+def test_hash_index_finds_exactly_the_pairs_within_the_radius(chunks):
+    codes = random_hashes(3000, seed=1, near=400)
+    brute = popcount(codes[:, None] ^ codes[None])                                   # (3000, 3000)
+    index = HashIndex(codes, chunks=chunks)
+    for radius in (0, 3, 10, 17):
+        found = index.search(codes, radius, exclude=np.arange(len(codes)))
+        q, o = np.nonzero(brute <= radius)
+        want = {(a, b, int(brute[a, b])) for a, b in zip(q.tolist(), o.tolist()) if a != b}
+        assert set(zip(found.query.tolist(), found.owner.tolist(), found.distance.tolist())) == want
+        assert len(found.query) == len(want)  # each neighbour once
+    assert len(want) > 400  # the planted neighbours (and their chains) are in it
+
+
+def test_hash_index_k_nearest_are_the_nearest_with_ties_to_the_tiebreak_then_the_owner():
+    codes = random_hashes(2000, seed=2, near=600, max_flips=6)
+    brute = popcount(codes[:, None] ^ codes[None]).astype(int)
+    np.fill_diagonal(brute, 99)
+    tiebreak = lambda q, o: (q * 7 + o) % 5  # any function of the pair
+    found = HashIndex(codes).search(codes, 10, k=3, exclude=np.arange(len(codes)), tiebreak=tiebreak)
+    assert found.full == int(((brute <= 10).sum(1) >= 3).sum())
+    for q in range(len(codes)):
+        within = np.flatnonzero(brute[q] <= 10)
+        want = sorted(within, key=lambda o: (brute[q, o], (q * 7 + o) % 5, o))[:3]
+        assert sorted(found.owner[found.query == q].tolist()) == sorted(want)
+
+
+def test_hash_index_owner_is_met_at_its_nearest_code():
+    base = np.uint64(0b1011)
+    codes = np.array([base, base ^ np.uint64(0b111), base ^ np.uint64(1), base ^ np.uint64(0b11) << np.uint64(20)], np.uint64)
+    found = HashIndex(codes, owners=np.array([0, 1, 1, 2]), chunks=3).search(np.array([base]), 5, exclude=np.array([0]))
+    assert list(zip(found.owner.tolist(), found.distance.tolist())) == [(1, 1), (2, 2)]
+
+
+def test_candidate_pairs_bound_keeps_each_image_s_nearest():
+    rng = np.random.default_rng(3)
+    hashes = np.repeat(random_hashes(400, seed=3, near=300, max_flips=8)[:, None], len(F.HASH_WINDOWS), 1)
+    hashes[:, 1:] ^= (np.uint64(1) << rng.integers(0, 63, size=(400, len(F.HASH_WINDOWS) - 1)).astype(np.uint64))
+    full = F.candidate_pairs(hashes, 10)
+    bounded = F.candidate_pairs(hashes, 10, per_image=2)
+    pairs = set(zip(bounded.i.tolist(), bounded.j.tolist()))
+    assert pairs <= set(zip(full.i.tolist(), full.j.tolist())) and len(pairs) < len(full)
+    # directional distance: one image's full frame against the other's windows
+    directional = popcount(hashes[:, None, :1] ^ hashes[None, :, :]).min(2).astype(int)     # (400, 400)
+    np.fill_diagonal(directional, 99)
+    for i in range(400):
+        d = directional[i]
+        nearest = np.flatnonzero(d <= 10)
+        if len(nearest) == 0:
+            continue
+        second = np.sort(d[nearest])[min(1, len(nearest) - 1)]
+        for j in nearest[d[nearest] < second]:  # strictly nearer than its 2nd: always kept
+            assert (min(i, j), max(i, j)) in pairs
+    assert bounded.at_bound == int(((directional <= 10).sum(1) >= 2).sum())
+
+
+def test_a_copy_beats_films_that_only_share_the_anatomy():
+    """40 films as near the original as its copy (2 bits in the full frame) but 2 bits off in every
+    other window too, listed first; from the copy's side they are nearer still. The original keeps
+    the copy because at one distance the films whose five windows agree best come first."""
+    rng = np.random.default_rng(4)
+    original = random_hashes(len(F.HASH_WINDOWS), seed=4)
+    copy = original.copy()
+    copy[0] ^= np.uint64(0b11) << np.uint64(30)
+    others = np.array([np.r_[copy[:1], original[1:] ^ (np.uint64(0b11) << rng.integers(0, 61, len(original) - 1).astype(np.uint64))]
+                       for _ in range(40)])
+    hashes = np.vstack([others, original, copy])
+    assert [F.hash_distance(original, h) for h in (copy, others[0], others[-1])] == [2, 2, 2]
+    bounded = F.candidate_pairs(hashes, 10, per_image=3)
+    assert (40, 41) in set(zip(bounded.i.tolist(), bounded.j.tolist()))
+
+
 def test_trim_removes_letterbox_bars_only():
     a = film(2, 128)
     boxed = np.pad(a, ((0, 0), (20, 20)))  # black bars left and right
-    assert D._trim(boxed).shape == a.shape
-    assert D._trim(a).shape == a.shape
+    assert F._trim(boxed).shape == a.shape
+    assert F._trim(a).shape == a.shape
 
 
 def test_equalise_keeps_equal_pixels_equal():
     a = np.array([[0.1, 0.1], [0.5, 0.9]], dtype=np.float32)
-    e = D._equalise(a)
+    e = F._equalise(a)
     np.testing.assert_allclose(e, [[0.25, 0.25], [0.625, 0.875]])
 
 
@@ -102,7 +188,7 @@ def test_copies_grouped_unrelated_apart(tmp_path):
 
 def test_unrelated_films_rejected_even_when_every_pair_is_a_candidate(tmp_path):
     images = {f"f{s}": save(film(s), tmp_path / f"f{s}.png") for s in range(8)}
-    result = find_duplicates(images, hash_max=64, workers=1, progress=False)
+    result = find_duplicates(images, hash_max=64, max_candidates=None, workers=1, progress=False)
     assert result.groups == []
     assert len(result.evidence) == 28
     assert result.evidence["correlation"].max() < 0.4  # the threshold is 0.80
@@ -131,6 +217,33 @@ def test_unreadable_image_is_skipped_with_a_note(tmp_path):
     assert notes["bad"].startswith("unreadable: ImageReadError") and "not a PNG, JPEG or DICOM" in notes["bad"]
     assert "file not found" in notes["gone"]
     assert result.groups == []
+
+
+def test_each_stage_logs_a_line_with_counts_and_seconds(tmp_path, caplog):
+    images = {f"f{s}": save(film(s % 4), tmp_path / f"f{s}.png") for s in range(6)}  # f0 ~ f4, f1 ~ f5
+    with caplog.at_level(logging.INFO, logger="cmtlib.data.duplicates"):
+        result = find_duplicates(images, workers=1, progress=False)
+    lines = [r.getMessage() for r in caplog.records if r.name == "cmtlib.data.duplicates"]
+    assert [line.split(":")[0] for line in lines] == ["features", "candidates", "confirmations", "groups"]
+    assert all(re.search(r", \d+\.\d s$", line) for line in lines)
+    assert lines[0].startswith("features: 6 images hashed, 0 unreadable")
+    assert re.match(rf"candidates: {result.n_compared} pairs of 6 images within hash distance 10 \(at most 6 per image", lines[1])
+    assert lines[2].startswith(f"confirmations: {result.n_compared} pairs compared in 1 process(es), 2 above the threshold")
+    assert lines[3].startswith("groups: 2 group(s) of 4 images")
+    assert result.groups == [("f0", "f4"), ("f1", "f5")] and set(result.stages) == {"features", "candidates", "confirmations", "groups"}
+
+
+def test_bound_per_image_confirms_the_nearest_and_says_so(tmp_path):
+    """Eight copies of one film (three of them re-encoded): with two candidates each, every copy is
+    still confirmed against its nearest, and complete linkage checks the rest on demand."""
+    a = film(5)
+    images = {f"c{k}": save(a, tmp_path / f"c{k}.png") for k in range(5)}
+    images.update({f"j{k}": save(a, tmp_path / f"j{k}.jpg", quality=60 + 10 * k) for k in range(3)})
+    images["other"] = save(film(6), tmp_path / "other.png")
+    result = find_duplicates(images, max_candidates=2, workers=1, progress=False)
+    assert result.groups == [tuple(sorted(set(images) - {"other"}))]
+    assert result.per_image == 2 and result.at_bound == 8 and result.n_compared < 8 * 7 // 2
+    assert (result.evidence["decision"] == "duplicate").sum() == 8 * 7 // 2  # all pairs, by merge checks
 
 
 def test_process_pool_gives_the_same_result(tmp_path):
@@ -171,7 +284,7 @@ def test_real_copies_found(cxr_public):
     for rel in (FIG1 + "COVID-00002.jpg", FIG1 + "COVID-00034.jpg", FIG1 + "COVID-00038.jpg", IEEE + "figure1-5e71be566aa8714a04de3386-98-left.jpeg"):
         images[rel] = cxr_public / rel
     # Every pair a candidate: the confirmation alone must separate them.
-    result = find_duplicates(images, hash_max=64, workers=2, progress=False)
+    result = find_duplicates(images, hash_max=64, max_candidates=None, workers=2, progress=False)
     assert result.groups == sorted(tuple(sorted(p)) for p in REAL_PAIRS)
     ev = result.evidence
     assert len(ev) == 22 * 21 // 2

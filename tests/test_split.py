@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -179,6 +183,25 @@ def test_cli_split_prints_the_summary(written, tmp_path, capsys):
     assert cmt(["data", "split", str(written), "--out", str(tmp_path / "s.csv"), "--seed", "1", "--no-duplicates"]) == 0
     assert "images per split by source and label" in capsys.readouterr().out
     assert check_manifest(read_manifest(tmp_path / "s.csv")) == []
+
+
+def test_cli_split_shows_each_duplicate_stage_when_output_is_not_a_terminal(tmp_path):
+    """A batch job's log (pipes, no terminal) shows one line per stage with counts and seconds."""
+    (tmp_path / "images").mkdir()
+    rows = []
+    for p in range(6):
+        rows.append(row(f"ieee8023:{p}", f"ieee8023:{p}", "ieee8023", "covid"))
+        Image.fromarray(np.uint8(_film(p % 5) * 255)).save(tmp_path / rows[-1]["path"])  # 0 and 5: one film
+    write_manifest(pd.DataFrame(rows), tmp_path / "m.csv")
+    done = subprocess.run([sys.executable, "-m", "cmtlib.cli", "data", "split", str(tmp_path / "m.csv"), "--out", str(tmp_path / "s.csv")],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert done.returncode == 0, done.stderr
+    lines = [x for x in done.stderr.splitlines() if x.startswith("duplicates: ")]
+    assert [x.split(":")[1].strip() for x in lines] == ["features", "candidates", "confirmations", "groups"]
+    assert lines[0].startswith("duplicates: features: 6 images hashed") and all(re.search(r", \d+\.\d s$", x) for x in lines)
+    assert "groups: 1 group(s) of 2 images" in lines[3]
+    assert re.search(r"^duplicate search: \d+ candidate pair\(s\) compared \(at most 6 per image, nearest first", done.stdout, re.M)
 
 
 @pytest.mark.shared_data

@@ -56,6 +56,7 @@ class SplitReport:
     groups: int = 0
     groups_joining_patients: int = 0
     evidence: Path | None = None
+    duplicate_search: str = ""
     unreadable: int = 0
     counts: pd.DataFrame = field(default_factory=pd.DataFrame)
     strata: pd.DataFrame = field(default_factory=pd.DataFrame)
@@ -71,6 +72,7 @@ class SplitReport:
         ]
         if self.evidence is not None:
             lines.append(f"duplicate evidence: {self.evidence} ({self.unreadable} unreadable image(s) not compared)")
+            lines.append(f"duplicate search: {self.duplicate_search}")
         else:
             lines.append("duplicate detection: skipped (--no-duplicates); only the manifest's duplicate_group values were used")
         lines.append("images per split by source and label:")
@@ -184,6 +186,9 @@ def _detect(df: pd.DataFrame, manifest: Path, out: Path, report: SplitReport, wo
     result = detect(images, workers=workers, progress=progress)
     report.evidence = result.write_evidence(evidence_path(out))
     report.unreadable = len(result.unreadable)
+    bound = (f"at most {result.per_image} per image, nearest first; {result.at_bound} image(s) had that many or more"
+             if result.per_image else "every pair within the hash distance")
+    report.duplicate_search = f"{result.n_compared} candidate pair(s) compared ({bound}), {result.seconds:.1f} s"
     return result.groups
 
 
