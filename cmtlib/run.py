@@ -10,6 +10,7 @@
     <run>/predictions.csv, metrics.json, embeddings.npy, embeddings_index.csv   `cmt evaluate` (an Evaluation)
     <run>/external/<name>/   evaluations of other manifests (never over the run's own results)
     <run>/explanations/      heat maps and reliance measured against known truth (phantoms)
+    <run>/shortcut_audit.json  the shortcut audit: its checks, the data and network verdicts, the twins' truth
 
 The engine writes a run (claim, logging, run.json, threshold.json); evaluation, prediction, the
 experiments and the report pages read it through `Run` and `Evaluation`, never by path arithmetic of
@@ -46,6 +47,7 @@ RESUMABLE_CHANGES = frozenset({"epochs", "device", "threads", "compile", "log_ev
 # Keys that may differ between a finished run and the params asking for it without changing its
 # results (where and how fast it ran); experiments and report keys are never compared either.
 NOT_RESULT_KEYS = frozenset({"run_dir", "threads", "eval_batch_size", "device", "compile", "log_every", "cache_dir"})
+SHORTCUT_AUDIT = "shortcut_audit.json"
 CHECKPOINTS = {"best": "best.pt", "last": "last.pt", "model": "model.pt"}  # model.pt: the best weights without optimizer (prediction)
 
 
@@ -250,6 +252,21 @@ class Run(Evaluation):
     def explanations_dir(self) -> Path:
         """Where the explanation measures of this run are kept (cmtlib.experiments.heatmaps)."""
         return self.path / "explanations"
+
+    @property
+    def shortcut_audit(self) -> dict[str, Any] | None:
+        """shortcut_audit.json (cmtlib.experiments.audit; keys in docs/CONTRACTS.md), None before it is written."""
+        return read_json(self.path / SHORTCUT_AUDIT)
+
+    @property
+    def shortcut_audit_at(self) -> float | None:
+        """When shortcut_audit.json was written (seconds since the epoch), None before."""
+        path = self.path / SHORTCUT_AUDIT
+        return path.stat().st_mtime if path.is_file() else None
+
+    def write_shortcut_audit(self, record: dict[str, Any]) -> None:
+        """shortcut_audit.json, atomically (cmtlib.experiments.audit.audit_run)."""
+        write_json(self.path / SHORTCUT_AUDIT, record)
 
     def external(self, name: str) -> Evaluation:
         """The evaluation of another set: external/<name>/ (a manifest's stem, or holdout)."""

@@ -343,38 +343,46 @@ def agreement_figure(summary: pd.DataFrame, dpi: int = 110):
 
 # ---- page 8: shortcut audit ------------------------------------------------------------------
 
+def _bars(ax, labels, values, lows, highs, named, bar: float, title: str, xlabel: str) -> None:
+    """Horizontal bars with 95 % intervals, the named cues in vermillion, `bar` as a dotted line."""
+    v = np.array([math.nan if x is None else float(x) for x in values])
+    lo = np.array([math.nan if x is None else float(x) for x in lows])
+    hi = np.array([math.nan if x is None else float(x) for x in highs])
+    y = np.arange(len(labels))
+    colours = [OKABE_ITO["vermillion"] if n else OKABE_ITO["sky"] for n in named]
+    ax.barh(y, np.nan_to_num(v), color=colours)
+    err = np.vstack([np.nan_to_num(v - lo), np.nan_to_num(hi - v)])
+    ax.errorbar(np.nan_to_num(v), y, xerr=np.clip(err, 0, None), fmt="none", ecolor=OKABE_ITO["black"], lw=1, capsize=2)
+    for i, x in enumerate(v):
+        ax.text(0.0 if math.isnan(x) else max(x, 0) + 0.01, i, "not measured" if math.isnan(x) else f"{x:.2f}", va="center", fontsize=7)
+    ax.axvline(bar, color=OKABE_ITO["black"], ls=":", lw=1)
+    ax.set_yticks(y, labels)
+    ax.invert_yaxis()
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.grid(axis="y", visible=False)
+
+
 @styled
-def shortcut_figure(audit, dpi: int = 110):
-    """Left: COVID-19 AUCs (model, blanked, thumbnail floors) against chance; right: probe accuracy
-    beside the majority-class rate.
+def audit_figure(audit: dict, dpi: int = 110):
+    """Left: the network verdict's deciding checks (change of the COVID-19 probability per cue, with
+    95 % intervals; dotted: the bar to name a cue). Right: the data verdict (AUC of the label from each
+    cue; dotted: the bar for metadata). Named cues in vermillion.
 
     Args:
-        audit: ``ShortcutAudit`` from cmtlib.explain.shortcut.
+        audit: a run's shortcut_audit.json (cmtlib.experiments.audit).
     """
-    fig, axes = new_figure(1, 2, width=4.4, height=3.2, dpi=dpi)
-    b, f = audit.blanking, audit.floors
-    bars = {"model": audit.model_auc, "lungs blanked": b.get("auc_lungs_blanked"), "only lungs": b.get("auc_outside_blanked"),
-            "floor: whole": f.get("whole"), "floor: border": f.get("border"), "floor: lungs": f.get("lung")}
-    vals = [math.nan if v is None else float(v) for v in bars.values()]
-    colours = [OKABE_ITO[c] for c in ("blue", "sky", "sky", "grey", "vermillion", "green")]
-    ax = axes[0, 0]
-    ax.barh(list(bars), np.nan_to_num(vals), color=colours)
-    for i, v in enumerate(vals):
-        ax.text(0.01 if math.isnan(v) else v + 0.01, i, "n/a" if math.isnan(v) else f"{v:.2f}", va="center", fontsize=8)
-    ax.axvline(0.5, color=OKABE_ITO["black"], ls=":", lw=1)
-    ax.set_xlim(0, 1.1)
-    ax.invert_yaxis()
-    ax.set_title("COVID-19 AUC (dotted: chance)")
-    ax.grid(axis="y", visible=False)
-    ax = axes[0, 1]
-    p = audit.probes.dropna(subset=["accuracy"]) if len(audit.probes) else audit.probes
-    y = np.arange(len(p))
-    ax.barh(y - 0.2, p["accuracy"] if len(p) else [], height=0.4, color=OKABE_ITO["orange"], label="probe accuracy")
-    ax.barh(y + 0.2, p["majority_rate"] if len(p) else [], height=0.4, color=OKABE_ITO["grey"], label="majority class")
-    ax.set_yticks(y, p["target"].astype(str) if len(p) else [])
-    ax.invert_yaxis()
-    ax.set_xlim(0, 1.05)
-    ax.set_title("embedding probes" if len(p) else "embedding probes (none)")
-    ax.legend(loc="lower right", fontsize=8)
-    ax.grid(axis="y", visible=False)
+    from cmtlib.explain.verdicts import DATA_AUC, NET_EFFECT
+
+    fig, axes = new_figure(1, 2, width=4.6, height=3.6, dpi=dpi)
+    net = audit["network_verdict"]["cues"]
+    _bars(axes[0, 0], list(net), [c["effect"] for c in net.values()], [c["ci_low"] for c in net.values()],
+          [c["ci_high"] for c in net.values()], [c["named"] for c in net.values()], NET_EFFECT,
+          "network: does the score follow it?", "change of p(COVID-19)")
+    axes[0, 0].set_xlim(min(-0.1, axes[0, 0].get_xlim()[0]), max(0.5, axes[0, 0].get_xlim()[1]))
+    data = audit["data_verdict"]["cues"]
+    _bars(axes[0, 1], list(data), [c["auc"] for c in data.values()], [c["ci_low"] for c in data.values()],
+          [c["ci_high"] for c in data.values()], [c["named"] for c in data.values()], DATA_AUC,
+          "data: does it predict the label?", "AUC (0.5: no)")
+    axes[0, 1].set_xlim(0, 1.1)
     return fig

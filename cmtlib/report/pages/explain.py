@@ -1,10 +1,8 @@
-"""Glue of the explanation pages (notebooks 04, 07, 08): which films the CAM page shows, plain
-names for methods and measures, page 7's agreement table handed to page 8, and the audit tables.
+"""Glue of the explanation pages (notebooks 04 and 07): which films the CAM page shows, plain
+names for methods and measures, page 7's tables. (Page 8's glue: cmtlib.report.pages.audit.)
 
 Page 7 writes its per-image agreement to `<report_dir>/cam_agreement.csv` (with the run it belongs
-to in `cam_agreement.json`); page 8 reads it for the share of CAM mass outside the lungs and, when
-it is missing or from another run (page 8 opened on its own), computes the fast methods itself on
-the same films.
+to in `cam_agreement.json`); `load_agreement` reads it back for the same run only.
 """
 
 from __future__ import annotations
@@ -33,8 +31,6 @@ DEFAULT_COLUMN = "HiResCAM, blocks 3 and 4 (default)"  # the figure's column of 
 MEASURE_NAMES = {"mass_in_lung": "share of the map inside the lungs",
                  "pointing_game": "hottest point inside the disease region",
                  "iou_disease": "overlap with the disease region (IoU, map at half its maximum)"}
-# The methods page 8 computes when page 7's table is not there: ScoreCAM is left out (slow).
-FAST_METHODS = ("gradcam", "gradcam++", "eigencam", "layercam")
 AGREEMENT_FILE, AGREEMENT_META = "cam_agreement.csv", "cam_agreement.json"
 
 
@@ -194,92 +190,8 @@ def load_agreement(report_dir: str | Path, run_dir: str | Path) -> pd.DataFrame 
     return pd.read_csv(folder / AGREEMENT_FILE, dtype={"image_id": str})
 
 
-def audit_agreement(report_dir: str | Path, run: Any, model: Any, cache: str | Path, n: int, seed: int = 0) -> tuple[pd.DataFrame, str]:
-    """(per-image CAM agreement, a sentence on where it came from) for page 8: page 7's table, or
-    the fast methods computed here on the same films."""
-    found = load_agreement(report_dir, run.path)
-    if found is not None:
-        return found, "The CAMs are those of the 'Where the network looks' page, on the same films."
-    result = compare_cams(model, cam_images(cache, n, seed), FAST_METHODS)
-    return result.per_image, ("The CAM page was not run for this report, so the CAMs were computed here on the same "
-                              f"{n} films, without ScoreCAM (slow).")
-
-
-# ---- page 8: shortcut audit ------------------------------------------------------------------
-
-PROBE_TARGETS = {"source": "source collection", "view": "view (AP or PA)", "resolution": "original image size"}
-
-
-def verdict_parts(text: str) -> tuple[str, str]:
-    """(the overall sentence, the findings before it) of the audit's verdict, so the page can put
-    the conclusion first; ('', text) when the verdict has no overall sentence."""
-    at = text.find("Overall:")
-    if at < 0:
-        return "", text
-    return text[at:].strip(), text[:at].strip()
-
-
-def verdict_kind(text: str) -> str:
-    """The notice kind for the audit's verdict: ok when no check points outside the lungs, warning
-    when some do, info when the checks could not decide."""
-    if "no check points to cues outside the lungs" in text:
-        return "ok"
-    if "point to cues outside the lungs" in text:
-        return "warning"
-    return "info"
-
-
 def _f(v: Any) -> float:
     return math.nan if v is None else float(v)
-
-
-def blanking_table(audit: Any) -> pd.DataFrame:
-    b = audit.blanking
-    return pd.DataFrame({"films shown to the network": ["whole film", "lungs blanked out (grey)", "everything but the lungs blanked out"],
-                         "COVID-19 AUC": [_f(b.get("auc_full")), _f(b.get("auc_lungs_blanked")), _f(b.get("auc_outside_blanked"))]})
-
-
-def blanking_text(audit: Any) -> str:
-    b = audit.blanking
-    text = f"{b.get('n', 0)} test films with a COVID-19 label"
-    if b.get("mask_source") == "model" and b.get("n_predicted_masks"):
-        text += (f"; on every one of them ({b['n_predicted_masks']}) the lungs are the network's own outline, even where a reference "
-                 "outline exists: reference outlines come from some collections only, so mixing the two would let the outline's "
-                 "shape itself name the collection")
-    elif b.get("n_predicted_masks"):
-        text += f"; on {b['n_predicted_masks']} of them the lungs were outlined by the network (no reference outline)"
-    if b.get("n_left_out"):
-        text += f"; {b['n_left_out']} left out (no lung outline at all)"
-    return text + f". Blanked regions are filled with {'the mean grey of the rest of the film' if b.get('fill') == 'mean' else 'black'}."
-
-
-def floors_table(audit: Any) -> pd.DataFrame:
-    f = audit.floors
-    return pd.DataFrame({
-        "what sees the films": ["CMTNet (the whole network, full film)",
-                                "simple classifier on a 32 x 32 thumbnail of the whole film",
-                                "simple classifier on a 32 x 32 thumbnail of the border only (lungs excluded)",
-                                "simple classifier on a 32 x 32 thumbnail of the lungs only"],
-        "COVID-19 AUC (test)": [_f(audit.model_auc), _f(f.get("whole")), _f(f.get("border")), _f(f.get("lung"))]})
-
-
-def probes_table(audit: Any) -> pd.DataFrame:
-    p = audit.probes
-    if p is None or not len(p):
-        return pd.DataFrame()
-    out = pd.DataFrame({"what is predicted from the embedding": p["target"].map(lambda t: PROBE_TARGETS.get(t, t)),
-                        "films": p["n"], "groups": p["n_classes"], "accuracy": p["accuracy"],
-                        "by always guessing the commonest": p["majority_rate"], "AUC": p["auc"],
-                        "note": p["note"].fillna("")})
-    return out
-
-
-def cam_outside_table(audit: Any) -> pd.DataFrame:
-    c = audit.cam_outside
-    if c is None or not len(c):
-        return pd.DataFrame()
-    return pd.DataFrame({"map": c["method"].map(method_name), "share outside the lungs": c["outside_mean"],
-                         "a uniform map would put outside": c["uniform_outside"], "films": c["n"]})
 
 
 # ---- page 7: the checks against truth (cmtlib.explain.checks) -------------------------------
