@@ -14,7 +14,6 @@ from matplotlib.figure import Figure
 
 from cmtlib.explain import plots as P
 from cmtlib.explain.overlays import OverlayCases
-from cmtlib.explain.shortcut import ShortcutAudit
 from cmtlib.metrics import reliability_curve
 
 
@@ -104,11 +103,16 @@ def test_review_cam_and_shortcut_figures():
     summary = pd.DataFrame({f"{k}_{s}": [0.5, 0.7] for k in ("mass_in_lung", "pointing_game", "iou_disease") for s in ("mean", "sd")},
                            index=pd.Index(["gradcam", "eigencam"], name="method"))
     assert len(P.agreement_figure(summary).axes) == 3
-    audit = ShortcutAudit({"auc_full": 0.9, "auc_lungs_blanked": 0.6, "auc_outside_blanked": 0.85},
-                          pd.DataFrame([{"target": "source", "accuracy": 0.9, "majority_rate": 0.5}]), None,
-                          {"whole": 0.8, "border": math.nan, "lung": 0.7}, "text", 0.9)
-    fig = P.shortcut_figure(audit)
-    assert len(fig.axes) == 2 and "n/a" in [x.get_text() for x in fig.axes[0].texts]
+    from test_audit_checks import _checks
+
+    from cmtlib.explain.verdicts import data_verdict, network_verdict
+
+    checks = _checks()
+    checks["metadata"]["original size"]["within_class"].update(effect=None, ci_low=None, ci_high=None)
+    fig = P.audit_figure({"network_verdict": network_verdict(checks), "data_verdict": data_verdict(checks)})
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert len(fig.axes) == 2 and labels[0] == "source" and "frame" in labels
+    assert "not measured" in [x.get_text() for x in fig.axes[0].texts] and "0.30" in [x.get_text() for x in fig.axes[0].texts]
 
 
 # ---- page 5 data: case selection, predicted masks, cache reading ---------------------------------

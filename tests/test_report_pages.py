@@ -226,27 +226,37 @@ def test_agreement_handed_from_page_7_to_page_8_only_for_the_same_run(tmp_path):
     assert E.load_agreement(tmp_path / "rep", run_b) is None  # another run's table is not used
 
 
-def test_audit_tables_and_verdict_layout():
-    from cmtlib.explain.shortcut import ShortcutAudit
+def test_page_8_leads_with_the_network_verdict_and_keeps_the_twins_apart():
+    from test_audit_checks import _checks
 
-    audit = ShortcutAudit({"auc_full": 0.9, "auc_lungs_blanked": 0.6, "auc_outside_blanked": 0.85, "n": 10,
-                           "n_predicted_masks": 2, "n_left_out": 1, "fill": "mean"},
-                          pd.DataFrame([{"target": "source", "n": 10, "n_classes": 2, "accuracy": 0.9, "majority_rate": 0.5,
-                                         "auc": 0.95, "n_splits": 2, "note": ""}]),
-                          pd.DataFrame({"method": ["gradcam"], "outside_mean": [0.4], "uniform_outside": [0.7], "n": [5]}),
-                          {"whole": 0.8, "border": math.nan, "lung": 0.7}, "text", 0.93)
-    assert E.blanking_table(audit)["COVID-19 AUC"].tolist() == [0.9, 0.6, 0.85]
-    assert "2 of them" in E.blanking_text(audit) and "1 left out" in E.blanking_text(audit)
-    floors = E.floors_table(audit)["COVID-19 AUC (test)"].tolist()
-    assert floors[0] == 0.93 and floors[1] == 0.8 and math.isnan(floors[2])
-    assert E.probes_table(audit).iloc[0, 0] == "source collection"
-    assert E.cam_outside_table(audit)["map"].tolist() == ["Grad-CAM"]
-    verdict = "The border is fine. Overall: 1 of 3 checks point to cues outside the lungs; read the AUC with that in mind."
-    assert E.verdict_parts(verdict) == ("Overall: 1 of 3 checks point to cues outside the lungs; read the AUC with that in mind.",
-                                        "The border is fine.")
-    assert E.verdict_parts("No numbers.") == ("", "No numbers.")
-    assert E.verdict_kind(verdict) == "warning" and E.verdict_kind("Overall: no check points to cues outside the lungs.") == "ok"
-    assert E.verdict_kind("No audit numbers were available.") == "info"
+    from cmtlib.explain.verdicts import data_verdict, network_verdict
+    from cmtlib.report.pages import audit as A
+
+    checks = _checks() | {"n_test": 100, "n_train": 300, "seconds": 12.0}
+    audit = {"checks": checks, "network_verdict": network_verdict(checks), "data_verdict": data_verdict(checks),
+             "twins": {"border": {"mean_change": 0.31, "ci_low": 0.25, "ci_high": 0.37, "n": 40},
+                       "view": {"mean_change": 0.01, "ci_low": -0.01, "ci_high": 0.03, "n": 50}}}
+    text, kind = A.network_notice(audit)
+    assert kind == "warning" and text.startswith("The network's COVID-19 score follows the view")
+    assert A.data_notice(audit)[0].startswith("What the films carry: These films carry cues")
+    net = A.network_table(audit).set_index("cue")
+    assert net.loc["The film's frame (its edges)", "the score follows it"] == "yes"
+    assert net.loc["The film's frame (its edges)", "change of the COVID-19 probability (95 % CI)"] == "+0.30 (+0.25 to +0.35)"
+    assert net.loc["The source (hospital or scanner)", "the score follows it"] == "no"
+    data = A.data_table(audit).set_index("cue")
+    assert data.loc["The view (AP or PA)", "predicts the label"] == "yes" and data.loc["The view (AP or PA)", "check"] == "recorded metadata"
+    twins = A.twins_table(audit).set_index("planted cue")
+    # The view is named but its twins show it ignored: the table says the verdict disagrees with them.
+    assert twins.loc["border", "what the twins show"] == "followed" and twins.loc["border", "verdict agrees with the twins"] == "yes"
+    assert twins.loc["view", "what the twins show"] == "ignored" and twins.loc["view", "verdict agrees with the twins"] == "no"
+    assert "kept apart from it" in A.twins_text(audit) and "no twins" in A.twins_text({"twins": None})
+    assert A.twins_table({"twins": None, "network_verdict": audit["network_verdict"]}).empty
+    assert A.blanking_table(audit)["COVID-19 AUC"].tolist() == [0.95, 0.5, 0.9]
+    assert A.floors_table(audit)["COVID-19 AUC (95 % CI)"].iloc[0] == "0.95" and len(A.floors_table(audit)) == 6
+    assert A.metadata_table(audit).set_index("cue").loc["The view (AP or PA)", "AUC of the label from the cue"] == "0.90 (0.85 to 0.94)"
+    assert A.heat_map_table(audit)["region"].tolist() == ["outside the lungs", "frame", "corners"]
+    assert "100 test films" in A.settings_text(audit)
+    assert "Calibration (" in A.calibration_text() or "not been calibrated" in A.calibration_text()
 
 
 # ---- the chain on the smoke params -------------------------------------------------------------
@@ -261,8 +271,9 @@ SECTIONS = {
                              "COVID-19 films called healthy (the paper's Figure 9)", "Every misclassified test film"],
     "07_cam": ["About this run", "Heat maps beside CMTNet's disease map", "How well the heat maps agree with the outlines",
                "What each map costs", "Baselines' Grad-CAMs beside CMTNet's"],
-    "08_shortcut_audit": ["Verdict", "About this run", "The checks at a glance", "1. Blanking the lungs", "2. Trivial floors",
-                          "3. What the embedding knows about source, view and image size", "4. Heat-map mass outside the lungs"],
+    "08_shortcut_audit": ["Verdict: what the network's score follows", "About this run", "The two verdicts at a glance",
+                          "1. The network verdict, cue by cue", "2. The data verdict, cue by cue", "3. Checked against the twins",
+                          "4. The evidence in detail"],
 }
 
 
@@ -287,7 +298,8 @@ def test_smoke_chain_renders_every_result_page_with_its_sections(tmp_path, monke
             assert re.search(r"synth:P\d{4}", page), name  # films named by image_id
     assert "threshold" in (report / "03_evaluation.html").read_text()
     assert (report / "cam_agreement.csv").is_file()
-    assert "The CAMs are those of the" in (report / "08_shortcut_audit.html").read_text()
+    audit_page = (report / "08_shortcut_audit.html").read_text()
+    assert "What the films carry" in audit_page and ("Calibration (" in audit_page or "not been calibrated" in audit_page)
 
 
 def test_gradcam_columns_put_cmtnet_first_and_name_each_baseline():

@@ -1,0 +1,82 @@
+"""The shortcut audit of whole runs: tiny phantoms with a planted frame and cue twins, and a toy
+collection without truth; shortcut_audit.json written through Run, kept, and read back."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cmtlib.experiments import audit as AU
+from cmtlib.explain.cue_twins import cue_twin_films
+from cmtlib.explain.verdicts import AUDIT_FORMAT, CUES
+from cmtlib.params import load_params
+from cmtlib.run import Run
+from test_engine import one_thread, train_toy  # noqa: F401 (fixture)
+
+pytest.importorskip("sklearn")
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+TINY = {"synth_n": 200, "synth_size": 64, "image_size": 64, "epochs": 1, "threads": 1, "synth_external_n": 0,
+        "synth_border_strength": 0.8}
+
+
+@pytest.fixture(scope="module")
+def framed_run(tmp_path_factory):
+    """A one-epoch CMTNet on 200 phantoms, a collimation frame on 90 % of COVID-19 films and 10 % of the others
+    (source and view tied as by default), with cue twins (about 30 s)."""
+    from cmtlib.experiments.runs import ensure_run
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("audit")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CMT_DATA_DIR", str(root / "data"))
+        run = ensure_run(load_params(REPO / "params" / "smoke.yaml", TINY), root / "run")
+    return run
+
+
+def test_cue_twins_of_a_phantom_run_differ_from_their_films_only_by_the_cue(framed_run):
+    films = cue_twin_films(framed_run, "test")
+    assert films is not None and set(films.index["cue"]) == {"source", "view", "border"}
+    border = np.flatnonzero(films.index["cue"].to_numpy() == "border")
+    assert len(border) > 0 and set(films.index["split"]) == {"test"}
+    diff = np.abs(films.images[border].astype(int) - films.twins[border].astype(int))
+    edge = np.zeros(diff.shape[1:], bool)
+    edge[:4], edge[-4:], edge[:, :4], edge[:, -4:] = True, True, True, True
+    assert diff[:, edge].sum() > 0 and diff[:, ~edge].max() <= 1  # the frame is at the edge; resizing may round a grey level
+    test_ids = set(framed_run.predictions["image_id"])
+    assert set(films.index["image_id"]) <= test_ids
+
+
+def test_the_audit_is_written_through_run_and_kept(framed_run):
+    audit = AU.audit_run(framed_run.path)
+    stored = framed_run.shortcut_audit
+    assert stored["audit_format"] == AUDIT_FORMAT and json.dumps(stored)  # plain JSON: NaN written as null
+    assert set(stored) >= {"checks", "network_verdict", "data_verdict", "twins", "settings"}
+    checks = stored["checks"]
+    assert {s["kind"] for s in checks["swaps"]} == {"frame", "corners", "outside the lungs", "grey levels", "fine detail"}
+    assert set(stored["network_verdict"]["cues"]) == set(CUES) and set(stored["data_verdict"]["cues"]) >= {"source", "view", "frame"}
+    assert checks["n_test"] == len(framed_run.predictions) and 0 <= checks["model_auc"] <= 1
+    assert set(stored["twins"]) == {"source", "view", "border"} and stored["twins"]["border"]["n"] > 0
+    assert stored["data_verdict"]["cues"]["source"]["check"] == "metadata"
+    stamp = framed_run.shortcut_audit_at
+    again = AU.audit_run(framed_run.path)
+    assert framed_run.shortcut_audit_at == stamp and again == audit  # reused, not measured again
+    record = AU.analysis(framed_run.path)
+    assert record["network"] == audit["network_verdict"]["named"] and record["twins"] == audit["twins"]
+
+
+def test_a_collection_without_truth_gets_the_twin_free_checks(tmp_path):
+    run = Run(train_toy(tmp_path, epochs=1))
+    from cmtlib.evaluate import evaluate_run
+
+    evaluate_run(run.path)
+    audit = AU.audit_run(run.path)
+    assert audit["twins"] is None
+    swaps = {s["kind"]: s for s in audit["checks"]["swaps"]}
+    assert set(swaps) == {"frame", "corners", "outside the lungs", "grey levels", "fine detail"}
+    assert all(s["n"] == audit["checks"]["n_test"] for s in swaps.values() if s["n"])
+    assert isinstance(audit["network_verdict"]["words"], str) and audit["network_verdict"]["kind"] in ("ok", "warning")
+    assert not math.isnan(audit["checks"]["blanking"]["n"])
