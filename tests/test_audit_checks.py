@@ -181,7 +181,8 @@ def test_the_verdicts_name_what_the_checks_show():
     assert data["named"] == ["view", "frame"]
     # The source and size differ within a class too (0.2), but the data does not tie them to the label.
     assert net["named"] == ["view", "frame"] and net["kind"] == "warning"
-    assert "follows the view (AP or PA) and the film's frame (its edges)" in net["words"]
+    assert net["words"].startswith("The network's COVID-19 score follows the view (AP or PA), by +0.25 (95 % CI 0.15 to 0.30); "
+                                   "the film's frame (its edges), by +0.30 (95 % CI 0.25 to 0.35):")
     assert not net["cues"]["outside the lungs"]["named"]  # no more than the frame it holds
     frame = net["cues"]["frame"]
     assert frame["check"] == "swap" and {s["check"] for s in frame["support"]} == {"floor against the score", "heat map"}
@@ -193,7 +194,8 @@ def test_a_cue_in_the_data_that_the_network_ignores_is_said_so():
     checks = _checks(frame_effect=0.01, view_within=0.02)
     net = V.network_verdict(checks)
     assert net["named"] == [] and net["kind"] == "ok"
-    assert "No cue was found" in net["words"] and "carry the view (AP or PA) and the film's frame (its edges)" in net["words"]
+    assert "No cue was found" in net["words"] and "carry the view (AP or PA) and the film's frame (its edges), which predict" in net["words"]
+    assert "With the lungs blanked out its AUC falls to 0.50: what it reads lies in the lungs." in net["words"]
     assert V.data_verdict(checks)["named"] == ["view", "frame"]
 
 
@@ -232,3 +234,17 @@ def test_the_calibration_is_judged_by_the_twins_and_said_in_one_sentence():
     text = V.calibration_sentence(record)
     assert "named the cue in 1 of 2 runs" in text and "named a cue in 1 of 3 runs" in text and "in 3 of 4 runs" in text
     assert "not been calibrated" in V.calibration_sentence(None)
+
+
+def test_checks_that_could_not_be_measured_name_nothing_and_say_so():
+    checks = _checks()
+    checks["swaps"] = []
+    for m in checks["metadata"].values():
+        m["tie"].update(auc=None, ci_low=None, ci_high=None, note="one level only among the test films: the cue cannot be told apart here")
+        m["within_class"].update(effect=None, ci_low=None, ci_high=None, note="no class has 5 test films on each side of the cue")
+    for f in checks["floors"].values():
+        f.update(auc=None, ci_low=None, ci_high=None, association=None)
+    net, data = V.network_verdict(checks), V.data_verdict(checks)
+    assert net["named"] == [] and data["named"] == []
+    assert "not measured" in net["cues"]["frame"]["words"] and "could not be compared" in net["cues"]["view"]["words"]
+    assert "not measured (one level only" in data["cues"]["source"]["words"] and "no floor" in data["cues"]["frame"]["words"]

@@ -237,7 +237,7 @@ def test_page_8_leads_with_the_network_verdict_and_keeps_the_twins_apart():
              "twins": {"border": {"mean_change": 0.31, "ci_low": 0.25, "ci_high": 0.37, "n": 40},
                        "view": {"mean_change": 0.01, "ci_low": -0.01, "ci_high": 0.03, "n": 50}}}
     text, kind = A.network_notice(audit)
-    assert kind == "warning" and text.startswith("The network's COVID-19 score follows the view")
+    assert kind == "warning" and text.startswith("The network's COVID-19 score follows the view (AP or PA), by +0.25")
     assert A.data_notice(audit)[0].startswith("What the films carry: These films carry cues")
     net = A.network_table(audit).set_index("cue")
     assert net.loc["The film's frame (its edges)", "the score follows it"] == "yes"

@@ -79,6 +79,9 @@ def _data_metadata(cue: str, m: dict) -> dict:
 
 def _data_floor(cue: str, f: dict) -> dict:
     named = _clears(f["auc"], f["ci_low"], FLOOR_AUC, 0.5)
+    if math.isnan(_num(f["auc"])):
+        words = f"{WORDS[cue].capitalize()}: no floor (it needs both classes among the train and the test films)."
+        return {"named": False, "check": "image floor", "auc": None, "ci_low": None, "ci_high": None, "words": words}
     words = (f"A simple classifier on a thumbnail of {WORDS[cue].replace('something outside', 'everything outside')} "
              f"{'predicts' if named else 'does not clearly predict'} the label: AUC {_num(f['auc']):.2f}{_ci(f['ci_low'], f['ci_high'])}.")
     return {"named": named, "check": "image floor", "auc": f["auc"], "ci_low": f["ci_low"], "ci_high": f["ci_high"], "words": words}
@@ -110,6 +113,8 @@ def _swap(checks: dict, kind: str) -> dict:
 
 
 def _swap_words(cue: str, s: dict) -> str:
+    if math.isnan(_num(s["effect"])):
+        return f"Swapping {WORDS[cue]}: not measured (it needs test films of both classes from more than one patient each)."
     what = "its look" if cue in LOOKS else "that part of the film"
     return (f"Swapping {WORDS[cue].replace('something outside', 'everything outside')} for that of a film of the other class rather than "
             f"one of the same class moves the COVID-19 probability by {_num(s['effect']):+.2f}{_ci(s['ci_low'], s['ci_high'])} "
@@ -171,20 +176,25 @@ def network_verdict(checks: dict) -> dict:
         cues[OUTSIDE]["named"] = False
         cues[OUTSIDE]["words"] += " No more than the frame or the corners alone move it."
     named = [c for c in CUES if cues[c]["named"]]
-    return {"named": named, "cues": cues, "words": _network_words(named, checks, in_data), "kind": "warning" if named else "ok"}
+    return {"named": named, "cues": cues, "words": _network_words(named, cues, checks, in_data), "kind": "warning" if named else "ok"}
 
 
-def _network_words(named: list[str], checks: dict, in_data: dict) -> str:
+def _network_words(named: list[str], cues: dict, checks: dict, in_data: dict) -> str:
     auc = _num(checks.get("model_auc"))
     if named:
-        return (f"The network's COVID-19 score follows {_listing(named)}: changing only that moves the score by "
-                f"{NET_EFFECT:.2f} or more with the disease left as it is. Part of its AUC ({auc:.2f}) comes from this cue, "
-                "which another hospital's films may not carry: do not trust the score without checking it on such films.")
+        each = "; ".join(f"{WORDS[c]}, by {_num(cues[c]['effect']):+.2f}{_ci(cues[c]['ci_low'], cues[c]['ci_high'])}" for c in named)
+        return (f"The network's COVID-19 score follows {each}: changing only that, the disease left as it is, moves the "
+                f"COVID-19 probability by the amount shown. Part of its AUC ({auc:.2f}) comes from this, and another hospital's "
+                "films may not carry it: do not trust the score on films from elsewhere until it is checked there.")
     carried = [c for c in in_data if in_data[c]["named"]]
     text = f"No cue was found that the network's COVID-19 score follows: no check moved it by {NET_EFFECT:.2f} or more."
     if carried:
-        text += f" The films do carry {_listing(carried)}, which predicts the label; the network does not measurably follow it."
-    return text
+        verb = "predicts" if len(carried) == 1 else "predict"
+        text += f" The films do carry {_listing(carried)}, which {verb} the label; the network does not measurably follow it."
+    lb = _num(checks.get("blanking", {}).get("auc_lungs_blanked"))
+    if not math.isnan(lb) and abs(lb - 0.5) < 1 - BLANKED_HIGH:
+        text += f" With the lungs blanked out its AUC falls to {lb:.2f}: what it reads lies in the lungs."
+    return text + " This rules out the shortcuts these checks look for, not every other."
 
 
 def calibration(path: str | Path | None = None) -> dict | None:
