@@ -153,8 +153,8 @@ def _network_metadata(cue: str, checks: dict, in_data: bool) -> dict:
     if not measured:
         words = f"{WORDS[cue].capitalize()}: the score could not be compared within a class ({w.get('note') or 'too few films'})."
     else:
-        words = (f"With the label fixed, films whose {cue} is commoner among COVID-19 films score {_num(w['effect']):+.2f}"
-                 f"{_ci(w['ci_low'], w['ci_high'])} higher than the others.")
+        words = (f"With the label fixed, the films whose {cue} is commoner among COVID-19 films score {_num(w['effect']):+.2f}"
+                 f"{_ci(w['ci_low'], w['ci_high'])} against the others.")
         if not in_data:
             words += " The data does not tie this cue to the label, so it cannot be followed as a shortcut here."
     support = []

@@ -54,7 +54,7 @@ def network_table(audit: dict) -> pd.DataFrame:
     rows = []
     for cue in CUES:
         c = audit["network_verdict"]["cues"][cue]
-        support = " ".join(s["words"] + (" (agrees)" if s["agrees"] else " (does not add to it)") for s in c.get("support", []))
+        support = " ".join(s["words"] + (" (supports it)" if s["agrees"] else " (does not support it)") for s in c.get("support", []))
         rows.append({"cue": cue_name(cue), "deciding check": c["check"],
                      "change of the COVID-19 probability (95 % CI)": _ci(c["effect"], c["ci_low"], c["ci_high"], signed=True),
                      "the score follows it": "yes" if c["named"] else "no", "what was measured": c["words"],
