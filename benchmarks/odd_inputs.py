@@ -17,7 +17,11 @@ and beyond the issue's list (the kinds a checker may bring):
     ct          a CT-like axial slice: round body, two dark lung fields, spine and table
     pattern     a checkerboard and stripes
     zoom        the middle third of the film enlarged (a detail, not a chest)
-
+    shuffled    the film's own pixels in random order: its brightness histogram, no anatomy
+    limb        another body part: two long bones and soft tissue on a dark field
+    framed      the film shrunk to 60 % in the middle of a black frame (a photo of a film on a lightbox)
+    tilted      the film turned 45 degrees
+    blurred     the film blurred by a Gaussian of 2 % of its side
 Used by tests/test_indist.py (on the smoke run) and benchmarks/ood_rates.py (on the default and the
 real run), so both judge the same kinds.
 """
@@ -29,7 +33,8 @@ from collections.abc import Iterator
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-KINDS = ("mask", "noise", "photo", "inverted", "rotated", "lateral", "black", "white", "tiny", "document", "ct", "pattern", "zoom")
+KINDS = ("mask", "noise", "photo", "inverted", "rotated", "lateral", "black", "white", "tiny", "document", "ct", "pattern", "zoom",
+         "shuffled", "limb", "framed", "tilted", "blurred")
 ISSUE_KINDS = KINDS[:9]  # the issue's list; the rest are further kinds of the same class of problem
 
 
@@ -112,6 +117,17 @@ def ct_slice(size: int, rng: np.random.Generator) -> np.ndarray:
     return to_uint8(np.clip(img + rng.normal(0, 0.02, img.shape), 0, 1))
 
 
+def limb(size: int, rng: np.random.Generator) -> np.ndarray:
+    """An X-ray of another body part: soft tissue and two long bright bones on a dark field."""
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    tilt = rng.uniform(-0.15, 0.15)
+    u = xx - 0.5 - tilt * (yy - 0.5)
+    img = 0.08 + 0.3 * (np.abs(u) < 0.22)
+    for cx, half in ((-0.07, 0.035), (0.07, 0.028)):
+        img = np.where(np.abs(u - cx) < half, 0.85, img)
+    return to_uint8(np.clip(img + rng.normal(0, 0.02, img.shape), 0, 1))
+
+
 def pattern(size: int) -> list[np.ndarray]:
     yy, xx = np.mgrid[0:size, 0:size]
     step = max(2, size // 8)
@@ -129,6 +145,14 @@ def from_film(film: np.ndarray, rng: np.random.Generator) -> Iterator[tuple[str,
     yield "lateral", to_uint8(resized(half, h, w))
     yield "tiny", to_uint8(resized(film, 16, 16))
     yield "zoom", to_uint8(resized(film[h // 3: 2 * h // 3, w // 3: 2 * w // 3], h, w))
+    yield "shuffled", to_uint8(rng.permutation(film.ravel()).reshape(h, w))
+    frame = np.zeros((h, w))
+    fh, fw = int(0.6 * h), int(0.6 * w)
+    frame[(h - fh) // 2: (h - fh) // 2 + fh, (w - fw) // 2: (w - fw) // 2 + fw] = resized(film, fh, fw)
+    yield "framed", to_uint8(frame)
+    pil = Image.fromarray(to_uint8(film))
+    yield "tilted", np.asarray(pil.rotate(45, resample=Image.Resampling.BILINEAR))
+    yield "blurred", np.asarray(pil.filter(ImageFilter.GaussianBlur(0.02 * max(h, w))))
 
 
 def standalone(size: int, rng: np.random.Generator) -> Iterator[tuple[str, np.ndarray]]:
@@ -145,6 +169,7 @@ def standalone(size: int, rng: np.random.Generator) -> Iterator[tuple[str, np.nd
     yield "white", rng.integers(252, 256, (size, size)).astype(np.uint8)
     yield "document", document(size, rng)
     yield "ct", ct_slice(size, rng)
+    yield "limb", limb(size, rng)
     for image in pattern(size):
         yield "pattern", image
 

@@ -141,11 +141,10 @@ def ledoit_wolf(z: np.ndarray) -> tuple[np.ndarray, float]:
     x = z - z.mean(0)
     cov = x.T @ x / n
     mu = np.trace(cov) / p
-    sq = x**2
-    delta_ = (cov**2).sum()  # ||S||_F^2
-    beta = (sq.T @ sq).sum() / n - delta_ * 1.0  # sum_k ||x_k||^4 / n - ||S||^2
-    beta /= n * p
-    delta = (delta_ - 2 * mu * np.trace(cov) + p * mu**2) / p
+    frob = (cov**2).sum()  # ||S||_F^2
+    # (1 / (n^2 p)) sum_k ||x_k x_k^T - S||_F^2, written with sum_k ||x_k||^4 so no (P, P) matrix per row is formed
+    beta = (((x**2).sum(1) ** 2).sum() / n - frob) / (n * p)
+    delta = (frob - 2 * mu * np.trace(cov) + p * mu**2) / p  # ||S - mu I||_F^2 / p
     shrinkage = 0.0 if delta <= 0 else float(min(beta, delta) / delta)
     return (1 - shrinkage) * cov + shrinkage * mu * np.eye(p), shrinkage
 
