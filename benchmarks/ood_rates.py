@@ -48,8 +48,9 @@ def real_films(n: int, seed: int) -> list[Path]:
     return out[:n]
 
 
-def test_files(run, n: int, seed: int) -> tuple[list[Path], list[Path]]:
-    """(up to n of the run's test films' original files, their lung-mask files where the manifest has them)."""
+def test_files(run, n: int, seed: int) -> tuple[list[Path], list[Path], list[str]]:
+    """(up to n of the run's test films' original files, their lung-mask files where the manifest has
+    them, the films' image_ids)."""
     from cmtlib.data.loader import open_cache_folder
 
     index = open_cache_folder(run.cache_dir()).index
@@ -58,7 +59,8 @@ def test_files(run, n: int, seed: int) -> tuple[list[Path], list[Path]]:
     base = Path(str(run.cache_dir()))
     films = [Path(p) if Path(p).is_absolute() else base / p for p in rows["path"]]
     masks = [Path(p) for p in rows.get("lung_mask", []) if isinstance(p, str) and p and Path(p).is_file()]
-    return [f for f in films if f.is_file()], masks
+    kept = [(f, i) for f, i in zip(films, rows["image_id"]) if f.is_file()]
+    return [f for f, _ in kept], masks, [i for _, i in kept]
 
 
 def judge_files(predictor, files: list[Path]) -> list[dict]:
@@ -101,7 +103,7 @@ def measure(run_dir: Path, n_films: int, n_real: int, seed: int, standalone: int
 
     predictor = Predictor(run_dir)
     run = predictor.run
-    films, masks = test_files(run, n_films, seed)
+    films, masks, ids = test_files(run, n_films, seed)
     real = real_films(n_real, seed)
     masks_read = [np.asarray(read_image(m)[0] > 0.5, np.uint8) * 255 for m in masks[:n_films]]
     sources = {"run's test films": films, "real films (cxr-public)": real}
@@ -129,6 +131,9 @@ def measure(run_dir: Path, n_films: int, n_real: int, seed: int, standalone: int
     if evaluated is not None and "in_distribution" in evaluated.columns:
         flags = evaluated["in_distribution"].dropna()
         result["test_films_evaluate"] = {"n": len(flags), "flagged": int((flags == 0).sum()), "share": float((flags == 0).mean())}
+        by_id = dict(zip(evaluated["image_id"], evaluated["in_distribution"] == 0))
+        same = [by_id[i] == v["flagged"] for i, v in zip(ids, as_films) if i in by_id]
+        result["predict_agrees_with_evaluate"] = {"n": len(same), "same_verdict": int(sum(same))}
     return result
 
 
@@ -138,7 +143,7 @@ def _share(verdicts: list[dict]) -> dict:
 
 
 def report(r: dict) -> None:
-    print(f"run {r['run']}: thresholds set to flag {r['share_set']:.0%} of its validation films")
+    print(f"run {r['run']}: thresholds set to flag at most {100 * r['share_set']:.0f} % of films like its validation films")
     print(f"{'kind':10s} {'flagged':>9s} {'share':>7s}   (the issue's kinds first)")
     for kind, s in r["by_kind"].items():
         print(f"{kind:10s} {s['flagged']:4d}/{s['n']:<4d} {s['share']:7.1%}" + ("" if kind in ISSUE_KINDS else "   further kind"))
@@ -149,6 +154,9 @@ def report(r: dict) -> None:
         if key in r:
             s = r[key]
             print(f"{label}: {s['flagged']} of {s['n']} flagged ({s['share']:.1%})")
+    if "predict_agrees_with_evaluate" in r:
+        a = r["predict_agrees_with_evaluate"]
+        print(f"the predict path and cmt evaluate give the same verdict for {a['same_verdict']} of {a['n']} test films")
     if r["missed"]:
         print("missed: " + ", ".join(f"{k} x{n}" for k, n in r["missed"].items()))
 

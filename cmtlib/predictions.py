@@ -15,7 +15,7 @@ META_COLUMNS = ("image_id", "patient_id", "source", "view", "offset_days", "sex"
                 "orig_height", "orig_width")
 PRED_COLUMNS = ("p_healthy", "p_covid", "p_other", "pred_healthy", "pred_covid", "pred_other", "lung_dice", "lung_iou", "disease_dice", "disease_iou")
 # The in-distribution check (cmtlib.indist): 1 / 0 (empty where the run has no reference), the score
-# (1 or more = flagged) and the reasons in words ('' when in distribution).
+# (over 1 = flagged) and the reasons in words ('' when in distribution).
 OOD_COLUMNS = ("in_distribution", "ood_score", "ood_reason")
 SCORE_COLUMNS = ("p_healthy", "p_covid", "p_other", "lung_dice", "lung_iou", "disease_dice", "disease_iou")
 

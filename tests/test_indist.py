@@ -14,7 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cmtlib.indist import SHARE, VERDICT_NA, VERDICT_OUT, Descriptors, Gaussian, Reference, fit, judge, ledoit_wolf
+from cmtlib.indist import (SHARE, VERDICT_NA, VERDICT_OUT, Descriptors, Gaussian, Reference, conformal_threshold, describe, fit, judge,
+                           ledoit_wolf, turned)
 from cmtlib.inference import infer
 from cmtlib.models.registry import create_model
 from cmtlib.predict import NOT_JUDGED, predict_files
@@ -47,32 +48,57 @@ def test_the_distance_is_mahalanobis_and_a_broken_row_is_far():
     assert d[3] == np.inf
 
 
+def test_the_score_threshold_is_the_conformal_order_statistic():
+    scores = np.arange(1.0, 110.0)  # 109 validation films scoring 1..109
+    assert conformal_threshold(scores, 0.02) == 108.0  # ceil(110 x 0.98) = 108: 1 of 109 above it, 2 in 110 for a new film
+    assert conformal_threshold(np.arange(1.0, 41.0), 0.02) == 40.0  # too few films for 2 %: the largest
+    assert conformal_threshold(np.array([np.nan, 3.0, np.inf, 1.0]), 0.5) == 3.0  # ceil(3 x 0.5) = 2nd of the 2 finite
+    assert conformal_threshold(np.array([]), 0.02) == np.inf
+
+
+LAYOUT_ROWS = (0.3, 0.2, 0.5, 0.8)  # mean brightness of the 4 x 4 layout's rows: dark lungs above a bright abdomen
+
+
 def _films(rng, n, shift=0.0):
     """Descriptors of n films as the model would give them (features, lung map, appearance)."""
+    stats = [rng.normal(m, 0.02, n) for m in (0.05, 0.3, 0.5, 0.7, 0.95, -3, -3, -2.5, -2.5)]
+    layout = [rng.normal(m, 0.03, n) for m in LAYOUT_ROWS for _ in range(4)]
     return {"features": rng.normal(shift, 1, (n, 6)), "lungs": rng.normal(0.5, 0.05, (n, 4)),
             "lung_shape": np.column_stack([rng.normal(0.3, 0.02, n), rng.uniform(0.8, 1, n), rng.normal(0.45, 0.02, n)]),
-            "appearance": np.column_stack([rng.normal(m, 0.02, n) for m in (0.05, 0.3, 0.5, 0.7, 0.95, -3, -3, -2.5, -2.5)])}
+            "appearance": np.column_stack(stats + layout)}
 
 
 def test_thresholds_flag_the_stated_share_of_validation_films_and_far_films_with_reasons():
     rng = np.random.default_rng(2)
     ref, val = fit(_films(rng, 400), _films(rng, 500), np.full(400, 128.0), np.full(500, 128.0))
-    assert ref.available and set(ref.thresholds) == {"features", "lungs", "appearance"}
+    assert ref.available and set(ref.thresholds) == {"features", "lungs", "appearance", "orientation"}
     assert ref.val_flagged == pytest.approx(1 - val.in_distribution.mean()) and abs(ref.val_flagged - SHARE) <= 2 / 500
     test = judge(ref, _films(rng, 1000), np.full(1000, 128.0))
     assert 0.005 < 1 - test.in_distribution.mean() < 0.05  # like the validation films: about the share set
-    odd = _films(rng, 3)
+    odd = _films(rng, 4)
     odd["features"][0] += 6  # far in the network's features only
     odd["lung_shape"][1, 0], odd["lungs"][1] = 0.0, 0.0  # no lungs
-    sides = np.array([128.0, 128.0, 16.0])  # the third: a 16-px file, like the training films otherwise
+    sides = np.array([128.0, 128.0, 16.0, 128.0])  # the third: a 16-px file, like the training films otherwise
+    odd["appearance"][3] = turned(odd["appearance"][3:4], 2)[0]  # the fourth: upside down, its brightness unchanged
     v = judge(ref, odd, sides)
-    assert v.in_distribution.tolist() == [0.0, 0.0, 0.0] and (v.score >= 1).all()
+    assert v.in_distribution.tolist() == [0.0, 0.0, 0.0, 0.0] and (v.score > 1).all()
     assert v.reasons[0] == "unlike the training films to the network"
     assert "lungs not found" in v.reasons[1] and "unlike the training films to the network" not in v.reasons[1]
     assert v.reasons[2] == "only 16 px on its shorter side, under half the smallest training film's (128 px)"
+    assert "turned or upside down" in v.reasons[3]
     block = v.block(1, ref)
     assert block["verdict"] == VERDICT_OUT and block["in_distribution"] is False and "lungs not found" in block["reasons"]
     assert block["signals"]["lungs"]["distance"] >= block["signals"]["lungs"]["threshold"] == ref.thresholds["lungs"]
+
+
+def test_a_turned_films_appearance_is_computed_without_a_pass():
+    """turned() of a film's appearance equals the appearance of the film turned (what the orientation reads)."""
+    rng = np.random.default_rng(6)
+    film = torch.from_numpy(rng.uniform(0, 1, (1, 1, 32, 32)).astype(np.float32)).cumsum(2) / 32  # brighter downwards
+    for k in (1, 2, 3):
+        direct = describe({}, torch.rot90(film, k, dims=(2, 3)))["appearance"].numpy()
+        np.testing.assert_allclose(turned(describe({}, film)["appearance"].numpy(), k), direct, atol=1e-5)
+    assert not np.allclose(describe({}, film)["appearance"].numpy(), turned(describe({}, film)["appearance"].numpy(), 2))
 
 
 def test_the_reference_round_trips_through_the_run_folder(tmp_path):
@@ -125,7 +151,7 @@ def test_every_kind_of_model_is_described_from_its_own_outputs(name, config):
     assert films["appearance"].shape == (24, 25) and films["features"].shape[0] == 24
     ref, _ = fit({k: v[:16] for k, v in films.items()}, {k: v[16:] for k, v in films.items()})
     assert ref.available and set(ref.gaussians) == ({"features", "lungs", "appearance"} if has_lung else {"features", "appearance"})
-    blank = judge(ref, {k: v[:1] for k, v in films.items()} | {"appearance": np.zeros((1, 25))})
+    blank = judge(ref, {k: v[:1] for k, v in films.items()} | {"appearance": np.zeros((1, 25))}, np.array([32.0]))
     assert blank.in_distribution[0] == 0.0
 
 
@@ -189,9 +215,9 @@ def test_the_smoke_runs_own_films_are_judged_and_the_validation_share_holds(smok
     assert (val["in_distribution"] == 0).mean() <= SHARE + 1 / len(val)
     test = smoke.predictions
     flagged = test[test["in_distribution"] == 0]
-    assert (flagged["ood_score"] >= 1).all() and (flagged["ood_reason"] != "").all()
+    assert (flagged["ood_score"] > 1).all() and (flagged["ood_reason"] != "").all()
     kept = test[test["in_distribution"] == 1]
-    assert (kept["ood_score"] < 1).all() and kept["ood_reason"].isna().all() | (kept["ood_reason"] == "").all()
+    assert (kept["ood_score"] <= 1).all() and kept["ood_reason"].isna().all() | (kept["ood_reason"] == "").all()
     summary = smoke.metrics["in_distribution"]
     assert summary["n"] == len(test) and summary["n_flagged"] == len(flagged) and summary["share_set"] == SHARE
 

@@ -187,12 +187,12 @@ def in_distribution_text(metrics: dict | None, predictions: pd.DataFrame | None)
         return f"The check for films unlike the training films is not available for this run: {why}."
     c = flag_counts(predictions)
     set_share, val_share = as_number(block.get("share_set")), as_number(block.get("validation_share_flagged"))
-    on_val = f" ({100 * val_share:.1f} % were)" if val_share is not None else ""
+    on_val = f" ({100 * val_share:.1f} % of the validation films were)" if val_share is not None else ""
     return (f"{c['flagged']} of {c['films']} test films ({c['share flagged']}) look unlike the films this network was trained on. The "
-            f"check compares each film with the training films as the network sees them (its image features), its lung outline and "
-            f"the film's brightness, contrast, sharpness and layout; its limits were set when the network was trained, to flag "
-            f"{100 * (set_share or 0):.0f} % of the validation films{on_val}. `cmt predict` gives a flagged film no COVID-19 call; the measures "
-            "on this page still count every test film, flagged or not.")
+            f"check compares each film with the training films as the network sees them (its image features), by its lung outline "
+            f"and by the film's brightness, contrast, sharpness, layout and orientation; its limits were set when the network was "
+            f"trained, on the validation films, to flag at most {100 * (set_share or 0):.0f} % of films like them{on_val}. "
+            "`cmt predict` gives a flagged film no COVID-19 call; the measures on this page still count every test film, flagged or not.")
 
 
 def in_distribution_table(predictions: pd.DataFrame | None) -> pd.DataFrame:
