@@ -32,10 +32,10 @@ from torch import nn
 import cmtlib
 from cmtlib.checkpoint import versions, make_checkpoint, read_checkpoint, restore_rng, save_checkpoint, save_inference_checkpoint
 from cmtlib.configs import BEST_BY, LR_SCHEDULES, TrainConfig
-from cmtlib.data.loader import EvalBatches, TrainBatches, keep_covid_loss_within, load_split, open_cache_folder, stratum_weights
+from cmtlib.data.loader import EvalBatches, TrainBatches, keep_covid_loss_within, load_split, make_batch, open_cache_folder, stratum_weights
 from cmtlib.data.prepare import prepare_data
 from cmtlib.errors import ConfigError
-from cmtlib.indist import Descriptors, Verdicts, shorter_sides
+from cmtlib.indist import Descriptors, Verdicts, shorter_sides, spread_rows
 from cmtlib.indist import fit as fit_indist
 from cmtlib.inference import infer
 from cmtlib.metrics import roc_auc
@@ -364,9 +364,10 @@ def _train_in(run: Run, params, device: torch.device, dist: DistInfo, resume: bo
     )
     history = fit(model, loss_fn, train_batches, val_batches, cfg, run, dist=dist, resume=ckpt, config=params.flat())
     if dist.is_main:
-        train_films = EvalBatches(train_data, cfg.eval_batch_size, channels_last=cfg.channels_last)  # in order, not augmented
+        rows = spread_rows(len(train_data))  # at most FIT_FILMS training films, spread over the split, not augmented
+        train_films = (make_batch(train_data, chunk, None, cfg.channels_last) for chunk in torch.from_numpy(rows).to(device).split(cfg.eval_batch_size))
         threshold = freeze_threshold(run, model, val_batches, val_data.index, cfg.threshold_rule, autocast_dtype(cfg.precision, device),
-                                     train_batches=train_films, train_index=train_data.index)
+                                     train_batches=train_films, train_index=train_data.index.iloc[rows])
         run.update_info(status="finished", end_time=_now(), seconds_per_epoch=[round(r["seconds"], 3) for r in history], epochs_done=len(history),
                         threshold_rule=cfg.threshold_rule)
         log.info("COVID-19 operating threshold %.4g (%s): validation specificity %.3f, sensitivity %.3f; run folder: %s",

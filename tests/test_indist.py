@@ -249,3 +249,16 @@ def test_a_run_without_the_record_says_not_available_and_decides(smoke, tmp_path
         assert frame["in_distribution"].isna().all() and frame["ood_score"].isna().all()
     finally:
         (tmp_path / "saved.npz").rename(stored)
+
+
+def test_the_command_says_how_many_were_not_judged(smoke, tmp_path, capsys):
+    from cmtlib.cli import main
+
+    Image.fromarray(odd_inputs([], [], size=96, seed=2)[0][1]).save(tmp_path / "mask.png")
+    assert main(["predict", str(smoke.path), str(tmp_path / "mask.png"), "--out", str(tmp_path / "a")]) == 0
+    said = capsys.readouterr().out
+    assert "1 image(s) predicted" in said
+    assert "1 outside what the run was trained on: not judged (--judge-anyway decides them all the same)" in said
+    main(["predict", str(smoke.path), str(tmp_path / "mask.png"), "--out", str(tmp_path / "b"), "--judge-anyway"])
+    assert "1 outside what the run was trained on: judged anyway (--judge-anyway)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "b" / "mask.json").read_text())["decision"]["judged"] is True
