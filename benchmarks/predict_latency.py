@@ -159,7 +159,8 @@ def warm(run: Path, image: Path, out_dir: Path, n: int) -> dict[str, list[float]
         raise RuntimeError(f"the timing run has no in-distribution reference: {predictor.reference.why_not}")
     for p in (predictor, without):
         _timed_call(run, image, out_dir, p)  # first call: oneDNN primitives, lazy imports
-    times: dict[str, list[float]] = {"total": [], "total_without_check": [], "read_resize": [], "forward": [], "check": [], "overlay_write": []}
+    times: dict[str, list[float]] = {"total": [], "total_without_check": [], "read_resize": [], "forward": [], "descriptors": [], "check": [],
+                                     "overlay_write": []}
     for _ in range(n):
         times["total"].append(_timed_call(run, image, out_dir, predictor))
         times["total_without_check"].append(_timed_call(run, image, out_dir, without))
@@ -178,7 +179,25 @@ def warm(run: Path, image: Path, out_dir: Path, n: int) -> dict[str, list[float]
         times["forward"].append(t2 - t1)
         times["check"].append(t3 - t2)
         times["overlay_write"].append(t4 - t3)
+    times["descriptors"] = descriptor_times(predictor, image, n)
     return times
+
+
+def descriptor_times(predictor, image: Path, n: int) -> list[float]:
+    """What the check adds inside the forward pass: `describe` on one image's outputs, timed alone."""
+    import torch
+
+    from cmtlib.indist import describe
+
+    _, _, x = predictor.load(image)
+    with torch.no_grad():
+        outputs = {k: v.float() for k, v in predictor.model.eval()(x).items()}
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        describe(outputs, x)
+        out.append(time.perf_counter() - t)
+    return out
 
 
 def stats(values: list[float]) -> dict[str, float]:
@@ -228,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
           f"load_model {c['load_s']['median_s']:.2f} s, whole process {c['process_s']['median_s']:.2f} s; "
           f"`cmt predict RUN IMAGE` end to end {c['cli_predict_s']['median_s']:.2f} s")
     for k, label in (("total", "predict_files, model loaded"), ("read_resize", "  read + resize"), ("forward", "  forward (+ descriptors)"),
-                     ("check", "  in-distribution verdict"), ("overlay_write", "  decision, overlay + JSON/PNG write"),
+                     ("descriptors", "    of which the check's descriptors"), ("check", "  in-distribution verdict"), ("overlay_write", "  decision, overlay + JSON/PNG write"),
                      ("total_without_check", "predict_files without the in-distribution check")):
         s = result["warm"][k]
         print(f"warm {label}: median {s['median_s'] * 1000:.0f} ms, p90 {s['p90_s'] * 1000:.0f} ms (n={s['n']})")

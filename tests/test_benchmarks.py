@@ -52,7 +52,7 @@ def test_predict_latency_smoke(tmp_path):
     assert cold["import_s"]["n"] == 1 and 0 < cold["import_s"]["median_s"] < cold["process_s"]["median_s"]
     assert 0 < cold["load_s"]["median_s"] < cold["process_s"]["median_s"]
     assert cold["cli_predict_s"]["median_s"] > cold["load_s"]["median_s"]  # the command loads the model and predicts
-    assert set(warm) == {"total", "total_without_check", "read_resize", "forward", "check", "overlay_write"}
+    assert set(warm) == {"total", "total_without_check", "read_resize", "forward", "descriptors", "check", "overlay_write"}
     assert r["check_ratio"] == warm["total"]["median_s"] / warm["total_without_check"]["median_s"]
     for s in warm.values():
         assert s["n"] == 2 and 0 < s["min_s"] <= s["median_s"] <= s["p90_s"]

@@ -106,6 +106,7 @@ def score_figure(sets: list[ExternalSet], internal_predictions: pd.DataFrame | N
     ax = axes[0, 0]
     rng = np.random.default_rng(0)  # a fixed jitter: the figure is the same on every run
     for i, (_, df) in enumerate(rows):
+        df = df[_known(df)]  # the rows known_covid keeps, so the flags line up with them
         y, p = known_covid(df)
         f = flags(df)
         outside = (f == 0).to_numpy() if f is not None else np.zeros(len(df), bool)
@@ -126,6 +127,11 @@ def score_figure(sets: list[ExternalSet], internal_predictions: pd.DataFrame | N
     ax.invert_yaxis()
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25), ncols=4, frameon=False)
     return fig
+
+
+def _known(df: pd.DataFrame) -> pd.Series:
+    """Rows whose COVID-19 label and score are both known (what known_covid returns)."""
+    return pd.to_numeric(df["label_covid"], errors="coerce").notna() & pd.to_numeric(df["p_covid"], errors="coerce").notna()
 
 
 def _groups(s: ExternalSet) -> list[tuple[str, pd.DataFrame]]:
