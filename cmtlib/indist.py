@@ -363,13 +363,18 @@ class Verdicts:
     def block(self, i: int, ref: Reference) -> dict[str, Any]:
         """Film i's verdict for a predict JSON: verdict, score, reasons, each signal's distance and threshold."""
         if self.why_not:
-            return {"verdict": VERDICT_NA, "in_distribution": None, "score": None, "reasons": [], "why": self.why_not}
+            return unavailable(self.why_not)
         inside = bool(self.in_distribution[i])
         signals: dict[str, Any] = {s: {"distance": float(d[i]), "threshold": ref.thresholds[s]} for s, d in self.distances.items()}
         if self.sides is not None and ref.min_side > 0:
             signals["size"] = {"shorter_side_px": float(self.sides[i]), "threshold_px": MIN_SIDE_SHARE * ref.min_side}
         return {"verdict": VERDICT_IN if inside else VERDICT_OUT, "in_distribution": inside, "score": float(self.score[i]),
                 "reasons": [r for r in self.reasons[i].split("; ") if r], "signals": signals, "how": ref.how()}
+
+
+def unavailable(why: str) -> dict[str, Any]:
+    """The predict JSON's in-distribution block when the check cannot be made, and why."""
+    return {"verdict": VERDICT_NA, "in_distribution": None, "score": None, "reasons": [], "why": why}
 
 
 def judge(ref: Reference, described: Mapping[str, np.ndarray], sides: np.ndarray | None = None) -> Verdicts:

@@ -35,7 +35,7 @@ import torch
 
 from cmtlib.errors import MissingInputError
 from cmtlib.fileio import atomic_path, write_json
-from cmtlib.indist import VERDICT_NA, VERDICT_OUT, Descriptors, Reference, judge
+from cmtlib.indist import VERDICT_OUT, Descriptors, Reference, judge, unavailable
 from cmtlib.inference import Inference, infer
 from cmtlib.metrics.operating import describe_rule
 from cmtlib.run import Run
@@ -126,7 +126,7 @@ class Predictor:
     def verdict(self, described: dict[str, np.ndarray], info: dict[str, Any]) -> dict[str, Any]:
         """The in-distribution block of the JSON (cmtlib.indist.Verdicts.block)."""
         if not self.reference.available:
-            return {"verdict": VERDICT_NA, "in_distribution": None, "score": None, "reasons": [], "why": self.reference.why_not}
+            return unavailable(self.reference.why_not)
         side = min(info["orig_size"]) if info.get("orig_size") else math.nan
         return judge(self.reference, described, np.array([side], dtype=float)).block(0, self.reference)
 
