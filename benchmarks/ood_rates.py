@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from odd_inputs import ISSUE_KINDS, KINDS, odd_inputs  # noqa: E402
+from odd_inputs import ISSUE_KINDS, KINDS, odd_inputs
 
 CXR_PUBLIC = Path(os.environ.get("CMT_CXR_PUBLIC", REPO.parent / "shared" / "data" / "cxr-public"))
 REAL_GLOBS = ("ieee8023_via_GeneralBlockchain_lungboxes/images/*", "agchung_Figure1/**/*.jpg", "agchung_Actualmed_normals_only/**/*.png",

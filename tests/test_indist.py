@@ -14,8 +14,20 @@ import pytest
 import torch
 from PIL import Image
 
-from cmtlib.indist import (SHARE, VERDICT_NA, VERDICT_OUT, Descriptors, Gaussian, Reference, conformal_threshold, describe, fit, judge,
-                           ledoit_wolf, turned)
+from cmtlib.indist import (
+    SHARE,
+    VERDICT_NA,
+    VERDICT_OUT,
+    Descriptors,
+    Gaussian,
+    Reference,
+    conformal_threshold,
+    describe,
+    fit,
+    judge,
+    ledoit_wolf,
+    turned,
+)
 from cmtlib.inference import infer
 from cmtlib.models.registry import create_model
 from cmtlib.predict import NOT_JUDGED, predict_files
@@ -24,7 +36,7 @@ from cmtlib.run import Run
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from odd_inputs import ISSUE_KINDS, odd_inputs  # noqa: E402
+from odd_inputs import ISSUE_KINDS, odd_inputs
 
 
 # ---- the distance and the thresholds ------------------------------------------------------------------

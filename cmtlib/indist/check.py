@@ -1,42 +1,5 @@
-"""Is a film like the films a run was trained on? The in-distribution check of `cmt predict` and
-`cmt evaluate` (docs/CONTRACTS.md, "The in-distribution check").
-
-A classifier answers every input; a screening tool must say when an input is outside what it has
-seen (a photo, a document, a mask, a negative, a rotated or lateral film, a thumbnail). Each film is
-described by what every model already returns, in the same pass (`Descriptors`, an `infer` hook):
-
-    features    the embedding (the model contract's `embedding`): how the network itself sees the film
-    lungs       the lung probability map averaged over an 8 x 8 grid (models with a lung output):
-                whether there are lungs, where, how large, how many, how sure the outline is
-    appearance  the film as the network receives it: brightness quantiles, edge strength across and
-                along at one and two pixels, and where bright and dark lie on a 4 x 4 grid: negatives,
-                blank or washed-out images, noise, blur, films upside down or turned
-    orientation the appearance's distance as the film is, over its distance turned by a quarter, a
-                half or three quarters of a turn (computed from the descriptor, no pass): above 1 when a
-                turned film is closer to the training films than the film as given
-    size        the file's shorter side: under half the smallest training film's, too little of the
-                film is left to judge (a 16-px thumbnail)
-
-The distances are Mahalanobis distances to the training films (each feature standardised, the
-covariance shrunk by Ledoit and Wolf's rule, which needs no tuning and keeps the distance stable when
-features outnumber films). Measured on the default run, the embedding alone misses bright images (a
-white page, a document) and blurred films, the lung map alone misses some blurred films, the
-appearance without its 4 x 4 layout misses films turned upside down, which a barely trained network's
-lung map and embedding miss too (the smoke run); on the real-data run (varied films, a weakly trained
-network) only the orientation catches every turned film. The embedding's Mahalanobis distance beat
-the k-nearest-neighbour distance. Together they flag every kind tried (benchmarks/RESULTS.md).
-
-Recorded once at training (`fit`, the engine's last step, with the best checkpoint): the distances'
-parameters from one pass over the training films; the thresholds from the validation films, which the
-network never fitted (its training films sit closer to their own statistics than any new film does).
-Each distance is divided by its own (1 - SHARE) quantile on the validation films; a film's score is
-the largest of these ratios; the score's threshold is set on the validation films' scores so that a new
-film like them is flagged with probability at most SHARE (1 %; `conformal_threshold`); each signal's
-threshold is that threshold times its quantile, so a film is flagged when any signal is over its own
-threshold, and the reasons name those signals in words. Stored through `Run.write_indist`.
-
-Only torch and numpy: a bare GPU machine trains and predicts with this module.
-"""
+"""The in-distribution check's reference (fitted at training, stored through Run), its verdicts and
+their words (the package docstring says how)."""
 
 from __future__ import annotations
 
@@ -47,16 +10,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+from cmtlib.indist.describe import turned
+from cmtlib.indist.distance import Gaussian, conformal_threshold
 
 # The false-alarm rate accepted on films like the validation films. 1 %, not 2 %: on the default run the test films
-# were flagged about twice as often as the validation films (a split's mix of findings differs: 4.1 % at 2 %, 2.0 % at 1 %),
-# while every odd input stayed flagged at 1 % (benchmarks/RESULTS.md).
+# were flagged about twice as often as the validation films (4.1 % at 2 %, 2.0 % at 1 %), while every odd input stayed
+# flagged at 1 % (benchmarks/RESULTS.md).
 SHARE = 0.01
-GRID = 8  # the lung map is averaged over GRID x GRID cells: where the lungs are, not their every pixel
-QUANTILES = (0.02, 0.25, 0.5, 0.75, 0.98)  # brightness quantiles of the appearance signal
-LAYOUT = 4  # the appearance's brightness layout: mean brightness over LAYOUT x LAYOUT cells
 SIGNALS = ("features", "lungs", "appearance")  # the distance signals, in the order reasons are given
 # Training films the reference is fitted on, spread evenly over the split: on the default run 600 of its
 # 1,309 flagged every odd input and 2.5 % of the test films (2.0 % with all), at half the pass's time
@@ -72,136 +33,6 @@ WORDS = {
     "orientation": "turned or upside down (turned back, it is closer to the training films)",
 }
 VERDICT_IN, VERDICT_OUT, VERDICT_NA = "like the training films", "outside what this run was trained on", "not available"
-
-
-# ---- describing films (on the device, inside the model pass) ------------------------------------------
-def _appearance(gray: torch.Tensor) -> torch.Tensor:
-    """(B, 9 + LAYOUT^2): brightness quantiles, log mean absolute differences across and along at 1 and
-    2 px, and the mean brightness of each LAYOUT x LAYOUT cell (row by row).
-
-    Shape:
-        gray: (B, H, W) in [0, 1].
-    """
-    flat = gray.flatten(1).float()
-    ranks = torch.tensor([round(q * (flat.shape[1] - 1)) for q in QUANTILES], device=flat.device)
-    quantiles = flat.sort(dim=1).values[:, ranks]  # (B, 5)
-    edges = [(gray[:, :, k:] - gray[:, :, :-k]).abs().mean((1, 2)) for k in (1, 2)]
-    edges += [(gray[:, k:, :] - gray[:, :-k, :]).abs().mean((1, 2)) for k in (1, 2)]
-    layout = F.adaptive_avg_pool2d(gray[:, None].float(), LAYOUT).flatten(1)  # (B, LAYOUT^2)
-    return torch.cat([quantiles, torch.log(torch.stack(edges, 1) + 1e-4), layout], 1)
-
-
-def _lung_shape(p: torch.Tensor) -> torch.Tensor:
-    """(B, 3): lung area share, balance between the image halves (smaller / larger), height of the
-    lungs' centre (0 = top, 1 = bottom; 0.5 where no lung is found), all at probability 0.5.
-
-    Shape:
-        p: (B, H, W) lung probabilities.
-    """
-    m = (p >= 0.5).float()
-    h, w = m.shape[-2:]
-    left, right = m[:, :, : w // 2].sum((1, 2)), m[:, :, w - w // 2:].sum((1, 2))
-    balance = torch.minimum(left, right) / torch.maximum(left, right).clamp_min(1.0)
-    rows = torch.linspace(0, 1, h, device=p.device).view(1, h, 1)
-    total = m.sum((1, 2))
-    height = torch.where(total > 0, (m * rows).sum((1, 2)) / total.clamp_min(1.0), torch.full_like(total, 0.5))
-    return torch.stack([m.mean((1, 2)), balance, height], 1)
-
-
-@torch.no_grad()
-def describe(outputs: Mapping[str, torch.Tensor], images: torch.Tensor) -> dict[str, torch.Tensor]:
-    """What the check reads of a batch: `features` (B, D) where the model gives an embedding, `lungs`
-    (B, GRID * GRID) and `lung_shape` (B, 3) where it outlines lungs, `appearance` (B, 9 + LAYOUT^2) always.
-
-    Shape:
-        outputs: the model's float outputs (DESIGN.md's contract); images: (B, 1 or 3, H, W) in [0, 1].
-    """
-    out = {"appearance": _appearance(images[:, 0])}
-    if "embedding" in outputs:
-        out["features"] = outputs["embedding"].float().flatten(1)
-    if "lung" in outputs:
-        p = torch.sigmoid(outputs["lung"].float())  # (B, 1, H, W)
-        out["lungs"] = F.adaptive_avg_pool2d(p, GRID).flatten(1)
-        out["lung_shape"] = _lung_shape(p[:, 0])
-    return out
-
-
-class Descriptors:
-    """An `infer(..., on_batch=...)` hook gathering `describe` per batch on the device; `host()` copies
-    them once at the end (no per-batch synchronisation on a GPU)."""
-
-    def __init__(self) -> None:
-        self.parts: dict[str, list[torch.Tensor]] = {}
-
-    def __call__(self, outputs: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor]) -> None:
-        for key, value in describe(outputs, batch["image"]).items():
-            self.parts.setdefault(key, []).append(value)
-
-    def host(self) -> dict[str, np.ndarray]:
-        return {k: torch.cat(v).cpu().numpy().astype(np.float64) for k, v in self.parts.items()}
-
-
-# ---- the distance --------------------------------------------------------------------------------------
-def ledoit_wolf(z: np.ndarray) -> tuple[np.ndarray, float]:
-    """(covariance, shrinkage): the empirical covariance of the rows of `z` shrunk towards a scaled
-    identity by Ledoit and Wolf's (2004) closed-form intensity, as sklearn.covariance.LedoitWolf
-    computes it (sklearn is not on a bare GPU machine; tests compare the two).
-
-    Shape:
-        z: (N, P); covariance: (P, P).
-    """
-    n, p = z.shape
-    x = z - z.mean(0)
-    cov = x.T @ x / n
-    mu = np.trace(cov) / p
-    frob = (cov**2).sum()  # ||S||_F^2
-    # (1 / (n^2 p)) sum_k ||x_k x_k^T - S||_F^2, written with sum_k ||x_k||^4 so no (P, P) matrix per row is formed
-    beta = (((x**2).sum(1) ** 2).sum() / n - frob) / (n * p)
-    delta = (frob - 2 * mu * np.trace(cov) + p * mu**2) / p  # ||S - mu I||_F^2 / p
-    shrinkage = 0.0 if delta <= 0 else float(min(beta, delta) / delta)
-    return (1 - shrinkage) * cov + shrinkage * mu * np.eye(p), shrinkage
-
-
-@dataclass
-class Gaussian:
-    """A Mahalanobis distance fitted on rows: standardise each feature, then a shrunk covariance."""
-
-    centre: np.ndarray  # (P,) training mean
-    scale: np.ndarray  # (P,) training standard deviation (1 where a feature never varies)
-    precision: np.ndarray  # (P, P) inverse of the shrunk covariance of the standardised features
-
-    @classmethod
-    def fit(cls, rows: np.ndarray) -> Gaussian:
-        rows = np.asarray(rows, dtype=np.float64)
-        centre, scale = rows.mean(0), rows.std(0)
-        scale = np.where(scale > 1e-8, scale, 1.0)  # a feature constant in training: any change of it is far
-        cov, _ = ledoit_wolf((rows - centre) / scale)
-        # A small ridge keeps the inverse finite where a feature is constant in training.
-        ridge = 1e-3 * max(float(np.trace(cov)) / len(cov), 1e-6)
-        return cls(centre, scale, np.linalg.inv(cov + ridge * np.eye(len(cov))))
-
-    def distance(self, rows: np.ndarray) -> np.ndarray:
-        """(N,) Mahalanobis distances; infinite where a row is not finite (a broken output is far)."""
-        z = (np.asarray(rows, dtype=np.float64) - self.centre) / self.scale
-        bad = ~np.isfinite(z).all(1)
-        z = np.where(np.isfinite(z), z, 0.0)
-        d = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", z, self.precision, z), 0.0))
-        return np.where(bad, np.inf, d)
-
-
-def turned(appearance: np.ndarray, k: int) -> np.ndarray:
-    """The appearance descriptors of the same films turned by k quarter turns, without a pass: the
-    quantiles stay, the edge strengths across and along swap on odd k, the layout grid turns.
-
-    Shape:
-        appearance: (N, 9 + LAYOUT^2), as `_appearance` gives it.
-    """
-    out = np.array(appearance, dtype=np.float64, copy=True)
-    grid = out[:, 9:].reshape(-1, LAYOUT, LAYOUT)
-    out[:, 9:] = np.rot90(grid, k, axes=(1, 2)).reshape(len(out), -1)
-    if k % 2:
-        out[:, 5:9] = out[:, [7, 8, 5, 6]]
-    return out
 
 
 def distances(gaussians: Mapping[str, Gaussian], described: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -299,18 +130,6 @@ def fit(train: Mapping[str, np.ndarray], val: Mapping[str, np.ndarray], train_si
     verdicts = judge(ref, val, val_sides)
     ref.val_flagged = float(1 - np.mean(verdicts.in_distribution)) if len(verdicts) else math.nan
     return ref, verdicts
-
-
-def conformal_threshold(scores: np.ndarray, share: float) -> float:
-    """The k-th smallest validation score, k = ceil((n + 1)(1 - share)) (at most n): a new film
-    exchangeable with the validation films scores above it with probability at most `share` (split
-    conformal prediction; at most 1 / (n + 1) above `share`, when n < 1 / share - 1, the largest score).
-    An empirical quantile would sit lower, its few films above it a noisy estimate on ~100 films."""
-    finite = np.sort(np.asarray(scores, dtype=np.float64)[np.isfinite(scores)])
-    if not len(finite):
-        return math.inf
-    k = min(len(finite), math.ceil((len(finite) + 1) * (1 - share)))
-    return float(finite[k - 1])
 
 
 def spread_rows(n: int, at_most: int = FIT_FILMS) -> np.ndarray:
