@@ -1,5 +1,5 @@
-"""The evaluation page (03): the test metrics, the COVID-19 threshold, results by view and by source,
-in plain words and tables."""
+"""The evaluation page (03): the test metrics, the COVID-19 threshold, the test films unlike the
+training films (cmtlib.indist), results by view and by source, in plain words and tables."""
 
 from __future__ import annotations
 
