@@ -135,9 +135,12 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
 def _cmd_predict(a: argparse.Namespace) -> int:
     from cmtlib.predict import predict_files
 
-    results = predict_files(Path(a.run), [Path(p) for p in a.inputs], Path(a.out))
+    results = predict_files(Path(a.run), [Path(p) for p in a.inputs], Path(a.out), judge_anyway=a.judge_anyway)
     failed = [r for r in results if r.get("error")]
-    print(f"{len(results) - len(failed)} image(s) predicted into {a.out}; {len(failed)} failed")
+    outside = sum(r.get("in_distribution") is False for r in results)
+    what = "judged anyway (--judge-anyway)" if a.judge_anyway else "not judged (--judge-anyway decides them all the same)"
+    print(f"{len(results) - len(failed)} image(s) predicted into {a.out}; {len(failed)} failed"
+          + (f"; {outside} outside what the run was trained on: {what}" if outside else ""))
     for r in failed:
         print(f"  - {r['input']}: {r['error']}", file=sys.stderr)
     return 1 if failed and len(failed) == len(results) else 0
@@ -276,6 +279,9 @@ def _add_run_commands(sub) -> None:
     p.add_argument("run")
     p.add_argument("inputs", nargs="+")
     p.add_argument("--out", required=True)
+    p.add_argument("--judge-anyway", action="store_true",
+                   help="give a COVID-19 decision also for images the in-distribution check flags as unlike the run's training films "
+                        "(by default those are reported as 'outside what this run was trained on: not judged')")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("report", help="run the notebook chain and render the HTML reports")

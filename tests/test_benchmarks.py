@@ -52,12 +52,15 @@ def test_predict_latency_smoke(tmp_path):
     assert cold["import_s"]["n"] == 1 and 0 < cold["import_s"]["median_s"] < cold["process_s"]["median_s"]
     assert 0 < cold["load_s"]["median_s"] < cold["process_s"]["median_s"]
     assert cold["cli_predict_s"]["median_s"] > cold["load_s"]["median_s"]  # the command loads the model and predicts
-    assert set(warm) == {"total", "read_resize", "forward", "overlay_write"}
+    assert set(warm) == {"total", "total_without_check", "read_resize", "forward", "descriptors", "check", "overlay_write"}
+    assert r["check_ratio"] == warm["total"]["median_s"] / warm["total_without_check"]["median_s"]
     for s in warm.values():
         assert s["n"] == 2 and 0 < s["min_s"] <= s["median_s"] <= s["p90_s"]
+    assert warm["check"]["median_s"] < warm["forward"]["median_s"]  # the verdict is a few small products, not a model pass
     # A 64-px, width-0.125 network predicts in well under the 1.5 s budget even on a loaded CPU.
     assert r["within_budget"] is True and warm["total"]["median_s"] < 1.5
     assert re.search(r"warm predict_files, model loaded: median \d+ ms", out) and "within the 1.5 s budget" in out
+    assert re.search(r"the in-distribution check: warm median \d+ ms with it, \d+ ms without \(ratio \d\.\d{3}", out)
 
 
 def test_report_timing_runs_a_one_page_chain_and_reads_it_back(tmp_path):
