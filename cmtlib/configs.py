@@ -139,6 +139,11 @@ class TrainConfig:
     w_healthy: float = 1.0
     w_covid: float = 1.0
     w_other: float = 1.0
+    # Segmentation loss: bce (the paper: binary cross-entropy per pixel) or bce+dice (plus one minus the
+    # soft Dice per image). A disease region is a few per cent of the film; with BCE alone a short run's
+    # disease decoder can settle on predicting nothing, and then the classifier's features do not
+    # localise the lesion either (the heat-map study, docs/explanations.md).
+    seg_loss: str = "bce"
     eval_batch_size: int = 64
     # CPU threads for torch (0 = torch's default).
     threads: int = 0
