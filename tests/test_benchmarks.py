@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,3 +70,14 @@ def test_report_timing_runs_a_one_page_chain_and_reads_it_back(tmp_path):
     assert re.search(r"chain total +\d+\.\d", out) and f"{os.cpu_count()} CPUs" in out
     again = run_script("report_timing.py", "--from", str(tmp_path / "r"))
     assert row in again.splitlines() and "timings.json" in again
+
+
+@pytest.mark.slow
+def test_study_cluster_smoke(tmp_path):
+    out = run_script("study_cluster.py", "--smoke", "--out", str(tmp_path), timeout=600)
+    lines = out.splitlines()
+    assert any(ln.startswith("one after another (--jobs 1)") for ln in lines) and any(ln.startswith("local Dask cluster") for ln in lines)
+    cluster = next(ln for ln in lines if ln.startswith("local Dask cluster")).split()
+    assert int(cluster[-1]) == min(2, os.cpu_count() or 1)  # the two runs went to two workers where there are two cores
+    assert float(next(ln for ln in lines if ln.startswith("ratio")).split()[-1]) > 0
+    assert "metrics.json identical in both modes: yes" in out

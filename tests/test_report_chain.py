@@ -343,6 +343,7 @@ def test_ablation_validates_all_files_first_then_trains_each(tmp_path, monkeypat
         return {"covid": {"auc": auc, "auc_ci_low": auc - 0.05, "auc_ci_high": auc + 0.02, "eer": 0.1, "sens_at_spec99": 0.5}}
 
     monkeypatch.setattr(study, "train_run", train_run)
+    monkeypatch.setattr(study, "prepare_data", lambda params: None)
     with pytest.raises(ParamsError, match="widht"):
         ablation.run_ablation([a, b, bad], jobs=1)
     assert trained == [] and not reports.exists()
@@ -418,6 +419,7 @@ def test_a_failed_configuration_is_marked_and_the_others_finish(tmp_path, monkey
         return {"covid": {"auc": 0.8}}
 
     monkeypatch.setattr(study, "train_run", train_run)
+    monkeypatch.setattr(study, "prepare_data", lambda params: None)
     # The run's own error is on the page and in the one-line error the command exits with.
     with pytest.raises(study.StudyError, match=r"1 of 3 run\(s\) did not finish: second \(failed: RuntimeError: out of memory on purpose\)"):
         ablation.run_ablation(files, out=reports / "abl", jobs=1)

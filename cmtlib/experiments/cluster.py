@@ -19,13 +19,16 @@ process may not (dask/distributed#2142); a user's own workers need the same sett
 Local workers ignore SIGINT, so Ctrl-C reaches this process alone; on the way out it kills its
 local workers and everything they started (Jupyter kernels, pool workers). A user's cluster is
 only asked to cancel what was submitted to it.
-A worker that dies mid-task loses that task only: the local scheduler does not retry it
-(`allowed-failures: 0`) and the graph reports it; the study trains it when run again.
+A worker that dies mid-task (killed, out of memory, crashed) costs that task one more try on
+another worker (`allowed-failures: 1`; a study's run then resumes from its last epoch); if that
+worker dies too, the task is reported lost and the others go on. Tasks merely queued on a worker
+that died are sent elsewhere.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -36,7 +39,8 @@ from typing import Any
 from cmtlib.errors import CmtError
 
 CONNECT_TIMEOUT_S = 10  # an unreachable scheduler fails within this (the issue's bound: 15 s)
-STOP_WAIT_S = 5  # how long killed worker processes get to exit before SIGKILL
+STOP_WAIT_S = 5  # how long closing a client or a cluster may take
+KILL_WAIT_S = 1  # how long a process sent SIGTERM on Ctrl-C gets before SIGKILL (a worker busy training ignores it)
 
 
 class SchedulerError(CmtError):
@@ -159,6 +163,8 @@ def open_cluster(scheduler: str = "", jobs: int = 0, threads: int = 0, device: s
             nanny.auto_restart = False
         stop(procs)
         close(cluster)
+        cluster.local = cluster.client = None
+        gc.collect()  # the nannies' queues: their semaphores are released now, not reported as leaked at exit
         raise
     close(cluster)
 
@@ -179,7 +185,9 @@ def connect(address: str):
 def _config(layout: Layout) -> dict[str, Any]:
     threads = str(layout.threads)
     return {
-        "distributed.scheduler.allowed-failures": 0,  # a task whose worker died is reported, not run again
+        # A task whose worker died runs once more elsewhere, then is reported (not 0: a task only queued on
+        # the dying worker counts as a failure too, and would be lost with it).
+        "distributed.scheduler.allowed-failures": 1,
         # A worker gets only the tasks it can start now: a long run never holds up a task another worker could take.
         "distributed.scheduler.worker-saturation": 1.0,
         # Only the thread counts: Dask's default also sets MALLOC_TRIM_THRESHOLD_, which slows training here.
@@ -253,13 +261,13 @@ def worker_trees(local) -> list:
 
 
 def stop(procs: list) -> None:
-    """SIGTERM each process still alive, then SIGKILL those alive STOP_WAIT_S later."""
+    """SIGTERM each process still alive, then SIGKILL those alive KILL_WAIT_S later."""
     import psutil
 
     for p in procs:
         with contextlib.suppress(psutil.NoSuchProcess):
             p.terminate()
-    _, alive = psutil.wait_procs(procs, timeout=STOP_WAIT_S)
+    _, alive = psutil.wait_procs(procs, timeout=KILL_WAIT_S)
     for p in alive:
         with contextlib.suppress(psutil.NoSuchProcess):
             p.kill()

@@ -9,9 +9,9 @@ A task is a call of a module-level function (pickled by reference for the worker
 every task it `needs` has finished; if one of those did not finish ok it does not run ('skipped',
 naming which). An exception is the task's outcome ('failed': the error in one line, and the end of
 the traceback and of the console output as `detail`), and every task not waiting on it goes on. A
-task whose worker died while running it is 'lost' (reported, not retried: a study trains it when
-run again). Among ready tasks a higher `priority` starts first (on a cluster, as far as Dask's
-scheduler follows it).
+task whose worker died while running it is tried once more on another worker (a local cluster's
+setting; a user's scheduler applies its own `allowed-failures`), then reported 'lost'. Among ready
+tasks a higher `priority` starts first (on a cluster, as far as Dask's scheduler follows it).
 
 Progress: a line when a task starts (on which worker) and one when it ends, with its time. On a
 cluster a task's own console output (training's progress bars) is kept off the console; the run
@@ -161,6 +161,9 @@ def _run_on(client, tasks: list[Task], context: Context, finish, say) -> dict[st
         for future in as_completed(list(futures.values()), loop=client.loop):
             key = keys[future.key]
             outcome = _collected(future, by_key[key], outcomes)
+            # Released here: Dask keeps a result only while a task still waiting needs it, so a worker
+            # that dies later costs no task that has ended (Dask would run it again to get it back).
+            del futures[key]
             outcomes[key] = outcome
             finish(outcome)
     finally:

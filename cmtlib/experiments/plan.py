@@ -108,7 +108,9 @@ def _comparison_tasks(params: Params, run_dir: str, report_dir: str, roles: tupl
         setting = _data_key(p)
         if setting not in data:
             data[setting] = f"data:{len(data)}"
-            tasks.append(Task(data[setting], f"experiments: data at {p.data.image_size} px", prepare_data, (p,), priority=PRIORITY["data"]))
+            # After the run's data: another size of the same films waits for them rather than for their lock.
+            tasks.append(Task(data[setting], f"experiments: data at {p.data.image_size} px", prepare_data, (p,), needs=("data",),
+                              priority=PRIORITY["data"]))
         name = "CMTNet at the baselines' setting" if file is None else LABELS.get(key, DEEP_BASELINES.get(p.model.model, key))
         tasks.append(Task(f"deep:{key}-seed{seed}", f"experiments: {name}, seed {seed}", deep_run, (params, report_dir, key, file, seed),
                           needs=(data[setting],), priority=PRIORITY["classifier" if role == "classifier" else "deep"]))

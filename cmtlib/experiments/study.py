@@ -139,14 +139,20 @@ def study_tasks(planned: list[_Planned], analysis: Callable[[Path], dict] | None
     """The graph of a planned study: data, run and analysis tasks (module docstring)."""
     tasks: list[Task] = []
     data_keys: dict[str, str] = {}
+    films: dict[str, str] = {}  # the data task that first prepares each set of films (any image size)
     n = len(planned)
     for i, r in enumerate(planned):
         if r.reused and analysis is None:
             continue
         setting = json.dumps(dataclasses.asdict(r.params.data), sort_keys=True)
+        same_films = json.dumps({k: v for k, v in dataclasses.asdict(r.params.data).items() if k != "image_size"}, sort_keys=True)
         if setting not in data_keys:
             data_keys[setting] = f"data{len(data_keys) + 1}"
-            tasks.append(Task(data_keys[setting], f"data for {r.name} ({data_words(r.params)})", prepare_data, (r.params,), priority=2 * n + 1))
+            # Another size of films already being prepared waits for them, not for their folder's lock on a worker.
+            after = (films[same_films],) if same_films in films else ()
+            films.setdefault(same_films, data_keys[setting])
+            tasks.append(Task(data_keys[setting], f"data for {r.name} ({data_words(r.params)})", prepare_data, (r.params,), needs=after,
+                              priority=2 * n + 1))
         needs = (data_keys[setting],)
         if not r.reused:
             tasks.append(Task(f"run:{r.name}", f"[{i + 1}/{n}] {r.name}", train_run, (r.params,), needs=needs, priority=2 * (n - i)))
