@@ -147,8 +147,9 @@ def open_cluster(scheduler: str = "", jobs: int = 0, threads: int = 0, device: s
     else:
         cluster = start_local(local_layout(jobs, threads, most, gpus=visible_gpus(device)))
     say(f"running on {cluster.describe()}")
-    if cluster.dashboard():
-        say(f"Dask dashboard: {cluster.dashboard()}")
+    dashboard = cluster.dashboard()
+    if dashboard:
+        say(f"Dask dashboard: {dashboard}")
     try:
         yield cluster
     except BaseException:
@@ -188,9 +189,8 @@ def _config(layout: Layout) -> dict[str, Any]:
         # A task whose worker died runs once more elsewhere, then is reported (not 0: a task only queued on
         # the dying worker counts as a failure too, and would be lost with it).
         "distributed.scheduler.allowed-failures": 1,
-        # A worker gets only the tasks it can start now: a long run never holds up a task another worker could take.
-        "distributed.scheduler.worker-saturation": 1.0,
-        # Only the thread counts: Dask's default also sets MALLOC_TRIM_THRESHOLD_, which slows training here.
+        # Only the thread counts: Dask's default also sets MALLOC_TRIM_THRESHOLD_, which a run trained on its
+        # own (`cmt train`) does not have; a task runs in the same environment as that run.
         "distributed.nanny.pre-spawn-environ": {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads},
     }
 

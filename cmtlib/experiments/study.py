@@ -196,12 +196,11 @@ def run_study(configs: Sequence[tuple[str, Params]], folder: str | Path, seeds: 
         def done(outcome: Outcome) -> str | None:
             results[outcome.key] = outcome
             kind, _, name = outcome.key.partition(":")
-            if not name or last[name] != outcome.key:
-                return None
-            outcomes[name] = _outcome(by_name[name], results.get(f"run:{name}"), results.get(f"analysis:{name}"))
-            if on_done is not None:
-                on_done(outcomes[name])
-            return finish_line(outcome, extra=_auc_words(outcomes[name])) if kind == "run" else None
+            if name and last[name] == outcome.key:
+                outcomes[name] = _outcome(by_name[name], results.get(f"run:{name}"), results.get(f"analysis:{name}"))
+                if on_done is not None:
+                    on_done(outcomes[name])
+            return finish_line(outcome, extra=_auc_words(outcome.value)) if kind == "run" and outcome.ok else None
 
         first = planned[0].params
         with open_cluster(scheduler, jobs, threads=max(r.params.train.threads for r in planned), device=first.train.device,
@@ -227,8 +226,8 @@ def _outcome(r: _Planned, run: Outcome | None, analysis: Outcome | None) -> RunO
     return out
 
 
-def _auc_words(outcome: RunOutcome) -> str:
-    auc = ((outcome.metrics or {}).get("covid") or {}).get("auc")
+def _auc_words(metrics: dict[str, Any] | None) -> str:
+    auc = ((metrics or {}).get("covid") or {}).get("auc")
     return f"; COVID AUC {auc:.3f}" if isinstance(auc, (int, float)) and math.isfinite(auc) else ""
 
 
