@@ -7,13 +7,16 @@
 The data is prepared first (not timed: both modes would share it); then the study runs with no
 cluster, then on a local cluster sized to this machine, each into a fresh folder, and the wall times
 and their ratio are printed with the machine and its load average (this 2-core machine is shared:
-compare only figures measured side by side). Every run's metrics.json must be the same in both modes
-(apart from the folder it names); the script exits non-zero otherwise.
+compare only figures measured side by side). The cluster's start and stop (seconds) count in its
+time, so it pays only when runs take longer than that. Every run's metrics.json must be the same in
+both modes (apart from the folder it names); the script exits non-zero otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import platform
@@ -57,20 +60,21 @@ def main(argv: list[str] | None = None) -> int:
         for mode, jobs in (("one after another (--jobs 1)", 1), ("local Dask cluster", 0)):
             load = os.getloadavg()[0]
             t0 = time.perf_counter()
-            out = run_study([(params.run_name, params)], root / f"jobs{jobs}", seeds=list(range(runs)), jobs=jobs, say=lambda line: None)
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # the runs' own progress (--jobs 1)
+                out = run_study([(params.run_name, params)], root / f"jobs{jobs}", seeds=list(range(runs)), jobs=jobs, say=lambda line: None)
             wall = time.perf_counter() - t0
             bad = [o for o in out if not o.done]
             if bad:
                 print(f"{mode}: {len(bad)} run(s) did not finish: {bad[0].error}", file=sys.stderr)
                 return 1
             results[jobs] = [metrics(o.run_dir) for o in out]
-            rows.append((mode, wall, load, len({o.worker for o in out})))
+            rows.append((mode, wall, load, len({o.worker for o in out}), sum(o.seconds for o in out) / len(out)))
     same = results[1] == results[0]
     print(f"\nmachine: {platform.platform()}, {os.cpu_count()} CPUs; {runs} runs of {Path(a.params).name} "
           f"({params.data.image_size} px, {params.train.epochs} epoch(s), threads 1)")
-    print(f"{'mode':32s} {'wall s':>8s} {'load before':>12s} {'workers':>8s}")
-    for mode, wall, load, workers in rows:
-        print(f"{mode:32s} {wall:8.1f} {load:12.1f} {workers:8d}")
+    print(f"{'mode':32s} {'wall s':>8s} {'s per run':>10s} {'load before':>12s} {'workers':>8s}")
+    for mode, wall, load, workers, each in rows:
+        print(f"{mode:32s} {wall:8.1f} {each:10.1f} {load:12.1f} {workers:8d}")
     print(f"ratio (one after another / cluster): {rows[0][1] / rows[1][1]:.2f}")
     print(f"metrics.json identical in both modes: {'yes' if same else 'NO'}")
     return 0 if same else 1

@@ -67,7 +67,7 @@ def test_the_gpu_route_gives_each_worker_its_own_device():
         names = {w["name"]: w["resources"] for w in cluster.client.scheduler_info()["workers"].values()}
     finally:
         close(cluster)
-    assert sorted(seen.values()) == ["0", "1"] and names == {"gpu0": {"GPU": 1}, "gpu1": {"GPU": 1}}
+    assert sorted(seen.values()) == ["0", "1"] and names == {"gpu0": {"GPU": 1, "compute": 1}, "gpu1": {"GPU": 1, "compute": 1}}
 
 
 def pool_sum() -> tuple[int, bool]:

@@ -3,12 +3,13 @@ another here and on a local Dask cluster of two worker processes (a worker that 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import time
 
 import pytest
 
-from cmtlib.experiments.cluster import Cluster, open_cluster
+from cmtlib.experiments.cluster import Cluster, Layout, close, open_cluster, start_local
 from cmtlib.experiments.graph import Task, check_order, run_graph
 
 
@@ -30,6 +31,14 @@ def interval(seconds: float) -> tuple[float, float, int]:
     t0 = time.time()
     time.sleep(seconds)
     return t0, time.time(), os.getpid()
+
+
+def noisy(name: str, seconds: float) -> None:
+    """Prints, waits (so that two of these overlap in one worker), prints again, fails."""
+    print(f"{name} starts")
+    time.sleep(seconds)
+    print(f"{name} ends")
+    raise RuntimeError(f"{name} failed")
 
 
 def die() -> None:
@@ -81,5 +90,22 @@ def test_a_local_cluster_gives_the_same_outcomes_runs_side_by_side_and_loses_onl
     (s1, e1, p1), (s2, e2, p2) = outcomes["slow1"].value, outcomes["slow2"].value
     assert p1 != p2 and s1 < e2 and s2 < e1  # two worker processes, at the same time
     assert any(ln.startswith("slow 1 ... (on worker ") for ln in lines)
+    if importlib.util.find_spec("bokeh") is None:  # no dashboard: nothing said about it
+        assert not any("dashboard" in ln.lower() for ln in lines)
     assert dead["dies"].status == "lost" and "its worker died while running it (2 attempts" in dead["dies"].error
     assert dead["after-dies"].status == "skipped" and dead["fine"].status == "ok"
+
+
+def test_a_page_beside_a_run_in_one_worker_keeps_its_own_output():
+    """One worker: a compute task and a light one (a report page) run side by side in its two threads,
+    and each failure's detail holds that task's own output only."""
+    cluster = start_local(Layout(1, 1))
+    try:
+        out = run_graph([Task("run", "the run", noisy, ("RUN", 1.5)), Task("page", "a page", noisy, ("PAGE", 1.5), light=True)],
+                        cluster, say=lambda line: None)
+    finally:
+        close(cluster)
+    run, page = out["run"], out["page"]
+    assert run.worker == page.worker and run.error == "RuntimeError: RUN failed" and page.error == "RuntimeError: PAGE failed"
+    assert "RUN starts" in run.detail and "RUN ends" in run.detail and "PAGE" not in run.detail
+    assert "PAGE starts" in page.detail and "PAGE ends" in page.detail and "RUN" not in page.detail

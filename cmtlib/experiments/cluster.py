@@ -8,7 +8,9 @@ user already runs, or no cluster at all.
   SLURM / PBS clusters): only a client is made, and leaving never shuts the cluster down.
 - otherwise a LocalCluster sized to this machine (`local_layout`):
     CPU: worker processes with `threads` torch + BLAS threads each, so that workers x threads does
-         not exceed the cores (on 2 cores with threads 1: 2 workers x 1 thread);
+         not exceed the cores (on 2 cores with threads 1: 2 workers x 1 thread). A worker runs one
+         compute task at a time (its resource COMPUTE); a light task, a report page whose work is in
+         a kernel process of its own, runs beside it, as a kernel beside a training did before;
     GPU: one worker per GPU (device auto or cuda, and torch sees GPUs), each seeing only its own
          device: CUDA_VISIBLE_DEVICES set per worker (a SpecCluster of Nannies; dask-cuda's
          LocalCUDACluster does the same and is not needed).
@@ -39,6 +41,12 @@ from typing import Any
 from cmtlib.errors import CmtError
 
 CONNECT_TIMEOUT_S = 10  # an unreachable scheduler fails within this (the bound: 15 s)
+# A local worker's one compute slot: the tasks that use its CPU (or GPU) threads take it, one at a time;
+# a light task (a report page, whose kernel is a process of its own) runs in the worker's second thread.
+COMPUTE = "compute"
+# Imported by every local worker as it starts, all at once, rather than by each worker's first task one
+# after another (torch and the engine take seconds to import).
+PRELOAD = ["cmtlib.engine", "cmtlib.evaluate"]
 STOP_WAIT_S = 5  # how long closing a client or a cluster may take
 KILL_WAIT_S = 1  # how long a process sent SIGTERM on Ctrl-C gets before SIGKILL (a worker busy training ignores it)
 
@@ -209,13 +217,13 @@ def start_local(layout: Layout) -> Cluster:
             scheduler = {"dashboard": dashboard is not None, "dashboard_address": dashboard}
             if layout.gpus:
                 workers = {f"gpu{g}": {"cls": Nanny, "options": {
-                    "nthreads": 1, "env": {"CUDA_VISIBLE_DEVICES": str(g)}, "resources": {"GPU": 1}, "silence_logs": logging.ERROR}}
-                    for g in layout.gpus}
+                    "nthreads": 2, "env": {"CUDA_VISIBLE_DEVICES": str(g)}, "resources": {"GPU": 1, COMPUTE: 1}, "silence_logs": logging.ERROR,
+                    "preload": PRELOAD}} for g in layout.gpus}
                 local = SpecCluster(workers=workers, scheduler={"cls": Scheduler, "options": scheduler},
                                     silence_logs=logging.ERROR)
             else:
-                local = LocalCluster(n_workers=layout.workers, threads_per_worker=1, processes=True, scheduler_kwargs=scheduler,
-                                     silence_logs=logging.ERROR)
+                local = LocalCluster(n_workers=layout.workers, threads_per_worker=2, resources={COMPUTE: 1}, processes=True,
+                                     scheduler_kwargs=scheduler, silence_logs=logging.ERROR, preload=PRELOAD)
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)

@@ -25,6 +25,7 @@ import contextlib
 import io
 import os
 import sys
+import threading
 import time
 import traceback
 import uuid
@@ -50,6 +51,9 @@ class Task:
     needs: tuple[str, ...] = ()  # keys of the tasks it waits for
     priority: int = 0
     inputs: bool = False  # call fn(..., inputs={key: value of each needed task})
+    # Light: it takes no CPU of its worker (a report page: its kernel is a process of its own), so on a
+    # local cluster it runs beside the worker's one compute task (cmtlib.experiments.cluster.COMPUTE).
+    light: bool = False
 
 
 @dataclass
@@ -114,7 +118,7 @@ def run_graph(tasks: Iterable[Task], cluster, on_done: Callable[[Outcome], str |
         return _run_here(tasks, Context(), finish, say)
     context = Context(data_dir=str(data_dir()), threads=cluster.layout.threads if cluster.layout else 0, capture=True,
                       topic=f"cmtlib-progress-{uuid.uuid4().hex[:8]}")
-    return _run_on(cluster.client, tasks, context, finish, say)
+    return _run_on(cluster.client, tasks, context, finish, say, slots=cluster.local is not None)
 
 
 def _finisher(on_done, say) -> Callable[[Outcome], None]:
@@ -145,15 +149,19 @@ def _run_here(tasks: list[Task], context: Context, finish, say) -> dict[str, Out
     return outcomes
 
 
-def _run_on(client, tasks: list[Task], context: Context, finish, say) -> dict[str, Outcome]:
+def _run_on(client, tasks: list[Task], context: Context, finish, say, slots: bool = False) -> dict[str, Outcome]:
+    """On a cluster; `slots`: its workers have a compute slot (a local cluster), which every task but
+    a light one takes (a user's workers have none, and a task asking for it would never start)."""
     from distributed import as_completed
+
+    from cmtlib.experiments.cluster import COMPUTE
 
     client.subscribe_topic(context.topic, lambda event: say(start_line(event[1]["label"], event[1]["on"])))
     token = context.topic.rsplit("-", 1)[-1]
     futures: dict[str, Any] = {}
     for t in tasks:
         futures[t.key] = client.submit(_execute, t, context, *[futures[n] for n in t.needs], key=f"{_slug(t.key)}-{token}",
-                                       priority=t.priority, pure=False)
+                                       priority=t.priority, pure=False, resources={COMPUTE: 1} if slots and not t.light else None)
     keys = {f.key: k for k, f in futures.items()}
     by_key = {t.key: t for t in tasks}
     outcomes: dict[str, Outcome] = {}
@@ -245,10 +253,38 @@ def _execute(task: Task, context: Context, *needed: Outcome, tell: Callable[[dic
     return Outcome(task.key, task.label, "ok", value, round(time.perf_counter() - t0, 2), address)
 
 
+class _PerThread:
+    """A worker's sys.stdout or sys.stderr: what a task's thread writes goes to that task's buffer
+    (two tasks may run side by side in one worker; contextlib.redirect_stdout would mix them up)."""
+
+    def __init__(self, stream) -> None:
+        self.stream, self.local = stream, threading.local()
+
+    def write(self, text: str) -> int:
+        return (getattr(self.local, "buffer", None) or self.stream).write(text)
+
+    def __getattr__(self, name: str) -> Any:  # flush, isatty, fileno, encoding ...: the stream's
+        return getattr(getattr(self.local, "buffer", None) or self.stream, name)
+
+
+_ROUTER_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def _captured(buffer: io.StringIO, capture: bool):
     if not capture:
         yield
         return
-    with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+    with _ROUTER_LOCK:  # installed once per worker process
+        routers = []
+        for name in ("stdout", "stderr"):
+            if not isinstance(getattr(sys, name), _PerThread):
+                setattr(sys, name, _PerThread(getattr(sys, name)))
+            routers.append(getattr(sys, name))
+    for router in routers:
+        router.local.buffer = buffer
+    try:
         yield
+    finally:
+        for router in routers:
+            router.local.buffer = None

@@ -122,7 +122,7 @@ def _comparison_tasks(params: Params, run_dir: str, report_dir: str, roles: tupl
     if roles:
         made = tuple(dict.fromkeys(k for r in roles for k in makes[r]))
         tasks.append(Task("comparison", "experiments: the comparison's record", record_comparison, (params, run_dir, report_dir, roles),
-                          needs=("run", *made), priority=PRIORITY["comparison"], inputs=True))
+                          needs=("run", *made), priority=PRIORITY["comparison"], inputs=True, light=True))
         makes["comparison"] = ("comparison",)
     return tasks
 

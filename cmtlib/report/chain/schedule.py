@@ -49,7 +49,7 @@ def page_tasks(notebooks: list[Path], makes: dict[str, tuple[str, ...]], experim
         waits = tuple(dict.fromkeys(k for need in sorted(declared) for k in makes.get(need, ()))) if declared else everything
         after = tuple(f"page:{s}" for s in sorted(declared_after(nb) & stems))
         tasks.append(Task(f"page:{nb.stem}", f"[{i}/{len(notebooks)}] {nb.stem}", run_page, args(nb), needs=waits + after,
-                          priority=PAGE_PRIORITY - i))
+                          priority=PAGE_PRIORITY - i, light=True))
     return _after_first(tasks)
 
 
