@@ -208,13 +208,14 @@ def start_local(layout: Layout) -> Cluster:
     import dask
     from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster
 
-    dashboard = ":0" if _has_bokeh() else None
+    # Any free port: another cluster on this machine (someone else's) may hold Dask's 8787, and taking
+    # another then warns on every start. Without bokeh there is no dashboard to serve.
+    scheduler = {"dashboard": _has_bokeh(), "dashboard_address": ":0"}
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if _main_thread() else None
     # For the process's life, not a `with`: a Nanny reads it again whenever it restarts a dead worker.
     dask.config.set({"distributed.worker.daemon": False})
     try:
         with dask.config.set(_config(layout)):
-            scheduler = {"dashboard": dashboard is not None, "dashboard_address": dashboard}
             if layout.gpus:
                 workers = {f"gpu{g}": {"cls": Nanny, "options": {
                     "nthreads": 2, "env": {"CUDA_VISIBLE_DEVICES": str(g)}, "resources": {"GPU": 1, COMPUTE: 1}, "silence_logs": logging.ERROR,

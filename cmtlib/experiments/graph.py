@@ -10,8 +10,11 @@ every task it `needs` has finished; if one of those did not finish ok it does no
 naming which). An exception is the task's outcome ('failed': the error in one line, and the end of
 the traceback and of the console output as `detail`), and every task not waiting on it goes on. A
 task whose worker died while running it is tried once more on another worker (a local cluster's
-setting; a user's scheduler applies its own `allowed-failures`), then reported 'lost'. Among ready
-tasks a higher `priority` starts first (on a cluster, as far as Dask's scheduler follows it).
+setting; a user's scheduler applies its own `allowed-failures`), then reported 'lost'.
+
+On a cluster, a task is handed to Dask when the tasks it needs have ended (their outcomes are its
+arguments), the ready ones by `priority`, highest first; on a local cluster a compute task also
+waits for a free compute slot, so that it starts on the worker that is free (`_run_on`).
 
 Progress: a line when a task starts (on which worker) and one when it ends, with its time. On a
 cluster a task's own console output (training's progress bars) is kept off the console; the run
@@ -118,7 +121,7 @@ def run_graph(tasks: Iterable[Task], cluster, on_done: Callable[[Outcome], str |
         return _run_here(tasks, Context(), finish, say)
     context = Context(data_dir=str(data_dir()), threads=cluster.layout.threads if cluster.layout else 0, capture=True,
                       topic=f"cmtlib-progress-{uuid.uuid4().hex[:8]}")
-    return _run_on(cluster.client, tasks, context, finish, say, slots=cluster.local is not None)
+    return _run_on(cluster.client, tasks, context, finish, say, slots=cluster.layout.workers if cluster.local is not None else 0)
 
 
 def _finisher(on_done, say) -> Callable[[Outcome], None]:
@@ -149,61 +152,83 @@ def _run_here(tasks: list[Task], context: Context, finish, say) -> dict[str, Out
     return outcomes
 
 
-def _run_on(client, tasks: list[Task], context: Context, finish, say, slots: bool = False) -> dict[str, Outcome]:
-    """On a cluster; `slots`: its workers have a compute slot (a local cluster), which every task but
-    a light one takes (a user's workers have none, and a task asking for it would never start)."""
+def _run_on(client, tasks: list[Task], context: Context, finish, say, slots: int = 0) -> dict[str, Outcome]:
+    """On a cluster. A task is handed to Dask once every task it needs has ended, with their outcomes
+    as its arguments, highest priority first; with `slots` (a local cluster: its workers' compute
+    slots) a compute task waits for a free one. Dask gives a ready task to a worker at once, and knows
+    nothing of how long a run takes: handed all at once, tasks queue behind a run of minutes on one
+    worker while the other has nothing to do. A user's workers have no slots, and a task asking for
+    one would never start: there every ready task is handed over."""
     from distributed import as_completed
 
     from cmtlib.experiments.cluster import COMPUTE
 
     client.subscribe_topic(context.topic, lambda event: say(start_line(event[1]["label"], event[1]["on"])))
     token = context.topic.rsplit("-", 1)[-1]
-    futures: dict[str, Any] = {}
-    for t in tasks:
-        futures[t.key] = client.submit(_execute, t, context, *[futures[n] for n in t.needs], key=f"{_slug(t.key)}-{token}",
-                                       priority=t.priority, pure=False, resources={COMPUTE: 1} if slots and not t.light else None)
-    keys = {f.key: k for k, f in futures.items()}
-    by_key = {t.key: t for t in tasks}
+    order = {t.key: i for i, t in enumerate(tasks)}
+    pending = sorted(tasks, key=lambda t: (-t.priority, order[t.key]))
     outcomes: dict[str, Outcome] = {}
+    running: dict[str, tuple[Any, Task]] = {}  # Dask key -> (future, task)
+    finished = as_completed(loop=client.loop)
+
+    def end(outcome: Outcome) -> None:
+        outcomes[outcome.key] = outcome
+        finish(outcome)
+
+    def release() -> None:
+        computing = sum(1 for _, t in running.values() if not t.light)
+        for t in [t for t in pending if all(n in outcomes for n in t.needs)]:
+            needed = [outcomes[n] for n in t.needs]
+            if _blocked(t, needed) is not None:  # ends here: nothing to run
+                pending.remove(t)
+                end(_blocked(t, needed))
+                return release()
+            if slots and not t.light and computing >= slots:
+                continue
+            pending.remove(t)
+            future = client.submit(_execute, t, context, *needed, key=f"{_slug(t.key)}-{token}-{order[t.key]}", priority=t.priority,
+                                   pure=False, resources={COMPUTE: 1} if slots and not t.light else None)
+            running[future.key], computing = (future, t), computing + (not t.light)
+            finished.add(future)
+
     try:
-        for future in as_completed(list(futures.values()), loop=client.loop):
-            key = keys[future.key]
-            outcome = _collected(future, by_key[key], outcomes)
-            # Released here: Dask keeps a result only while a task still waiting needs it, so a worker
-            # that dies later costs no task that has ended (Dask would run it again to get it back).
-            del futures[key]
-            outcomes[key] = outcome
-            finish(outcome)
+        release()
+        for future in finished:
+            end(_collected(future, running.pop(future.key)[1]))
+            release()
     finally:
-        left = [f for f in futures.values() if not f.done()]
-        if left:  # interrupted: what has not started never will; running tasks end on their own
+        if running:  # interrupted: what has not started never will; running tasks end on their own
             with contextlib.suppress(Exception):
-                client.cancel(left)
+                client.cancel([f for f, _ in running.values()])
         with contextlib.suppress(Exception):
             client.unsubscribe_topic(context.topic)
     return outcomes
 
 
-def _collected(future, task: Task, outcomes: dict[str, Outcome]) -> Outcome:
+def _collected(future, task: Task) -> Outcome:
     """A finished future's Outcome (_execute's), or what became of a task that did not end in it."""
     if future.status == "finished":
         return future.result()
     if future.status == "cancelled":
         return Outcome(task.key, task.label, "cancelled", error="cancelled before it ended")
-    blocked = next((outcomes[n] for n in task.needs if n in outcomes and not outcomes[n].ok), None)
-    if blocked is not None:  # Dask marks the tasks waiting on one that erred with its error
-        return Outcome(task.key, task.label, "skipped", error=f"not run: {blocked.label} {blocked.status}")
     err = future.exception()
     from distributed.scheduler import KilledWorker
 
     if isinstance(err, KilledWorker):
-        if err.task != future.key:  # a task it needs was lost: Dask marks the waiting ones with the same error
-            return Outcome(task.key, task.label, "skipped", error="not run: a task it needs was lost with its worker")
         tries = err.allowed_failures + 1
         return Outcome(task.key, task.label, "lost", worker=str(getattr(err.last_worker, "address", "")),
                        error=f"its worker died while running it ({tries} attempt{'s' if tries > 1 else ''}; killed, out of memory "
                              "or crashed): run again to redo it")
     return Outcome(task.key, task.label, "failed", error=f"{type(err).__name__}: {err}".strip())
+
+
+def _blocked(task: Task, needed: Iterable[Outcome]) -> Outcome | None:
+    """The outcome of a task that cannot run because a task it needs did not end ok; None if it can."""
+    blocked = next((o for o in needed if not o.ok), None)
+    if blocked is None:
+        return None
+    why = f" ({blocked.error.splitlines()[0]})" if blocked.error else ""
+    return Outcome(task.key, task.label, "skipped", error=f"not run: {blocked.label} {blocked.status}{why}")
 
 
 def _slug(key: str) -> str:
@@ -225,10 +250,9 @@ def _worker_address() -> tuple[str, str]:
 
 def _execute(task: Task, context: Context, *needed: Outcome, tell: Callable[[dict], None] | None = None) -> Outcome:
     """Run one task where it was sent; never raises an Exception (its outcome says what happened)."""
-    blocked = next((o for o in needed if not o.ok), None)
+    blocked = _blocked(task, needed)
     if blocked is not None:
-        why = f" ({blocked.error.splitlines()[0]})" if blocked.error else ""
-        return Outcome(task.key, task.label, "skipped", error=f"not run: {blocked.label} {blocked.status}{why}")
+        return blocked
     address, name = _worker_address()
     event = {"label": task.label, "on": name}
     if tell is not None:

@@ -34,7 +34,9 @@ from cmtlib.experiments.runs import ensure_run
 from cmtlib.params import Params
 
 KNOWN_NEEDS = frozenset({"data", "run", "external", "comparison", *ROLES})
-PRIORITY = {"data": 1000, "run": 900, "external": 800, "classifier": 700, "deep": 600, "comparison": 500}  # pages: below
+# Among ready tasks, the higher first: the run and what follows it on the way to the comparison page
+# (the embedding classifiers) before the baselines, the classifiers (the CAM page reads them) first.
+PRIORITY = {"data": 1000, "run": 900, "external": 800, "embedding": 750, "classifier": 700, "deep": 600, "comparison": 500}  # pages: below
 
 
 def declared_needs(notebook: str | Path) -> frozenset[str]:
@@ -117,7 +119,7 @@ def _comparison_tasks(params: Params, run_dir: str, report_dir: str, roles: tupl
         makes[role] += (tasks[-1].key,)
     if "embedding" in roles:
         tasks.append(Task("embedding", "experiments: embedding classifiers", embedding_classifiers, (params, run_dir, report_dir),
-                          needs=("run",), priority=PRIORITY["deep"]))
+                          needs=("run",), priority=PRIORITY["embedding"]))
         makes["embedding"] = ("embedding",)
     if roles:
         made = tuple(dict.fromkeys(k for r in roles for k in makes[r]))
