@@ -149,15 +149,33 @@ def _cmd_predict(a: argparse.Namespace) -> int:
 def _cmd_report(a: argparse.Namespace) -> int:
     from cmtlib.report.chain.runner import run_report
 
-    index = run_report(Path(a.params), out=Path(a.out) if a.out else None, overrides=a.set or [])
+    # The flags are the params keys `scheduler` and `report_jobs`, so the report's params.yaml repeats them.
+    flags = ([f"scheduler={a.scheduler}"] if a.scheduler else []) + ([f"report_jobs={a.jobs}"] if a.jobs is not None else [])
+    index = run_report(Path(a.params), out=Path(a.out) if a.out else None, overrides=[*(a.set or []), *flags])
     print(f"report: {index}")
     return 0
+
+
+def _seeds(text: str | None) -> list[int] | None:
+    """--seeds 0,1,2 as a list (None when not given); a user error names the bad value."""
+    from cmtlib.errors import ConfigError
+
+    if text is None:
+        return None
+    try:
+        seeds = [int(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds {text!r}: give comma-separated whole numbers, e.g. --seeds 0,1,2") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ConfigError(f"--seeds {text!r}: give distinct non-negative whole numbers, e.g. --seeds 0,1,2")
+    return seeds
 
 
 def _cmd_ablation(a: argparse.Namespace) -> int:
     from cmtlib.report.chain.ablation import run_ablation
 
-    summary = run_ablation([Path(p) for p in a.params], out=Path(a.out) if a.out else None, overrides=a.set or [])
+    summary = run_ablation([Path(p) for p in a.params], out=Path(a.out) if a.out else None, overrides=a.set or [],
+                           seeds=_seeds(a.seeds), scheduler=a.scheduler, jobs=a.jobs)
     print(f"ablation summary: {summary}")
     return 0
 
@@ -165,10 +183,20 @@ def _cmd_ablation(a: argparse.Namespace) -> int:
 def _cmd_mitigation(a: argparse.Namespace) -> int:
     from cmtlib.report.chain.mitigation import run_mitigation
 
-    seeds = [int(x) for x in str(a.seeds).split(",") if x.strip()]
-    summary = run_mitigation([Path(p) for p in a.params], a.fold or [], seeds, out=Path(a.out) if a.out else None, overrides=a.set or [])
+    summary = run_mitigation([Path(p) for p in a.params], a.fold or [], _seeds(a.seeds), out=Path(a.out) if a.out else None,
+                             overrides=a.set or [], scheduler=a.scheduler, jobs=a.jobs)
     print(f"mitigation summary: {summary}")
     return 0
+
+
+def _add_cluster_flags(p: argparse.ArgumentParser) -> None:
+    """--scheduler and --jobs: where the command's task graph runs (cmtlib.experiments.cluster)."""
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run on the Dask cluster whose scheduler is at ADDRESS (tcp://HOST:PORT) instead of a local one "
+                        "(default: the params key scheduler)")
+    p.add_argument("--jobs", type=int, default=None, metavar="N",
+                   help="local worker processes: 0 = sized to this machine, 1 = no cluster, one task after another here "
+                        "(debugging) (default: the params key report_jobs)")
 
 
 def _pixels(text: str) -> int:
@@ -288,12 +316,19 @@ def _add_run_commands(sub) -> None:
     p.add_argument("--params", required=True)
     p.add_argument("--out", default="", help="report folder (default: reports/<run name>)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    _add_cluster_flags(p)
     p.set_defaults(func=_cmd_report)
 
-    p = sub.add_parser("ablation", help="train + evaluate once per params file, then a summary page")
+    p = sub.add_parser("ablation", help="train + evaluate once per params file (and seed), then a summary page",
+                       description="Train and evaluate each params file (with --seeds: once per seed) as one task each, on a "
+                                   "local Dask cluster sized to this machine or the one at --scheduler. Run again with the "
+                                   "same --out, it reuses the runs that finished and trains the rest.")
     p.add_argument("params", nargs="+")
-    p.add_argument("--out", default="")
+    p.add_argument("--out", default="", help="the study's folder (default: <reports_dir>/ablation); an existing one is resumed")
+    p.add_argument("--seeds", default=None, help="training seeds, comma-separated: one run per file and seed, summarised over seeds "
+                                                 "(default: each file's own seed)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    _add_cluster_flags(p)
     p.set_defaults(func=_cmd_ablation)
 
     p = sub.add_parser(
@@ -305,8 +340,9 @@ def _add_run_commands(sub) -> None:
     p.add_argument("--fold", action="append", metavar="[NAME:]FILTER[;FILTER]",
                    help="films to hold out, as the holdout params key takes them (repeat): e.g. 'figure1:source=figure1'")
     p.add_argument("--seeds", default="0", help="training seeds, comma-separated (default 0)")
-    p.add_argument("--out", default="")
+    p.add_argument("--out", default="", help="the study's folder (default: <reports_dir>/mitigation); an existing one is resumed")
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    _add_cluster_flags(p)
     p.set_defaults(func=_cmd_mitigation)
 
 

@@ -44,7 +44,8 @@ if TYPE_CHECKING:
 # retrain it (runs are cheap to retrain; converting old layouts is code nobody tests).
 RUN_FORMAT = 2
 # Keys that may change between a run and its --resume (they do not change what is learned).
-RESUMABLE_CHANGES = frozenset({"epochs", "device", "threads", "compile", "log_every", "eval_batch_size", "cache_dir", "reports_dir"})
+RESUMABLE_CHANGES = frozenset({"epochs", "device", "threads", "compile", "log_every", "eval_batch_size", "cache_dir", "reports_dir",
+                               "scheduler", "report_jobs"})
 # Keys that may differ between a finished run and the params asking for it without changing its
 # results (where and how fast it ran); experiments and report keys are never compared either.
 NOT_RESULT_KEYS = frozenset({"run_dir", "threads", "eval_batch_size", "device", "compile", "log_every", "cache_dir"})
@@ -247,6 +248,11 @@ class Run(Evaluation):
                 raise MissingInputError(f"run folder not found: {self.path}; train one with `cmt train --params YAML`")
             raise MissingInputError(f"{path} not found; is {self.path} a run folder whose training finished at least one epoch?")
         return path
+
+    @property
+    def judged_path(self) -> Path:
+        """The films a study judged this run on (cmtlib.experiments.mitigation: held-out fold and test)."""
+        return self.path / "judged.csv"
 
     @property
     def explanations_dir(self) -> Path:

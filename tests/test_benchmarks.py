@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -87,3 +88,14 @@ def test_split_scale_smoke(tmp_path):
     for row in r["candidates"]:
         assert row["planted_found"] == row["planted"] == 10 and row["pairs"] >= 10 and row["cpu_s"] >= 0
     assert r["machine"]["cpus"] == os.cpu_count() and re.search(r"growth 210 -> 410 films", out)
+
+
+@pytest.mark.slow
+def test_study_cluster_smoke(tmp_path):
+    out = run_script("study_cluster.py", "--smoke", "--out", str(tmp_path), timeout=600)
+    lines = out.splitlines()
+    assert any(ln.startswith("one after another (--jobs 1)") for ln in lines) and any(ln.startswith("local Dask cluster") for ln in lines)
+    cluster = next(ln for ln in lines if ln.startswith("local Dask cluster")).split()
+    assert int(cluster[-1]) == min(2, os.cpu_count() or 1)  # the two runs went to two workers where there are two cores
+    assert float(next(ln for ln in lines if ln.startswith("ratio")).split()[-1]) > 0
+    assert "metrics.json identical in both modes: yes" in out
