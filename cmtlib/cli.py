@@ -175,8 +175,17 @@ def _cmd_ablation(a: argparse.Namespace) -> int:
     from cmtlib.report.chain.ablation import run_ablation
 
     summary = run_ablation([Path(p) for p in a.params], out=Path(a.out) if a.out else None, overrides=a.set or [],
-                           seeds=_seeds(a.seeds), scheduler=a.scheduler, jobs=a.jobs)
+                           seeds=_seeds(a.seeds), scheduler=a.scheduler, jobs=a.jobs, explain=a.explain)
     print(f"ablation summary: {summary}")
+    return 0
+
+
+def _cmd_heatmaps(a: argparse.Namespace) -> int:
+    from cmtlib.report.chain.heatmaps import run_heatmap_study
+
+    page = run_heatmap_study(Path(a.params), seeds=_seeds(a.seeds), out=Path(a.out) if a.out else None, overrides=a.set or [],
+                             scheduler=a.scheduler, jobs=a.jobs)
+    print(f"heat-map study: {page}")
     return 0
 
 
@@ -327,9 +336,24 @@ def _add_run_commands(sub) -> None:
     p.add_argument("--out", default="", help="the study's folder (default: <reports_dir>/ablation); an existing one is resumed")
     p.add_argument("--seeds", default=None, help="training seeds, comma-separated: one run per file and seed, summarised over seeds "
                                                  "(default: each file's own seed)")
+    p.add_argument("--explain", action="store_true",
+                   help="also measure each run's explanations (phantoms: reliance on the lesion, the default heat map against it; "
+                        "any data: its faithfulness) and compare each configuration with the classification-only control "
+                        "(params/ablation_control/), paired film by film")
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
     _add_cluster_flags(p)
     p.set_defaults(func=_cmd_ablation)
+
+    p = sub.add_parser("heatmaps", help="the heat-map study: every CAM method and layer against known lesions, seeds pooled",
+                       description="Train (or reuse) one run of PARAMS per seed on phantoms with truth and measure every heat-map "
+                                   "method at every layer against the lesion, its faithfulness and the randomisation check; one "
+                                   "summary page ranking the maps (docs/explanations.md).")
+    p.add_argument("--params", required=True, help="a params file of phantoms with truth, e.g. params/phantoms/clean.yaml")
+    p.add_argument("--seeds", default="0,1,2", help="training seeds, comma-separated (default 0,1,2)")
+    p.add_argument("--out", default="", help="the study's folder (default: <reports_dir>/heatmap-study); an existing one is resumed")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    _add_cluster_flags(p)
+    p.set_defaults(func=_cmd_heatmaps)
 
     p = sub.add_parser(
         "mitigation", help="shortcut mitigations trained and judged side by side on held-out folds, one summary page",

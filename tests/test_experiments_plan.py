@@ -25,7 +25,7 @@ def test_every_page_declares_what_it_reads():
     declared = {nb.stem: plan.declared_needs(nb) for nb in NOTEBOOKS}
     assert declared["01_data"] == {"data"}
     assert all("run" in declared[n] for n in declared if n != "01_data")
-    assert declared["07_cam"] == {"run", "classifier"}  # the baselines' Grad-CAMs, nothing else of the comparison
+    assert declared["07_cam"] == {"run", "classifier", "explanations"}  # the baselines' Grad-CAMs, nothing else of the comparison
     assert declared["09_baselines"] >= {"cmtnet", "classifier", "segmentation", "embedding", "comparison"}
 
 
@@ -46,7 +46,12 @@ def test_tasks_are_made_only_for_what_is_declared(tmp_path):
     tasks, makes = plan.experiment_tasks(params, tmp_path / "run", tmp_path, [_nb(tmp_path / "a.ipynb", ["data"])])
     assert [t.key for t in tasks] == ["data"] and makes == {"data": ("data",)}
     tasks, makes = plan.experiment_tasks(params, tmp_path / "run", tmp_path, [_nb(tmp_path / "b.ipynb", ["run", "external"])])
+    assert [t.key for t in tasks] == ["data", "run", "external"] and makes["external"] == ("external",)  # the held-out third site
+    plain = load_params(REPO / "params" / "default.yaml", {"holdout": []})
+    tasks, makes = plan.experiment_tasks(plain, tmp_path / "run", tmp_path, [_nb(tmp_path / "b.ipynb", ["run", "external"])])
     assert [t.key for t in tasks] == ["data", "run"] and makes["external"] == ("run",)  # no external set: the run is enough
+    tasks, makes = plan.experiment_tasks(params, tmp_path / "run", tmp_path, [_nb(tmp_path / "e.ipynb", ["explanations"])])
+    assert [t.key for t in tasks] == ["data", "run", "explanations"] and tasks[-1].needs == ("run",)  # beside the baselines, not after them
 
 
 def test_the_comparison_is_one_task_per_deep_run_after_its_data(tmp_path):

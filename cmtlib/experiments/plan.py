@@ -7,6 +7,8 @@ A page declares what it reads in its notebook's metadata, `{"cmtlib": {"needs": 
     cmtnet, classifier, segmentation, embedding
                    the comparison's methods of that role (cmtlib.experiments.comparison.ROLES)
     comparison     the comparison recorded with every method's time (comparison.json)
+    explanations   the run's explanation checks (cmtlib.explain.checks: reliance, heat maps against
+                   truth, faithfulness, randomisation), kept in the run folder for the pages to read
 `experiment_tasks` turns the union over the report's pages into tasks of the report's graph
 (cmtlib.experiments.graph): the data, the run, its external sets, one task per deep run of the
 comparison (baselines, CMTNet at their setting), the embedding classifiers and the comparison's
@@ -31,12 +33,15 @@ from cmtlib.experiments.comparison import LABELS, ROLES, deep_plan, deep_run, en
 from cmtlib.experiments.external import ensure_external, external_sets
 from cmtlib.experiments.graph import Task
 from cmtlib.experiments.runs import ensure_run
+from cmtlib.explain.checks import run_checks
 from cmtlib.params import Params
+from cmtlib.run import Run
 
-KNOWN_NEEDS = frozenset({"data", "run", "external", "comparison", *ROLES})
+KNOWN_NEEDS = frozenset({"data", "run", "external", "comparison", "explanations", *ROLES})
 # Among ready tasks, the higher first: the run and what follows it on the way to the comparison page
 # (the embedding classifiers) before the baselines, the classifiers (the CAM page reads them) first.
-PRIORITY = {"data": 1000, "run": 900, "external": 800, "embedding": 750, "classifier": 700, "deep": 600, "comparison": 500}  # pages: below
+PRIORITY = {"data": 1000, "run": 900, "external": 800, "explanations": 760, "embedding": 750, "classifier": 700, "deep": 600,
+            "comparison": 500}  # pages: below
 
 
 def declared_needs(notebook: str | Path) -> frozenset[str]:
@@ -64,6 +69,11 @@ def needs(notebooks: Iterable[str | Path]) -> frozenset[str]:
 def make_run(params: Params, run_dir: str | Path) -> None:
     """The report's run task: trained (or resumed) and evaluated into run_dir."""
     ensure_run(params, run_dir, quiet=False)
+
+
+def explanations(params: Params, run_dir: str | Path) -> None:
+    """The run's explanation checks, measured once into the run folder (pages 7 and 8 read them)."""
+    run_checks(Run.open(run_dir), seed=params.train.seed)
 
 
 def embedding_classifiers(params: Params, run_dir: str | Path, report_dir: str | Path) -> None:
@@ -94,6 +104,10 @@ def experiment_tasks(params: Params, run_dir: str | Path, report_dir: str | Path
     if "external" in wanted and external_sets(params):
         tasks.append(Task("external", "experiments: external sets", ensure_external, (params, run_dir), needs=("run",), priority=PRIORITY["external"]))
         makes["external"] = ("external",)
+    if "explanations" in wanted:
+        tasks.append(Task("explanations", "experiments: explanation checks", explanations, (params, run_dir), needs=("run",),
+                          priority=PRIORITY["explanations"]))
+        makes["explanations"] = ("explanations",)
     roles = tuple(r for r in ROLES if r in wanted or "comparison" in wanted)
     tasks += _comparison_tasks(params, run_dir, report_dir, roles, makes)
     return tasks, makes

@@ -27,16 +27,18 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import pandas as pd
 
 from cmtlib import __version__
-from cmtlib.experiments.ablation import config_names, run_configurations
+from cmtlib.experiments.ablation import config_names, paired_differences, run_configurations
 from cmtlib.experiments.study import RunOutcome, check, spread, study_folder
 from cmtlib.fileio import write_json, write_text
 from cmtlib.params import Params, load_params
 from cmtlib.report.chain.index import write_reports_index
 from cmtlib.report.chain.render import TEMPLATES, check_self_contained, report_css
 from cmtlib.report.chain.runner import ReportError
-from cmtlib.report.pages.tables import ci_text, get_path
+from cmtlib.report.pages.show import caption_html, heading_html, text_html
+from cmtlib.report.pages.tables import ci_text, get_path, to_html
 
 COLUMNS = (("sens", "covid.sens_at_spec99"), ("auc", "covid.auc"), ("eer", "covid.eer"), ("lung_dice", "lung.dice"),
            ("disease_dice", "disease.dice"))
@@ -136,7 +138,7 @@ def common_setting(rows: list[dict[str, Any]]) -> str:
 
 
 def write_summary(out: Path, rows: list[dict[str, Any]], failed: str = "", reports_dir: Path | None = None,
-                  runs: Sequence[RunOutcome] = ()) -> Path:
+                  runs: Sequence[RunOutcome] = (), explain_html: str = "") -> Path:
     """index.html + summary.json (+ report.json so the list of reports shows the ablation, which is
     rewritten when the ablation folder sits in reports_dir); `runs`: every run's outcome, kept in
     summary.json (status, seconds, worker, error with the end of its traceback)."""
@@ -144,7 +146,7 @@ def write_summary(out: Path, rows: list[dict[str, Any]], failed: str = "", repor
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True)
     html = env.get_template("ablation.html.j2").render(
         name=out.name, rows=rows, failed=failed, css=report_css(), version=__version__, now=now.strftime("%Y-%m-%d %H:%M"),
-        setting=common_setting(rows), paper=PAPER)
+        setting=common_setting(rows), paper=PAPER, explain_html=explain_html)
     check_self_contained(html, f"{out.name}/index.html")
     write_json(out / "summary.json", {"rows": rows, "failed": failed, "runs": [
         {k: v for k, v in dataclasses.asdict(o).items() if k not in ("metrics", "analysis")} for o in runs]})
@@ -159,8 +161,36 @@ def write_summary(out: Path, rows: list[dict[str, Any]], failed: str = "", repor
     return index
 
 
+def explanations_html(names: Sequence[str], all_params: Sequence[Params], outcomes: Sequence[RunOutcome]) -> str:
+    """The --explain section: per configuration its explanation checks (mean over seeds), and each
+    configuration minus the classification-only control, paired film by film ('' without analyses)."""
+    done = [o for o in outcomes if o.done and o.analysis]
+    if not done:
+        return ""
+    keys = (("reliance_later", "lesion's share of the score, median past day 3"), ("pointing_later", "default map: hottest point inside the lesion"),
+            ("ratio_later", "default map: share on the lesion, times an even map's"), ("road_gain", "default map: ROAD gain over random"))
+    table = pd.DataFrame([{"configuration": name, **{words: spread_text(spread(o.analysis.get(k) for o in done if o.config == name))
+                                                     for k, words in keys}} for name in names])
+    html = heading_html("Where each configuration looks", 2) + to_html(table) + caption_html(
+        "Phantoms whose lesions are known (docs/explanations.md): how much of the COVID-19 probability the lesion alone carries "
+        "(film minus its twin without the lesion), and whether the default heat map (HiResCAM, blocks 3 and 4 fused) points "
+        "at the lesion and follows the network. Mean over seeds, as the table above.")
+    control = next((n for n, p in zip(names, all_params) if not set(p.model.tasks) & {"lung", "disease"}), None)
+    if control is None:
+        return html + text_html("No classification-only control among these configurations (params/ablation_control/), so no "
+                                "configuration is compared with one.")
+    runs = {n: {o.seed: o.run_dir for o in done if o.config == n} for n in names}
+    diffs = paired_differences(runs, control)
+    diffs["difference (95 % CI)"] = [ci_text(d, lo, hi) for d, lo, hi in zip(diffs["difference"], diffs["ci_low"], diffs["ci_high"])]
+    return html + heading_html(f"Each configuration minus the control ({control})", 3) + to_html(
+        diffs[["configuration", "measure", "difference (95 % CI)", "films", "seeds"]]) + caption_html(
+        "The paper's premise, tested: learning to outline the lungs and the disease makes the classifier look at the right "
+        "place. Differences film by film on the same test films and seeds, 95 % intervals from resampling patients; an "
+        "interval that excludes 0 is a difference these films can show.")
+
+
 def run_ablation(paths: Iterable[str | Path], out: str | Path | None = None, overrides: Iterable[str] | dict = (),
-                 seeds: Sequence[int] | None = None, scheduler: str | None = None, jobs: int | None = None) -> Path:
+                 seeds: Sequence[int] | None = None, scheduler: str | None = None, jobs: int | None = None, explain: bool = False) -> Path:
     """Train and evaluate each params file (x seed) as one task each (cmtlib.experiments.ablation);
     returns the summary page's path.
 
@@ -187,9 +217,10 @@ def run_ablation(paths: Iterable[str | Path], out: str | Path | None = None, ove
     write_summary(folder, rows(), reports_dir=reports_dir)
     outcomes = run_configurations(all_params, names, folder, seeds=seeds, on_done=tell,
                                   scheduler=first.experiments.scheduler if scheduler is None else scheduler,
-                                  jobs=first.report.report_jobs if jobs is None else jobs)
+                                  jobs=first.report.report_jobs if jobs is None else jobs, explain=explain)
     bad = [o for o in outcomes if not o.done]
     failed = "; ".join(f"{o.name} {o.status}: {o.error.splitlines()[0] if o.error else ''}" for o in bad)
-    page = write_summary(folder, rows(), failed=failed, reports_dir=reports_dir, runs=outcomes)
+    page = write_summary(folder, rows(), failed=failed, reports_dir=reports_dir, runs=outcomes,
+                         explain_html=explanations_html(names, all_params, outcomes) if explain else "")
     check(outcomes, page)
     return page
