@@ -8,8 +8,11 @@ is timed), writes one 224-px grayscale PNG, then times
            model rebuilt), each timed inside the process, beside the process's whole wall time;
            and `cmt predict RUN IMAGE --out DIR` end to end in a fresh process
     warm   `predict_files` on the image with the model loaded (Predictor passed in), N times:
-           median and 90th percentile of the whole call, and of its three parts measured apart:
-           read + resize, forward, overlay + JSON write
+           median and 90th percentile of the whole call, and of its parts measured apart:
+           read + resize, forward (with the in-distribution check's descriptors gathered in the
+           same pass), the check's verdict, overlay + JSON write; and the same whole call with the
+           check left out (Predictor(..., check=False)), alternating with the first so that both
+           see the same load: the check's share of a warm prediction is their ratio
 
 and prints the machine (CPUs, torch threads, load average), which matters on a shared CPU.
 
@@ -73,18 +76,43 @@ def make_run(folder: Path, size: int, width: float, head_hidden: int) -> Path:
     save_inference_checkpoint(ckpt, run.checkpoint("model"))
     run.write_info(RunInfo(status="finished", model="cmtnet", threshold_rule="specificity:0.95"))
     run.write_threshold({"covid_threshold": 0.5, "threshold_rule": "specificity:0.95"})  # timing only: any threshold
+    record_reference(run, model, size)
     return folder
 
 
-def write_film(path: Path, size: int) -> Path:
-    """A 224-px 8-bit grayscale PNG: a bright body, two dark lungs, noise (content does not matter for timing)."""
-    from PIL import Image
+def record_reference(run, model, size: int, n: int = 24) -> None:
+    """An in-distribution reference as training records one (cmtlib.indist.fit), on n noisy variants
+    of the timing film: its thresholds mean nothing, its cost at prediction is the real one."""
+    import torch
 
+    from cmtlib.indist import Descriptors, fit
+    from cmtlib.inference import infer
+
+    rng = np.random.default_rng(1)
+    base = film_array(size)
+    films = np.clip(base[None] * rng.uniform(0.8, 1.2, (n, 1, 1)) + rng.normal(0, 0.03, (n, size, size)), 0, 1).astype(np.float32)
+    x = torch.from_numpy(films)[:, None].expand(-1, 3, -1, -1).contiguous()
+    described = Descriptors()
+    infer(model, [{"image": x[i:i + 4]} for i in range(0, n, 4)], on_batch=described)
+    films_described = described.host()
+    half = n // 2
+    ref, _ = fit({k: v[:half] for k, v in films_described.items()}, {k: v[half:] for k, v in films_described.items()})
+    run.write_indist(ref.to_arrays())
+
+
+def film_array(size: int) -> np.ndarray:
+    """A film as float (size, size) in [0, 1]: a bright body, two dark lungs, noise (content does not matter for timing)."""
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:size, 0:size] / size
     img = 0.75 - 0.45 * (((xx - 0.3) / 0.15) ** 2 + ((yy - 0.5) / 0.3) ** 2 < 1) - 0.45 * (((xx - 0.7) / 0.15) ** 2 + ((yy - 0.5) / 0.3) ** 2 < 1)
-    img = np.clip(img + rng.normal(0, 0.05, img.shape), 0, 1)
-    Image.fromarray(np.rint(img * 255).astype(np.uint8)).save(path)
+    return np.clip(img + rng.normal(0, 0.05, img.shape), 0, 1)
+
+
+def write_film(path: Path, size: int) -> Path:
+    """The film as an 8-bit grayscale PNG."""
+    from PIL import Image
+
+    Image.fromarray(np.rint(film_array(size) * 255).astype(np.uint8)).save(path)
     return path
 
 
@@ -111,32 +139,65 @@ def cli_once(run: Path, image: Path, out_dir: Path, repeats: int) -> list[float]
     return out
 
 
-def warm(run: Path, image: Path, out_dir: Path, n: int) -> dict[str, list[float]]:
-    """Whole predict_files calls, and the three parts of one prediction timed apart."""
-    from cmtlib.predict import Predictor, predict_files, write_prediction
+def _timed_call(run: Path, image: Path, out_dir: Path, predictor) -> float:
+    from cmtlib.predict import predict_files
 
-    predictor = Predictor(run)
-    predict_files(run, [image], out_dir, predictor=predictor)  # first call: oneDNN primitives, lazy imports
-    times: dict[str, list[float]] = {"total": [], "read_resize": [], "forward": [], "overlay_write": []}
+    t = time.perf_counter()
+    (res,) = predict_files(run, [image], out_dir, predictor=predictor)
+    if "error" in res:
+        raise RuntimeError(res["error"])
+    return time.perf_counter() - t
+
+
+def warm(run: Path, image: Path, out_dir: Path, n: int) -> dict[str, list[float]]:
+    """Whole predict_files calls with and without the in-distribution check, alternating, and the
+    parts of one prediction timed apart."""
+    from cmtlib.predict import Predictor, write_prediction
+
+    predictor, without = Predictor(run), Predictor(run, check=False)
+    if not predictor.reference.available:
+        raise RuntimeError(f"the timing run has no in-distribution reference: {predictor.reference.why_not}")
+    for p in (predictor, without):
+        _timed_call(run, image, out_dir, p)  # first call: oneDNN primitives, lazy imports
+    times: dict[str, list[float]] = {"total": [], "total_without_check": [], "read_resize": [], "forward": [], "descriptors": [], "check": [],
+                                     "overlay_write": []}
     for _ in range(n):
-        t = time.perf_counter()
-        (res,) = predict_files(run, [image], out_dir, predictor=predictor)
-        times["total"].append(time.perf_counter() - t)
-        if "error" in res:
-            raise RuntimeError(res["error"])
+        times["total"].append(_timed_call(run, image, out_dir, predictor))
+        times["total_without_check"].append(_timed_call(run, image, out_dir, without))
     for _ in range(n):
         t0 = time.perf_counter()
         img, info, x = predictor.load(image)
         t1 = time.perf_counter()
-        logits = predictor.forward(x)
+        out, described = predictor.forward(x)
         t2 = time.perf_counter()
-        result, maps = predictor.decide(image, img, info, logits)
-        write_prediction(result, img, maps, out_dir / "split.json", out_dir / "split_overlay.png")
+        predictor.verdict(described, info)
         t3 = time.perf_counter()
+        result, maps = predictor.decide(image, img, info, out, described)
+        write_prediction(result, img, maps, out_dir / "split.json", out_dir / "split_overlay.png")
+        t4 = time.perf_counter()
         times["read_resize"].append(t1 - t0)
         times["forward"].append(t2 - t1)
-        times["overlay_write"].append(t3 - t2)
+        times["check"].append(t3 - t2)
+        times["overlay_write"].append(t4 - t3)
+    times["descriptors"] = descriptor_times(predictor, image, n)
     return times
+
+
+def descriptor_times(predictor, image: Path, n: int) -> list[float]:
+    """What the check adds inside the forward pass: `describe` on one image's outputs, timed alone."""
+    import torch
+
+    from cmtlib.indist import describe
+
+    _, _, x = predictor.load(image)
+    with torch.no_grad():
+        outputs = {k: v.float() for k, v in predictor.model.eval()(x).items()}
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        describe(outputs, x)
+        out.append(time.perf_counter() - t)
+    return out
 
 
 def stats(values: list[float]) -> dict[str, float]:
@@ -185,10 +246,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"cold start (fresh process, median of {a.cold}): import cmtlib.predict {c['import_s']['median_s']:.2f} s, "
           f"load_model {c['load_s']['median_s']:.2f} s, whole process {c['process_s']['median_s']:.2f} s; "
           f"`cmt predict RUN IMAGE` end to end {c['cli_predict_s']['median_s']:.2f} s")
-    for k, label in (("total", "predict_files, model loaded"), ("read_resize", "  read + resize"), ("forward", "  forward"),
-                     ("overlay_write", "  overlay + JSON/PNG write")):
+    for k, label in (("total", "predict_files, model loaded"), ("read_resize", "  read + resize"), ("forward", "  forward (+ descriptors)"),
+                     ("descriptors", "    of which the check's descriptors"), ("check", "  in-distribution verdict"), ("overlay_write", "  decision, overlay + JSON/PNG write"),
+                     ("total_without_check", "predict_files without the in-distribution check")):
         s = result["warm"][k]
         print(f"warm {label}: median {s['median_s'] * 1000:.0f} ms, p90 {s['p90_s'] * 1000:.0f} ms (n={s['n']})")
+    with_check, without = result["warm"]["total"]["median_s"], result["warm"]["total_without_check"]["median_s"]
+    result["check_ratio"] = with_check / without
+    print(f"the in-distribution check: warm median {with_check * 1000:.0f} ms with it, {without * 1000:.0f} ms without "
+          f"(ratio {result['check_ratio']:.3f}, calls alternating)")
     ok = result["warm"]["total"]["median_s"] <= a.budget
     print(f"warm median {'within' if ok else 'OVER'} the {a.budget:.1f} s budget")
     result["within_budget"] = ok

@@ -135,9 +135,12 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
 def _cmd_predict(a: argparse.Namespace) -> int:
     from cmtlib.predict import predict_files
 
-    results = predict_files(Path(a.run), [Path(p) for p in a.inputs], Path(a.out))
+    results = predict_files(Path(a.run), [Path(p) for p in a.inputs], Path(a.out), judge_anyway=a.judge_anyway)
     failed = [r for r in results if r.get("error")]
-    print(f"{len(results) - len(failed)} image(s) predicted into {a.out}; {len(failed)} failed")
+    outside = sum(r.get("in_distribution") is False for r in results)
+    what = "judged anyway (--judge-anyway)" if a.judge_anyway else "not judged (--judge-anyway decides them all the same)"
+    print(f"{len(results) - len(failed)} image(s) predicted into {a.out}; {len(failed)} failed"
+          + (f"; {outside} outside what the run was trained on: {what}" if outside else ""))
     for r in failed:
         print(f"  - {r['input']}: {r['error']}", file=sys.stderr)
     return 1 if failed and len(failed) == len(results) else 0
@@ -146,26 +149,63 @@ def _cmd_predict(a: argparse.Namespace) -> int:
 def _cmd_report(a: argparse.Namespace) -> int:
     from cmtlib.report.chain.runner import run_report
 
-    index = run_report(Path(a.params), out=Path(a.out) if a.out else None, overrides=a.set or [])
+    # The flags are the params keys `scheduler` and `report_jobs`, so the report's params.yaml repeats them.
+    flags = ([f"scheduler={a.scheduler}"] if a.scheduler else []) + ([f"report_jobs={a.jobs}"] if a.jobs is not None else [])
+    index = run_report(Path(a.params), out=Path(a.out) if a.out else None, overrides=[*(a.set or []), *flags])
     print(f"report: {index}")
     return 0
+
+
+def _seeds(text: str | None) -> list[int] | None:
+    """--seeds 0,1,2 as a list (None when not given); a user error names the bad value."""
+    from cmtlib.errors import ConfigError
+
+    if text is None:
+        return None
+    try:
+        seeds = [int(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds {text!r}: give comma-separated whole numbers, e.g. --seeds 0,1,2") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ConfigError(f"--seeds {text!r}: give distinct non-negative whole numbers, e.g. --seeds 0,1,2")
+    return seeds
 
 
 def _cmd_ablation(a: argparse.Namespace) -> int:
     from cmtlib.report.chain.ablation import run_ablation
 
-    summary = run_ablation([Path(p) for p in a.params], out=Path(a.out) if a.out else None, overrides=a.set or [])
+    summary = run_ablation([Path(p) for p in a.params], out=Path(a.out) if a.out else None, overrides=a.set or [],
+                           seeds=_seeds(a.seeds), scheduler=a.scheduler, jobs=a.jobs, explain=a.explain)
     print(f"ablation summary: {summary}")
+    return 0
+
+
+def _cmd_heatmaps(a: argparse.Namespace) -> int:
+    from cmtlib.report.chain.heatmaps import run_heatmap_study
+
+    page = run_heatmap_study(Path(a.params), seeds=_seeds(a.seeds), out=Path(a.out) if a.out else None, overrides=a.set or [],
+                             scheduler=a.scheduler, jobs=a.jobs)
+    print(f"heat-map study: {page}")
     return 0
 
 
 def _cmd_mitigation(a: argparse.Namespace) -> int:
     from cmtlib.report.chain.mitigation import run_mitigation
 
-    seeds = [int(x) for x in str(a.seeds).split(",") if x.strip()]
-    summary = run_mitigation([Path(p) for p in a.params], a.fold or [], seeds, out=Path(a.out) if a.out else None, overrides=a.set or [])
+    summary = run_mitigation([Path(p) for p in a.params], a.fold or [], _seeds(a.seeds), out=Path(a.out) if a.out else None,
+                             overrides=a.set or [], scheduler=a.scheduler, jobs=a.jobs)
     print(f"mitigation summary: {summary}")
     return 0
+
+
+def _add_cluster_flags(p: argparse.ArgumentParser) -> None:
+    """--scheduler and --jobs: where the command's task graph runs (cmtlib.experiments.cluster)."""
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run on the Dask cluster whose scheduler is at ADDRESS (tcp://HOST:PORT) instead of a local one "
+                        "(default: the params key scheduler)")
+    p.add_argument("--jobs", type=int, default=None, metavar="N",
+                   help="local worker processes: 0 = sized to this machine, 1 = no cluster, one task after another here "
+                        "(debugging) (default: the params key report_jobs)")
 
 
 def _cmd_audit_calibration(a: argparse.Namespace) -> int:
@@ -173,11 +213,9 @@ def _cmd_audit_calibration(a: argparse.Namespace) -> int:
     from cmtlib.explain.verdicts import CALIBRATION_FILE, calibration_sentence
     from cmtlib.fileio import write_json
 
-    def ints(text: str) -> list[int]:
-        return [int(x) for x in str(text).split(",") if x.strip()]
-
     kinds = [k.strip() for k in a.cues.split(",") if k.strip()]
-    record = calibrate(Path(a.out), a.params_dir, ints(a.seeds), ints(a.clean_seeds), kinds, scheduler=a.scheduler, jobs=a.jobs)
+    record = calibrate(Path(a.out), a.params_dir, _seeds(a.seeds), _seeds(a.clean_seeds), kinds, scheduler=a.scheduler or "",
+                       jobs=0 if a.jobs is None else a.jobs)
     print(table_text(record))
     print(calibration_sentence(record))
     if a.update_package:
@@ -297,19 +335,44 @@ def _add_run_commands(sub) -> None:
     p.add_argument("run")
     p.add_argument("inputs", nargs="+")
     p.add_argument("--out", required=True)
+    p.add_argument("--judge-anyway", action="store_true",
+                   help="give a COVID-19 decision also for images the in-distribution check flags as unlike the run's training films "
+                        "(by default those are reported as 'outside what this run was trained on: not judged')")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("report", help="run the notebook chain and render the HTML reports")
     p.add_argument("--params", required=True)
     p.add_argument("--out", default="", help="report folder (default: reports/<run name>)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    _add_cluster_flags(p)
     p.set_defaults(func=_cmd_report)
 
-    p = sub.add_parser("ablation", help="train + evaluate once per params file, then a summary page")
+    p = sub.add_parser("ablation", help="train + evaluate once per params file (and seed), then a summary page",
+                       description="Train and evaluate each params file (with --seeds: once per seed) as one task each, on a "
+                                   "local Dask cluster sized to this machine or the one at --scheduler. Run again with the "
+                                   "same --out, it reuses the runs that finished and trains the rest.")
     p.add_argument("params", nargs="+")
-    p.add_argument("--out", default="")
+    p.add_argument("--out", default="", help="the study's folder (default: <reports_dir>/ablation); an existing one is resumed")
+    p.add_argument("--seeds", default=None, help="training seeds, comma-separated: one run per file and seed, summarised over seeds "
+                                                 "(default: each file's own seed)")
+    p.add_argument("--explain", action="store_true",
+                   help="also measure each run's explanations (phantoms: reliance on the lesion, the default heat map against it; "
+                        "any data: its faithfulness) and compare each configuration with the classification-only control "
+                        "(params/ablation_control/), paired film by film")
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    _add_cluster_flags(p)
     p.set_defaults(func=_cmd_ablation)
+
+    p = sub.add_parser("heatmaps", help="the heat-map study: every CAM method and layer against known lesions, seeds pooled",
+                       description="Train (or reuse) one run of PARAMS per seed on phantoms with truth and measure every heat-map "
+                                   "method at every layer against the lesion, its faithfulness and the randomisation check; one "
+                                   "summary page ranking the maps (docs/explanations.md).")
+    p.add_argument("--params", required=True, help="a params file of phantoms with truth, e.g. params/phantoms/clean.yaml")
+    p.add_argument("--seeds", default="0,1,2", help="training seeds, comma-separated (default 0,1,2)")
+    p.add_argument("--out", default="", help="the study's folder (default: <reports_dir>/heatmap-study); an existing one is resumed")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    _add_cluster_flags(p)
+    p.set_defaults(func=_cmd_heatmaps)
 
     p = sub.add_parser(
         "mitigation", help="shortcut mitigations trained and judged side by side on held-out folds, one summary page",
@@ -320,8 +383,9 @@ def _add_run_commands(sub) -> None:
     p.add_argument("--fold", action="append", metavar="[NAME:]FILTER[;FILTER]",
                    help="films to hold out, as the holdout params key takes them (repeat): e.g. 'figure1:source=figure1'")
     p.add_argument("--seeds", default="0", help="training seeds, comma-separated (default 0)")
-    p.add_argument("--out", default="")
+    p.add_argument("--out", default="", help="the study's folder (default: <reports_dir>/mitigation); an existing one is resumed")
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    _add_cluster_flags(p)
     p.set_defaults(func=_cmd_mitigation)
 
     p = sub.add_parser(
@@ -335,8 +399,7 @@ def _add_run_commands(sub) -> None:
     p.add_argument("--cues", default=",".join(SYNTH_CUES), help="the planted cue kinds, comma-separated (default: all seven)")
     p.add_argument("--params-dir", default="params/phantoms", help="folder of clean.yaml and <cue>.yaml (default params/phantoms)")
     p.add_argument("--out", default="reports/audit-calibration", help="study folder: runs/, params/, audit_calibration.json")
-    p.add_argument("--scheduler", default="", metavar="ADDRESS", help="a Dask scheduler's address (default: a local cluster)")
-    p.add_argument("--jobs", type=int, default=0, help="local worker processes (0 = sized to the machine, 1 = one run after another here)")
+    _add_cluster_flags(p)
     p.add_argument("--update-package", action="store_true",
                    help="also write the result into the package (cmtlib/explain/audit_calibration.json), which page 8 cites")
     p.set_defaults(func=_cmd_audit_calibration)

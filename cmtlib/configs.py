@@ -139,6 +139,11 @@ class TrainConfig:
     w_healthy: float = 1.0
     w_covid: float = 1.0
     w_other: float = 1.0
+    # Segmentation loss: bce (the paper: binary cross-entropy per pixel) or bce+dice (plus one minus the
+    # soft Dice per image). A disease region is a few per cent of the film; with BCE alone a short run's
+    # disease decoder can settle on predicting nothing, and then the classifier's features do not
+    # localise the lesion either (the heat-map study, docs/explanations.md).
+    seg_loss: str = "bce"
     eval_batch_size: int = 64
     # CPU threads for torch (0 = torch's default).
     threads: int = 0
@@ -184,11 +189,10 @@ class ReportConfig:
     # Jupyter kernel for the chain; '' = the one whose python is the interpreter running `cmt`
     # (a kernel from another environment would import another cmtlib, or none).
     report_kernel: str = ""
-    # Pages executed at once, each in its own kernel (0 = one per CPU core). Pages only read finished
-    # runs, so they are independent, except where a notebook says it runs after another (cmtlib.after).
-    # Above 1, a page starts as soon as what it reads is made (the data page while the run trains, the
-    # CAM page once the classifier baselines are ready) and the baselines train in a second process;
-    # 1 = one thing at a time: the experiments, then each page in order.
+    # How the report's task graph (the experiments and the pages, each page in a kernel of its own) runs
+    # when `scheduler` names no cluster: 0 = a local Dask cluster sized to the machine (worker
+    # processes x threads <= cores; one worker per GPU), N = N local worker processes, 1 = no cluster:
+    # one task after another in this process, in order (debugging). `cmt report --jobs N` sets it.
     report_jobs: int = 0
     # Longest a single notebook cell may run, in seconds (0 = no limit); a hung cell must not
     # hold CI forever, and training on a CPU takes minutes, so the default is generous.
@@ -242,6 +246,10 @@ class ExperimentsConfig:
     # key=value settings applied to the baselines after their files: "width=1.0" for all,
     # "maskrcnn:model=maskrcnn_resnet50" for one (params/paper.yaml: full width, ImageNet starts).
     baseline_overrides: list[str] = field(default_factory=list)
+    # The Dask scheduler (tcp://HOST:PORT) of an existing cluster that runs the report's and the studies'
+    # task graphs ('' = a local cluster sized to this machine); `--scheduler` overrides it. Its workers
+    # need this package, the data, the run folders and a Jupyter kernel on a shared file system (README).
+    scheduler: str = ""
     # Training seeds of every deep model on the comparison page (CMTNet included): the paper's
     # Fig. 7 spread needs >= 3 (params/paper.yaml: [0, 1, 2]); one on the CPU, to fit the budget.
     report_seeds: list[int] = field(default_factory=lambda: [0])

@@ -5,7 +5,9 @@
 metrics (`multilabel` column 0 for COVID AUC, `lung` / `disease` for Dice), skipping absent ones.
 `train(params)` wires data, model and loss and writes the run folder through cmtlib.run.Run:
 config.yaml, run.json, history, checkpoints, train.log, and at the end the validation films scored by
-the best checkpoint (predictions_val.csv) with the operating threshold chosen on them (threshold.json).
+the best checkpoint (predictions_val.csv) with the operating threshold chosen on them (threshold.json)
+and, from one more pass over the training films, the in-distribution reference whose thresholds are
+set on that same validation pass (indist.npz, cmtlib.indist).
 Validation runs the model through cmtlib.inference, the loop every other consumer uses too.
 
 Best checkpoint: lowest validation loss (`best_by: val_loss`, the default) or highest validation
@@ -30,9 +32,11 @@ from torch import nn
 import cmtlib
 from cmtlib.checkpoint import versions, make_checkpoint, read_checkpoint, restore_rng, save_checkpoint, save_inference_checkpoint
 from cmtlib.configs import BEST_BY, LR_SCHEDULES, TrainConfig
-from cmtlib.data.loader import EvalBatches, TrainBatches, keep_covid_loss_within, load_split, open_cache_folder, stratum_weights
+from cmtlib.data.loader import EvalBatches, TrainBatches, keep_covid_loss_within, load_split, make_batch, open_cache_folder, stratum_weights
 from cmtlib.data.prepare import prepare_data
 from cmtlib.errors import ConfigError
+from cmtlib.indist import Descriptors, Verdicts, shorter_sides, spread_rows
+from cmtlib.indist import fit as fit_indist
 from cmtlib.inference import infer
 from cmtlib.metrics import roc_auc
 from cmtlib.metrics.operating import choose_thresholds, parse_rule
@@ -360,25 +364,54 @@ def _train_in(run: Run, params, device: torch.device, dist: DistInfo, resume: bo
     )
     history = fit(model, loss_fn, train_batches, val_batches, cfg, run, dist=dist, resume=ckpt, config=params.flat())
     if dist.is_main:
-        threshold = freeze_threshold(run, model, val_batches, val_data.index, cfg.threshold_rule, autocast_dtype(cfg.precision, device))
+        rows = spread_rows(len(train_data))  # at most FIT_FILMS training films, spread over the split, not augmented
+        train_films = (make_batch(train_data, chunk, None, cfg.channels_last) for chunk in torch.from_numpy(rows).to(device).split(cfg.eval_batch_size))
+        threshold = freeze_threshold(run, model, val_batches, val_data.index, cfg.threshold_rule, autocast_dtype(cfg.precision, device),
+                                     train_batches=train_films, train_index=train_data.index.iloc[rows])
         run.update_info(status="finished", end_time=_now(), seconds_per_epoch=[round(r["seconds"], 3) for r in history], epochs_done=len(history),
                         threshold_rule=cfg.threshold_rule)
         log.info("COVID-19 operating threshold %.4g (%s): validation specificity %.3f, sensitivity %.3f; run folder: %s",
                  threshold["covid_threshold"], cfg.threshold_rule, threshold["val_specificity"], threshold["val_sensitivity"], run.path)
 
 
-def freeze_threshold(run: Run, model: nn.Module, val_batches, val_index: pd.DataFrame, rule: str, amp: torch.dtype | None = None) -> dict[str, Any]:
+def freeze_threshold(run: Run, model: nn.Module, val_batches, val_index: pd.DataFrame, rule: str, amp: torch.dtype | None = None, *,
+                     train_batches=None, train_index: pd.DataFrame | None = None) -> dict[str, Any]:
     """Score the validation films with the best checkpoint (predictions_val.csv) and choose the run's
     operating COVID-19 threshold on them, once, by `rule`, beside the paper's 99 %-specificity point
-    (cmtlib.metrics.operating.choose_thresholds); write threshold.json. Evaluation and prediction only
-    read both (DESIGN.md, Metrics)."""
+    (cmtlib.metrics.operating.choose_thresholds); write threshold.json. Given the training films
+    (`train_batches`, in order), record the in-distribution reference too (`record_in_distribution`),
+    its thresholds set on the same validation pass. Evaluation and prediction only read them
+    (DESIGN.md, Metrics; docs/CONTRACTS.md, The in-distribution check)."""
     best = read_checkpoint(run.checkpoint("best"), map_location=next(model.parameters()).device)
     model.load_state_dict(best["state_dict"])
-    scored = predictions_frame(val_index, infer(model, val_batches, amp=amp).columns, math.nan)
+    described = Descriptors()
+    columns = dict(infer(model, val_batches, amp=amp, on_batch=described).columns)
+    if train_batches is not None:
+        verdicts = record_in_distribution(run, model, train_batches, train_index, described.host(), val_index, amp)
+        columns.update(verdicts.columns())
+    scored = predictions_frame(val_index, columns, math.nan)
     record = {**choose_thresholds(scored, rule), "checkpoint": "best", "epoch": int(best["epoch"])}
     run.write(predictions_val=with_threshold(scored, record["covid_threshold"]))
     run.write_threshold(record)
     return record
+
+
+def record_in_distribution(run: Run, model: nn.Module, train_batches, train_index: pd.DataFrame, val_described: dict[str, np.ndarray],
+                           val_index: pd.DataFrame, amp: torch.dtype | None = None) -> Verdicts:
+    """One pass of `model` (the best checkpoint) over the training films, the in-distribution reference
+    fitted on them with thresholds set on the validation films' descriptors (cmtlib.indist.fit),
+    written as the run's indist.npz; returns the validation films' verdicts."""
+    t0 = time.perf_counter()
+    described = Descriptors()
+    infer(model, train_batches, amp=amp, on_batch=described)
+    ref, verdicts = fit_indist(described.host(), val_described, shorter_sides(train_index), shorter_sides(val_index))
+    run.write_indist(ref.to_arrays())
+    if ref.available:
+        log.info("in-distribution check: %d training films recorded (%s); its thresholds flag %.1f %% of the %d validation films (%.1f s)",
+                 ref.n_train, ", ".join(ref.gaussians), 100 * ref.val_flagged, ref.n_val, time.perf_counter() - t0)
+    else:
+        log.info("in-distribution check not available for this run: %s", ref.why_not)
+    return verdicts
 
 
 def _training_data(params, device: torch.device):

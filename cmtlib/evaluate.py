@@ -11,6 +11,11 @@ Where the files go (a cmtlib.run.Evaluation folder): the run folder itself when 
 evaluated (the report chain reads them there); for another manifest, `out_dir` or by default
 `<run>/external/<manifest stem>/`, so an external test set never replaces the run's own results.
 
+Each film also gets the run's in-distribution verdict (cmtlib.indist, the reference recorded at
+training; `in_distribution`, `ood_score`, `ood_reason`, empty where the run has none). The metrics
+stay computed on every film, flagged or not, as before: leaving flagged films out would make a run
+look better the more films it refuses; metrics.json's `in_distribution` block says how many were.
+
 Written:
     predictions.csv        docs/CONTRACTS.md columns (+ cache_row), one row per evaluated image
     embeddings.npy         (N, D) float32 embeddings, rows in predictions.csv order, and
@@ -37,6 +42,7 @@ from cmtlib.data.cache import build_cache, open_cache
 from cmtlib.data.loader import EvalBatches, SplitData, load_split, open_cache_folder
 from cmtlib.data.manifest import manifest_hash
 from cmtlib.errors import CmtError, MissingInputError
+from cmtlib.indist import Descriptors, Reference, judge, shorter_sides
 from cmtlib.inference import infer
 from cmtlib.metrics import metrics_from_predictions
 from cmtlib.metrics.operating import threshold_notes
@@ -54,9 +60,10 @@ class EvaluateError(CmtError, ValueError):
 
 
 def predict_split(model: torch.nn.Module, data: SplitData, batch_size: int = 64, amp: torch.dtype | None = None,
-                  degrade_px: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+                  degrade_px: int = 0, described: Descriptors | None = None) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """Run `model` over a split in order (cmtlib.inference.infer). `degrade_px`: every film reduced
     to that side and enlarged back first, as a thumbnail of it would look (0 = as cached).
+    `described`: gathers what the in-distribution check reads, in the same pass.
 
     Returns:
         columns: p_healthy, p_covid, p_other and lung/disease dice and iou at 0.5, each (N,) float64
@@ -64,7 +71,7 @@ def predict_split(model: torch.nn.Module, data: SplitData, batch_size: int = 64,
         embeddings: (N, D) float32, or None when the model gives no `embedding`.
     """
     batches = EvalBatches(data, batch_size)
-    res = infer(model, degraded(batches, degrade_px) if degrade_px else batches, amp=amp)
+    res = infer(model, degraded(batches, degrade_px) if degrade_px else batches, amp=amp, on_batch=described)
     return res.columns, res.embedding
 
 
@@ -154,10 +161,14 @@ def evaluate_run(
             fix = "pass --split all to evaluate every row of an external manifest" + (f", or {other}" if other else "")
             raise EvaluateError(f"no rows with split={split!r} in manifest {manifest} ({has}); {fix}")
         raise EvaluateError(f"no rows with split={split!r} in the run's cache {cache_dir} ({has}); pass {other or '--split all'}")
-    cols, embeddings = predict_split(model, data, batch_size, amp, degrade_px)
-    df = predictions_frame(data.index, cols, threshold)
+    described = Descriptors()
+    cols, embeddings = predict_split(model, data, batch_size, amp, degrade_px, described)
+    reference = Reference.from_arrays(run.indist)
+    verdicts = judge(reference, described.host(), shorter_sides(data.index))
+    df = predictions_frame(data.index, {**cols, **verdicts.columns()}, threshold)
     metrics = metrics_from_predictions(df, frozen.get("spec99_threshold"), n_boot=n_boot, operating_threshold=threshold,
                                        notes=threshold_notes(frozen))
+    metrics["in_distribution"] = verdicts.summary(reference)
     metrics["evaluation"] = {
         "run": str(run.path), "checkpoint": which, "epoch": meta["epoch"], "model": meta["model"].get("name", config.get("model")),
         "split": split, "manifest": str(manifest) if manifest else cache.meta.get("manifest", ""), "cache": str(cache_dir),
@@ -165,5 +176,6 @@ def evaluate_run(
         "outputs": meta["model"].get("outputs", []), "out_dir": str(out.path), "degraded_to_px": degrade_px or None,
     }
     out.write(predictions=df, embeddings=embeddings, metrics=metrics)
-    log.info("evaluated %d images of %s: COVID AUC %s, lung Dice %s", len(df), split, metrics["covid"]["auc"], metrics["lung"]["dice"])
+    log.info("evaluated %d images of %s: COVID AUC %s, lung Dice %s; %s", len(df), split, metrics["covid"]["auc"], metrics["lung"]["dice"],
+             verdicts.summary_text(reference))
     return metrics

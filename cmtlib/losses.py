@@ -1,6 +1,8 @@
 """Multi-task loss with per-sample task switches (paper Section III-C: sum of T_i * Z_i).
 
-Five terms: lung and disease segmentation (BCE with logits per pixel, averaged per image),
+Five terms: lung and disease segmentation (BCE with logits per pixel, averaged per image, as the
+paper; with ``seg_loss="bce+dice"`` plus one minus the image's soft Dice, which keeps a decoder
+whose target is a few per cent of the film from settling on "nothing anywhere"),
 healthy/unhealthy (2-class cross-entropy), COVID and other disease (BCE with logits on the two
 multilabel logits). Each term is computed per sample, switched by the batch's ``has_*`` flag and
 averaged over the samples whose flag is on: ``(loss * mask).sum() / mask.sum().clamp_min(1)``.
@@ -22,6 +24,8 @@ import torch.nn.functional as F
 from cmtlib.errors import ConfigError
 
 TERMS: tuple[str, ...] = ("lung", "disease", "healthy", "covid", "other")
+SEG_LOSSES = ("bce", "bce+dice")
+DICE_SMOOTH = 1.0  # added to both sides of the soft Dice: an empty target with an empty prediction scores 1
 # Which model output each term reads (covid and other are the two columns of multilabel).
 OUTPUT_OF: dict[str, str] = {"lung": "lung", "disease": "disease", "healthy": "healthy", "covid": "multilabel", "other": "multilabel"}
 
@@ -61,8 +65,11 @@ class MultiTaskLoss:
     w_healthy: float = 1.0
     w_covid: float = 1.0
     w_other: float = 1.0
+    seg_loss: str = "bce"
 
     def __post_init__(self) -> None:
+        if self.seg_loss not in SEG_LOSSES:
+            raise ConfigError(f"seg_loss must be one of {', '.join(SEG_LOSSES)}, got {self.seg_loss!r}")
         for term in TERMS:
             w = getattr(self, f"w_{term}")
             if not (isinstance(w, (int, float)) and w >= 0):
@@ -71,7 +78,7 @@ class MultiTaskLoss:
     @classmethod
     def from_config(cls, cfg) -> "MultiTaskLoss":
         """From a TrainConfig (or anything with w_lung .. w_other attributes)."""
-        return cls(**{f"w_{t}": float(getattr(cfg, f"w_{t}")) for t in TERMS})
+        return cls(**{f"w_{t}": float(getattr(cfg, f"w_{t}")) for t in TERMS}, seg_loss=str(getattr(cfg, "seg_loss", "bce")))
 
     @property
     def weights(self) -> dict[str, float]:
@@ -95,7 +102,7 @@ class MultiTaskLoss:
             logits = outputs[key].float()
             mask = _batch_item(batch, f"has_{term}", term).to(device=logits.device).bool()
             target = _batch_item(batch, term, term).to(device=logits.device)
-            per_sample = self._per_sample(term, logits, target, mask)
+            per_sample = self._per_sample(term, logits, target, mask, self.seg_loss)
             value = _switched_mean(per_sample, mask)
             parts[term] = value.detach()
             weighted = value * getattr(self, f"w_{term}")
@@ -108,7 +115,7 @@ class MultiTaskLoss:
         return total, parts
 
     @staticmethod
-    def _per_sample(term: str, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _per_sample(term: str, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, seg_loss: str = "bce") -> torch.Tensor:
         """Unswitched loss of each sample, (B,) float32. Targets of switched-off samples are zeroed
         first, so a stray NaN there cannot reach the loss or its gradient."""
         b = logits.shape[0]
@@ -119,7 +126,12 @@ class MultiTaskLoss:
                 raise ValueError(f"batch[{term!r}] has shape {tuple(target.shape)}; the model's {term} logits are {tuple(logits.shape)} (expected (B, 1, H, W) 0/1 masks at the model's resolution)")
             target = torch.where(mask.view(b, 1, 1, 1), target.float(), 0.0)
             pixel = F.binary_cross_entropy_with_logits(logits, target, reduction="none")  # (B, 1, H, W)
-            return pixel.flatten(1).mean(dim=1)  # (B,)
+            per_image = pixel.flatten(1).mean(dim=1)  # (B,)
+            if seg_loss == "bce+dice":
+                p, t = torch.sigmoid(logits).flatten(1), target.flatten(1)  # (B, H*W)
+                dice = (2 * (p * t).sum(1) + DICE_SMOOTH) / (p.sum(1) + t.sum(1) + DICE_SMOOTH)
+                per_image = per_image + (1 - dice)
+            return per_image
         if target.shape != (b,):
             raise ValueError(f"batch[{term!r}] must have shape ({b},), got {tuple(target.shape)}")
         if term == "healthy":

@@ -2,7 +2,9 @@
 
 Per image, into the output folder:
     <stem>.json          probabilities, the COVID decision at the run's operating threshold (fixed
-                         at training, with the rule that chose it), model and run, and a research-use note. No DICOM identifiers
+                         at training, with the rule that chose it), the in-distribution verdict (cmtlib.indist:
+                         verdict, score, each signal's distance and threshold, reasons in words), model and run,
+                         and a research-use note. No DICOM identifiers
                          (patient name, ids, dates) are ever copied: only the file name, format and size.
     <stem>_overlay.png   the image with the predicted lung outline (green), the disease heat-map
                          (red, opacity = probability) and the decision written on it; drawn with
@@ -12,6 +14,12 @@ Per image, into the output folder:
 Images are read with cmtlib.data.io.read_image and resized exactly as the cache resizes them
 (square, aspect ratio not kept), so the model sees what it saw in training.
 A file that cannot be read gets an entry with an `error` message; the others go on.
+
+A film the in-distribution check flags is not judged: its decision says NOT_JUDGED instead of a
+COVID-19 call (`covid_suspected` null), its probabilities are still reported; `judge_anyway` (the
+CLI's --judge-anyway) decides it at the threshold all the same, the verdict still reported beside.
+A run without the check's record (or a model without an embedding) says the check is not available
+and decides as before.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import torch
 
 from cmtlib.errors import MissingInputError
 from cmtlib.fileio import atomic_path, write_json
+from cmtlib.indist import VERDICT_OUT, Descriptors, Reference, judge, unavailable
 from cmtlib.inference import Inference, infer
 from cmtlib.metrics.operating import describe_rule
 from cmtlib.run import Run
@@ -35,6 +44,7 @@ log = logging.getLogger("cmtlib.predict")
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".dcm", ".dicom"})
 OVERLAY_MIN, OVERLAY_MAX = 512, 1024
 NOTE = "Research use only: not a medical device, not for diagnosis or treatment decisions."
+NOT_JUDGED = "outside what this run was trained on: not judged"
 
 
 def _is_dicom(path: Path) -> bool:
@@ -73,9 +83,14 @@ def _threshold(run: Run) -> tuple[float, str, str]:
 
 
 class Predictor:
-    """A loaded run: `predict(path)` -> (result dict, lung and disease probability maps)."""
+    """A loaded run: `predict(path)` -> (result dict, lung and disease probability maps).
 
-    def __init__(self, run_dir: str | os.PathLike, which: str = "best", device: str = "cpu"):
+    `judge_anyway`: decide flagged films too. `check=False` leaves the in-distribution check out (the
+    verdict says not available): what benchmarks/predict_latency.py times the check against.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, which: str = "best", device: str = "cpu", *, judge_anyway: bool = False,
+                 check: bool = True):
         self.run = Run.open(run_dir)
         self.run_dir = self.run.path
         self.model, self.meta = self.run.load_model(which, device)
@@ -85,6 +100,8 @@ class Predictor:
         self.size = int(self.meta["preprocessing"]["input_size"][0])
         self.threshold, self.threshold_rule, self.threshold_source = _threshold(self.run)
         self.which = which
+        self.judge_anyway = judge_anyway
+        self.reference = Reference.from_arrays(self.run.indist) if check else Reference(why_not="left out on request")
 
     def load(self, path: Path) -> tuple[np.ndarray, dict[str, Any], torch.Tensor]:
         """Read and resize one image as the cache does.
@@ -99,26 +116,43 @@ class Predictor:
         x = torch.from_numpy(resize_image(image, self.size)).to(self.device).float().div_(255.0)
         return image, info, x.view(1, 1, self.size, self.size).expand(1, 3, -1, -1).contiguous(memory_format=torch.channels_last)
 
-    def forward(self, x: torch.Tensor) -> Inference:
-        """The model's probabilities and lung / disease maps for a (1, 3, S, S) input (cmtlib.inference)."""
-        return infer(self.model, [{"image": x}], maps=("lung", "disease"))
+    def forward(self, x: torch.Tensor) -> tuple[Inference, dict[str, np.ndarray]]:
+        """The model's probabilities and lung / disease maps for a (1, 3, S, S) input (cmtlib.inference),
+        and, from the same pass, what the in-distribution check reads (empty when it is left out)."""
+        described = Descriptors() if self.reference.available else None
+        out = infer(self.model, [{"image": x}], maps=("lung", "disease"), on_batch=described)
+        return out, described.host() if described is not None else {}
 
-    def decide(self, path: Path, image: np.ndarray, info: dict[str, Any], out: Inference) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    def verdict(self, described: dict[str, np.ndarray], info: dict[str, Any]) -> dict[str, Any]:
+        """The in-distribution block of the JSON (cmtlib.indist.Verdicts.block)."""
+        if not self.reference.available:
+            return unavailable(self.reference.why_not)
+        side = min(info["orig_size"]) if info.get("orig_size") else math.nan
+        return judge(self.reference, described, np.array([side], dtype=float)).block(0, self.reference)
+
+    def decide(self, path: Path, image: np.ndarray, info: dict[str, Any], out: Inference,
+               described: dict[str, np.ndarray]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """The JSON result and the lung / disease probability maps (S, S) from the model's outputs."""
         cols = out.columns
         probs: dict[str, float | None] = {name: None if math.isnan(cols[col][0]) else float(cols[col][0])
                                           for name, col in (("healthy", "p_healthy"), ("covid", "p_covid"), ("other_disease", "p_other"))}
         maps = {k: v[0] for k, v in out.maps.items()}
+        verdict = self.verdict(described, info)
+        judged = verdict["in_distribution"] is not False or self.judge_anyway
         covid = probs["covid"]
-        suspected = None if covid is None else bool(covid >= self.threshold)
-        text = "no COVID-19 output in this model" if suspected is None else ("COVID-19 suspected" if suspected else "COVID-19 not suspected")
+        suspected = None if covid is None or not judged else bool(covid >= self.threshold)
+        if not judged:
+            text = NOT_JUDGED
+        else:
+            text = "no COVID-19 output in this model" if suspected is None else ("COVID-19 suspected" if suspected else "COVID-19 not suspected")
         result = {
             "file": path.name,
             "run": self.run_dir.name,
             "model": self.meta["model"].get("name", ""),
             "checkpoint": {"which": self.which, "epoch": self.meta["epoch"]},
             "probabilities": probs,
-            "decision": {"covid_suspected": suspected, "text": text},
+            "decision": {"covid_suspected": suspected, "judged": judged, "text": text},
+            "in_distribution": verdict,
             "threshold": self.threshold,
             "threshold_rule": self.threshold_rule,
             "threshold_source": self.threshold_source,
@@ -132,7 +166,8 @@ class Predictor:
     def predict(self, path: Path) -> tuple[dict[str, Any], np.ndarray, dict[str, np.ndarray]]:
         """(result dict, the image read, lung and disease probability maps) for one file."""
         image, info, x = self.load(path)
-        result, maps = self.decide(path, image, info, self.forward(x))
+        out, described = self.forward(x)
+        result, maps = self.decide(path, image, info, out, described)
         return result, image, maps
 
 
@@ -195,15 +230,20 @@ def write_prediction(result: dict[str, Any], image: np.ndarray, maps: dict[str, 
         f"healthy p={_fmt(probs['healthy'])}  other disease p={_fmt(probs['other_disease'])}  [{result['run']}]",
         "research use only",
     ]
+    verdict = result["in_distribution"]
+    if verdict["in_distribution"] is False:
+        why = "; ".join(verdict["reasons"])
+        lines.insert(1, f"why: {why}" if not result["decision"]["judged"] else f"judged anyway, though {VERDICT_OUT}: {why}")
     write_json(json_path, result)
     with atomic_path(png_path) as tmp:
         overlay(image, maps, lines).save(tmp, format="PNG", compress_level=1)
 
 
 def predict_files(run_dir: str | os.PathLike, inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *, which: str = "best",
-                  device: str = "cpu", predictor: Predictor | None = None) -> list[dict[str, Any]]:
+                  device: str = "cpu", predictor: Predictor | None = None, judge_anyway: bool = False) -> list[dict[str, Any]]:
     """Predict every image in `inputs`; returns one dict per image: 'input', and 'json' and
-    'overlay' paths with the probabilities, or 'error' with the reason it failed.
+    'overlay' paths with the probabilities, the decision and the in-distribution verdict, or 'error'
+    with the reason it failed. `judge_anyway`: decide films the check flags too (module docstring).
 
     `predictor`: a Predictor already loaded from `run_dir` (a notebook or service predicting again
     and again), so the checkpoint is not read and the model not rebuilt on every call.
@@ -214,9 +254,11 @@ def predict_files(run_dir: str | os.PathLike, inputs: Iterable[str | os.PathLike
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if predictor is None:
-        predictor = Predictor(run_dir, which, device)
+        predictor = Predictor(run_dir, which, device, judge_anyway=judge_anyway)
     elif predictor.run_dir.resolve() != Path(run_dir).resolve():
         raise ValueError(f"the predictor was loaded from {predictor.run_dir}, not {run_dir}")
+    elif judge_anyway and not predictor.judge_anyway:
+        raise ValueError("judge_anyway was asked but the predictor given was loaded without it: Predictor(..., judge_anyway=True)")
     used: set[str] = set()
     for path in files:
         try:
@@ -234,5 +276,5 @@ def predict_files(run_dir: str | os.PathLike, inputs: Iterable[str | os.PathLike
         write_prediction(result, image, maps, json_path, png_path)
         probs = result["probabilities"]
         results.append({"input": str(path), "json": str(json_path), "overlay": str(png_path), **{f"p_{k}": v for k, v in probs.items()},
-                        "covid_suspected": result["decision"]["covid_suspected"]})
+                        "covid_suspected": result["decision"]["covid_suspected"], "in_distribution": result["in_distribution"]["in_distribution"]})
     return results

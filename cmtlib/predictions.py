@@ -14,6 +14,9 @@ import pandas as pd
 META_COLUMNS = ("image_id", "patient_id", "source", "view", "offset_days", "sex", "age", "finding", "label_healthy", "label_covid", "label_other",
                 "orig_height", "orig_width")
 PRED_COLUMNS = ("p_healthy", "p_covid", "p_other", "pred_healthy", "pred_covid", "pred_other", "lung_dice", "lung_iou", "disease_dice", "disease_iou")
+# The in-distribution check (cmtlib.indist): 1 / 0 (empty where the run has no reference), the score
+# (over 1 = flagged) and the reasons in words ('' when in distribution).
+OOD_COLUMNS = ("in_distribution", "ood_score", "ood_reason")
 SCORE_COLUMNS = ("p_healthy", "p_covid", "p_other", "lung_dice", "lung_iou", "disease_dice", "disease_iou")
 
 
@@ -25,7 +28,8 @@ def decisions(p: np.ndarray, threshold: float) -> pd.array:
 
 def predictions_frame(index: pd.DataFrame, cols: dict[str, np.ndarray], threshold: float) -> pd.DataFrame:
     """predictions.csv rows from a split's index rows and a model's columns (cmtlib.inference: p_* and
-    lung / disease dice and iou, NaN where absent); `pred_covid` at the operating `threshold`."""
+    lung / disease dice and iou, NaN where absent; OOD_COLUMNS where the check ran, else empty);
+    `pred_covid` at the operating `threshold`."""
     df = pd.DataFrame({c: index[c].to_numpy() if c in index.columns else "" for c in META_COLUMNS})
     df["p_healthy"], df["p_covid"], df["p_other"] = cols["p_healthy"], cols["p_covid"], cols["p_other"]
     df["pred_healthy"] = decisions(cols["p_healthy"], 0.5)
@@ -33,6 +37,10 @@ def predictions_frame(index: pd.DataFrame, cols: dict[str, np.ndarray], threshol
     df["pred_other"] = decisions(cols["p_other"], 0.5)
     for k in ("lung_dice", "lung_iou", "disease_dice", "disease_iou"):
         df[k] = cols[k]
+    n = len(df)
+    df["in_distribution"] = decisions(np.asarray(cols.get("in_distribution", np.full(n, math.nan)), dtype=float), 0.5)
+    df["ood_score"] = cols.get("ood_score", np.full(n, math.nan))
+    df["ood_reason"] = cols.get("ood_reason", np.full(n, "", dtype=object))
     df["split"] = index["split"].to_numpy() if "split" in index.columns else ""
     df["cache_row"] = index["cache_row"].to_numpy() if "cache_row" in index.columns else np.arange(len(index))
     return df

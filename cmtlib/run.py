@@ -7,6 +7,8 @@
     <run>/checkpoints/{best,last,model}.pt
     <run>/threshold.json     the COVID operating threshold and how it was chosen (written once, at training)
     <run>/predictions_val.csv  the validation films scored by the best checkpoint (written with threshold.json)
+    <run>/indist.npz         what the training films look like to the network, and the in-distribution thresholds
+                             set on the validation films (cmtlib.indist.Reference; written with threshold.json)
     <run>/predictions.csv, metrics.json, embeddings.npy, embeddings_index.csv   `cmt evaluate` (an Evaluation)
     <run>/external/<name>/   evaluations of other manifests (never over the run's own results)
     <run>/explanations/      heat maps and reliance measured against known truth (phantoms)
@@ -43,7 +45,8 @@ if TYPE_CHECKING:
 # retrain it (runs are cheap to retrain; converting old layouts is code nobody tests).
 RUN_FORMAT = 2
 # Keys that may change between a run and its --resume (they do not change what is learned).
-RESUMABLE_CHANGES = frozenset({"epochs", "device", "threads", "compile", "log_every", "eval_batch_size", "cache_dir", "reports_dir"})
+RESUMABLE_CHANGES = frozenset({"epochs", "device", "threads", "compile", "log_every", "eval_batch_size", "cache_dir", "reports_dir",
+                               "scheduler", "report_jobs"})
 # Keys that may differ between a finished run and the params asking for it without changing its
 # results (where and how fast it ran); experiments and report keys are never compared either.
 NOT_RESULT_KEYS = frozenset({"run_dir", "threads", "eval_batch_size", "device", "compile", "log_every", "cache_dir"})
@@ -218,7 +221,7 @@ class Run(Evaluation):
 
     def refresh(self) -> Run:
         super().refresh()
-        for name in ("info", "config", "history", "threshold"):
+        for name in ("info", "config", "history", "threshold", "indist"):
             self.__dict__.pop(name, None)
         return self
 
@@ -247,6 +250,11 @@ class Run(Evaluation):
                 raise MissingInputError(f"run folder not found: {self.path}; train one with `cmt train --params YAML`")
             raise MissingInputError(f"{path} not found; is {self.path} a run folder whose training finished at least one epoch?")
         return path
+
+    @property
+    def judged_path(self) -> Path:
+        """The films a study judged this run on (cmtlib.experiments.mitigation: held-out fold and test)."""
+        return self.path / "judged.csv"
 
     @property
     def explanations_dir(self) -> Path:
@@ -312,6 +320,18 @@ class Run(Evaluation):
         """threshold.json: the operating threshold chosen at training (cmtlib.metrics.operating.choose_thresholds)."""
         return read_json(self.path / "threshold.json")
 
+    @functools.cached_property
+    def indist(self) -> dict[str, np.ndarray] | None:
+        """indist.npz: the in-distribution reference recorded at training, as plain arrays for
+        cmtlib.indist.Reference.from_arrays (None when the run has none)."""
+        import numpy as np
+
+        path = self.path / "indist.npz"
+        if not path.is_file():
+            return None
+        with np.load(path, allow_pickle=False) as stored:
+            return {k: stored[k] for k in stored.files}
+
     @property
     def operating_threshold(self) -> float:
         """The COVID-19 operating threshold (NaN when the run has none)."""
@@ -351,6 +371,14 @@ class Run(Evaluation):
         """threshold.json, once per training (the engine's freeze step)."""
         write_json(self.path / "threshold.json", record)
         self.__dict__.pop("threshold", None)
+
+    def write_indist(self, arrays: dict[str, np.ndarray]) -> None:
+        """indist.npz, once per training (the engine's freeze step, beside threshold.json)."""
+        import numpy as np
+
+        with atomic_path(self.path / "indist.npz") as tmp:
+            np.savez(tmp, **arrays)
+        self.__dict__.pop("indist", None)
 
     def unfinished_start(self) -> bool:
         """True when the folder holds nothing but train.log: a start that failed before writing

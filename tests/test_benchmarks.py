@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,12 +53,15 @@ def test_predict_latency_smoke(tmp_path):
     assert cold["import_s"]["n"] == 1 and 0 < cold["import_s"]["median_s"] < cold["process_s"]["median_s"]
     assert 0 < cold["load_s"]["median_s"] < cold["process_s"]["median_s"]
     assert cold["cli_predict_s"]["median_s"] > cold["load_s"]["median_s"]  # the command loads the model and predicts
-    assert set(warm) == {"total", "read_resize", "forward", "overlay_write"}
+    assert set(warm) == {"total", "total_without_check", "read_resize", "forward", "descriptors", "check", "overlay_write"}
+    assert r["check_ratio"] == warm["total"]["median_s"] / warm["total_without_check"]["median_s"]
     for s in warm.values():
         assert s["n"] == 2 and 0 < s["min_s"] <= s["median_s"] <= s["p90_s"]
+    assert warm["check"]["median_s"] < warm["forward"]["median_s"]  # the verdict is a few small products, not a model pass
     # A 64-px, width-0.125 network predicts in well under the 1.5 s budget even on a loaded CPU.
     assert r["within_budget"] is True and warm["total"]["median_s"] < 1.5
     assert re.search(r"warm predict_files, model loaded: median \d+ ms", out) and "within the 1.5 s budget" in out
+    assert re.search(r"the in-distribution check: warm median \d+ ms with it, \d+ ms without \(ratio \d\.\d{3}", out)
 
 
 def test_report_timing_runs_a_one_page_chain_and_reads_it_back(tmp_path):
@@ -84,3 +88,14 @@ def test_split_scale_smoke(tmp_path):
     for row in r["candidates"]:
         assert row["planted_found"] == row["planted"] == 10 and row["pairs"] >= 10 and row["cpu_s"] >= 0
     assert r["machine"]["cpus"] == os.cpu_count() and re.search(r"growth 210 -> 410 films", out)
+
+
+@pytest.mark.slow
+def test_study_cluster_smoke(tmp_path):
+    out = run_script("study_cluster.py", "--smoke", "--out", str(tmp_path), timeout=600)
+    lines = out.splitlines()
+    assert any(ln.startswith("one after another (--jobs 1)") for ln in lines) and any(ln.startswith("local Dask cluster") for ln in lines)
+    cluster = next(ln for ln in lines if ln.startswith("local Dask cluster")).split()
+    assert int(cluster[-1]) == min(2, os.cpu_count() or 1)  # the two runs went to two workers where there are two cores
+    assert float(next(ln for ln in lines if ln.startswith("ratio")).split()[-1]) > 0
+    assert "metrics.json identical in both modes: yes" in out

@@ -1,5 +1,6 @@
-"""A bare GPU machine has torch and torchvision but none of the report packages: the engine, evaluation,
-prediction and the run folder must import (and the engine train) without them."""
+"""A bare GPU machine has torch and torchvision but none of the report packages nor Dask (studies and the
+report chain need it, one run does not): the engine, evaluation, prediction and the run folder must
+import (and the engine train) without them."""
 
 import subprocess
 import sys
@@ -8,7 +9,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BLOCKED = ("papermill", "nbconvert", "nbformat", "jupyter_client", "ipykernel", "IPython", "pytorch_grad_cam", "umap",
-           "sklearn", "matplotlib", "seaborn", "threadpoolctl", "pydicom", "jinja2")
+           "sklearn", "matplotlib", "seaborn", "threadpoolctl", "pydicom", "jinja2", "dask", "distributed")
 
 # Importing a blocked package fails as if it were not installed. find_spec itself still answers (with a
 # spec whose loading fails): torch probes optional packages with importlib.util.find_spec at import time.

@@ -59,3 +59,32 @@ def test_the_mitigations_a_run_used_are_named_in_words():
                          "covid_loss_within": True})
     # In field order: the model's switches, then training's; each description lives beside its field.
     assert len(words) == 4 and "64 px" in words[0] and words[1].startswith("lung focus") and "cap 20" in words[3]
+
+
+def test_a_tiny_study_judges_each_run_reuses_it_and_marks_a_failed_one(tmp_path, monkeypatch):
+    """`cmt mitigation` on tiny synthetic films (one run after another here): each run trained with
+    the fold held out and judged by its own task; run again, the runs are reused; a variant that
+    cannot train is marked on the page while the others are judged."""
+    import json
+    from pathlib import Path
+
+    from cmtlib.experiments.study import StudyError
+    from cmtlib.report.chain.mitigation import run_mitigation
+
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.setenv("CMT_DATA_DIR", str(tmp_path / "data"))
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(f"base: {repo / 'params' / 'smoke.yaml'}\nsynth_n: 160\nsynth_size: 32\nimage_size: 32\nthreads: 1\n"
+                     f"eval_batch_size: 32\nreports_dir: {tmp_path / 'reports'}\nrun_name: plain\n")
+    (tmp_path / "broken.yaml").write_text("base: plain.yaml\nrun_name: broken\nmodel: no_such_model\n")
+    with pytest.raises(StudyError, match=r"1 of 2 run\(s\) did not finish: broken/b-s0 \(failed: .*no_such_model"):
+        run_mitigation([plain, tmp_path / "broken.yaml"], ["b:source=synth-b"], seeds=[0], out=tmp_path / "m", jobs=1)
+    results = pd.read_csv(tmp_path / "m" / "results.csv")
+    assert set(results["variant"]) == {"plain"} and set(results["fold"]) == {"b"} and set(results["seed"]) == {0}
+    assert set(results["set"]) == {"test", "holdout"} and set(results.loc[results["set"] == "holdout", "source"]) == {"synth-b"}
+    assert (tmp_path / "m" / "runs" / "plain" / "b-s0" / "judged.csv").is_file()
+    summary = json.loads((tmp_path / "m" / "summary.json").read_text())
+    assert "broken/b-s0 failed" in summary["failed"] and list(summary["measures"]) == ["plain"]
+    assert "runs that did not finish" in (tmp_path / "m" / "index.html").read_text()
+    page = run_mitigation([plain], ["b:source=synth-b"], seeds=[0], out=tmp_path / "m", jobs=1)  # reused, judged again
+    assert page.is_file() and pd.read_csv(tmp_path / "m" / "results.csv").equals(results[results["variant"] == "plain"].reset_index(drop=True))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cmtlib.experiments import ablation as experiments_ablation
+from cmtlib.experiments import study
 from cmtlib.report.chain import ablation
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,17 +37,14 @@ def stand_in_metrics(tasks: list[str], k: int) -> dict:
 def summary(tmp_path, monkeypatch):
     seen = []
 
-    def train(params, resume, overwrite):
+    def train_run(params):  # in place of training and evaluation; one run after another here (jobs=1)
         seen.append(list(params.model.tasks))
         Path(params.train.run_dir).mkdir(parents=True)
-        return Path(params.train.run_dir)
-
-    def evaluate_run(run_dir):
         return stand_in_metrics(seen[-1], len(seen) - 1)
 
-    monkeypatch.setattr(experiments_ablation, "train", train)
-    monkeypatch.setattr(experiments_ablation, "evaluate_run", evaluate_run)
-    page = ablation.run_ablation(FILES, out=tmp_path / "abl")
+    monkeypatch.setattr(study, "train_run", train_run)
+    monkeypatch.setattr(study, "prepare_data", lambda params: None)
+    page = ablation.run_ablation(FILES, out=tmp_path / "abl", jobs=1)
     return page, json.loads((tmp_path / "abl" / "summary.json").read_text())["rows"]
 
 
@@ -84,11 +81,33 @@ def test_the_page_says_what_every_row_was_trained_at(summary):
 
 
 def test_rows_trained_at_different_settings_each_show_theirs(tmp_path, monkeypatch):
-    monkeypatch.setattr(experiments_ablation, "train", lambda p, resume, overwrite: Path(p.train.run_dir))
-    monkeypatch.setattr(experiments_ablation, "evaluate_run", lambda run_dir: stand_in_metrics(["lung"], 0))
-    page = ablation.run_ablation(FILES[:2], out=tmp_path / "abl", overrides={"epochs": 6})
+    monkeypatch.setattr(study, "train_run", lambda p: stand_in_metrics(["lung"], 0))
+    monkeypatch.setattr(study, "prepare_data", lambda params: None)
+    page = ablation.run_ablation(FILES[:2], out=tmp_path / "abl", overrides={"epochs": 6}, jobs=1)
     assert "Every configuration was trained at" in page.read_text()
     rows = [ablation.summary_row("a", "a.yaml", None, "ok", 1.0, ablation.load_all([FILES[0]], {"epochs": e})[0]) for e in (3, 6)]
     assert ablation.common_setting(rows) == "" and "3 epochs" in rows[0]["setting"]
     text = ablation.write_summary(tmp_path / "two", rows).read_text()
     assert "<th>trained at</th>" in text and "Every configuration was trained at" not in text and text.count("3 epochs") == 1
+
+
+def test_with_seeds_each_row_is_the_mean_over_its_seeds_with_their_spread(tmp_path, monkeypatch):
+    def train_run(params):  # COVID AUC 0.90, 0.92, 0.94 over seeds 0-2; the third seed of the second file fails
+        if params.run_name == "t14-lung-multilabel" and params.train.seed == 2:
+            raise RuntimeError("seed 2 diverged on purpose")
+        return {"covid": {"auc": 0.90 + 0.02 * params.train.seed}, "lung": {"dice": 0.8}}
+
+    monkeypatch.setattr(study, "train_run", train_run)
+    monkeypatch.setattr(study, "prepare_data", lambda params: None)
+    with pytest.raises(study.StudyError, match=r"1 of 6 run\(s\) did not finish: t14-lung-multilabel-s2 \(failed: RuntimeError: seed 2 diverged"):
+        ablation.run_ablation(FILES[:2], out=tmp_path / "abl", seeds=[0, 1, 2], jobs=1)
+    data = json.loads((tmp_path / "abl" / "summary.json").read_text())
+    first, second = data["rows"]
+    assert first["auc"] == "0.920 ± 0.020 over 3 seeds (0.900 to 0.940)" and first["auc_value"] == pytest.approx(0.92)
+    assert first["status"] == "ok" and "seeds 0, 1, 2" in first["setting"]
+    assert second["auc"] == "0.910 ± 0.014 over 2 seeds (0.900 to 0.920)" and second["status_class"] == "failed"
+    assert second["status"] == "1 of 3 seeds did not finish" and "seed 2: RuntimeError: seed 2 diverged on purpose" in second["error"]
+    assert [r["name"] for r in data["runs"]] == [f"{n}-s{s}" for n in ("t1234-all-tasks", "t14-lung-multilabel") for s in (0, 1, 2)]
+    assert (tmp_path / "abl" / "params" / "t14-lung-multilabel-s2.yaml").is_file()
+    text = html.unescape((tmp_path / "abl" / "index.html").read_text())
+    assert "0.920 ± 0.020 over 3 seeds" in text and "seed 2 diverged on purpose" in text

@@ -114,32 +114,47 @@ def test_chain_injects_parameters_runs_in_order_and_renders(setup, capsys):
     assert re.search(r"\[3/3\] 03_todo placeholder \d+\.\d s", out)
 
 
-def test_failing_notebook_stops_chain_and_index_shows_it(setup):
+def test_a_failing_notebook_is_reported_and_the_others_still_run(setup):
     nbs, reports, params = setup
     make_notebook(nbs / "01_ok.ipynb", record("01"))
     make_notebook(nbs / "02_bad.ipynb", "from cmtlib.report.pages import show as page\npage.heading('Before the error')",
                   "raise ValueError('boom: marker 4711')")
     make_notebook(nbs / "03_after.ipynb", record("03"))
+    reader = nbformat.read(make_notebook(nbs / "04_reads_bad.ipynb", record("04")), as_version=4)
+    reader.metadata["cmtlib"] = {"after": ["02_bad"]}  # reads a side file of the failed page: it must not run
+    nbformat.write(reader, nbs / "04_reads_bad.ipynb")
 
     with pytest.raises(ReportError, match=r"02_bad.*boom: marker 4711"):
         run_report(params, notebooks_dir=nbs)
     report = reports / "standin"
-    assert [ln.split("|")[0] for ln in (report / "order.txt").read_text().splitlines()] == ["01"]  # 03 never ran
+    assert [ln.split("|")[0] for ln in (report / "order.txt").read_text().splitlines()] == ["01", "03"]
 
     record_json = json.loads((report / "report.json").read_text())
     assert record_json["status"] == "failed" and record_json["failed"] == "02_bad"
-    assert [n["status"] for n in record_json["notebooks"]] == ["ok", "failed", "not run"]
+    assert [n["status"] for n in record_json["notebooks"]] == ["ok", "failed", "ok", "not run"]
+    assert "02_bad" in record_json["notebooks"][3]["error"]
     index = (report / "index.html").read_text()
     assert "02_bad" in index and "boom: marker 4711" in index and 'href="02_bad.html"' in index
     partial = (report / "02_bad.html").read_text()
     assert "Before the error" in partial and "boom: marker 4711" in partial and "incomplete" in partial
-    assert json.loads((report / "timings.json").read_text())["notebooks"]["03_after"]["status"] == "not run"
+    assert json.loads((report / "timings.json").read_text())["notebooks"]["04_reads_bad"]["status"] == "not run"
 
 
-def test_pages_overlap_the_experiments_and_stop_when_they_fail(tmp_path, monkeypatch):
-    """Two jobs: the data page runs while the experiments go on; their user error fails the report,
-    and the page waiting for the run never starts."""
+def wait_then_fail(report_dir: str) -> None:
+    """A stand-in run task: waits until the data page has written its line, then fails as a user
+    error would (a module-level function, so that the cluster's workers can unpickle it)."""
     from cmtlib.errors import ConfigError
+
+    deadline = time.monotonic() + 60
+    while not (Path(report_dir) / "order.txt").is_file() and time.monotonic() < deadline:
+        time.sleep(0.1)  # the data page runs meanwhile, on the other worker
+    raise ConfigError("no films left after the holdout: marker 5150")
+
+
+def test_pages_overlap_the_experiments_and_wait_for_what_failed(tmp_path, monkeypatch):
+    """A local cluster: the data page runs while the run is being made; the run's user error fails the
+    report, and the page waiting for the run never starts."""
+    from cmtlib.experiments.graph import Task
     from cmtlib.report.chain import runner
 
     nbs, reports = tmp_path / "nbs", tmp_path / "reports"
@@ -149,14 +164,12 @@ def test_pages_overlap_the_experiments_and_stop_when_they_fail(tmp_path, monkeyp
         nb.metadata["cmtlib"] = {"needs": needs}
         nbformat.write(nb, nbs / f"{stem}.ipynb")
 
-    def prepare(params, run_dir, report_dir, notebooks, jobs, made):
-        made(frozenset({"data"}))
-        deadline = time.monotonic() + 60
-        while not (report_dir / "order.txt").is_file() and time.monotonic() < deadline:
-            time.sleep(0.1)  # the data page runs meanwhile
-        raise ConfigError("no films left after the holdout: marker 5150")
+    def experiment_tasks(params, run_dir, report_dir, notebooks):
+        return ([Task("data", "experiments: data", time.sleep, (0,)),
+                 Task("run", "experiments: the run", wait_then_fail, (str(report_dir),), needs=("data",))],
+                {"data": ("data",), "run": ("run",)})
 
-    monkeypatch.setattr(runner, "prepare", prepare)
+    monkeypatch.setattr(runner, "experiment_tasks", experiment_tasks)
     params = write_params(tmp_path / "standin.yaml", reports, report_jobs=2)
     with pytest.raises(ReportError, match="experiments step failed: ConfigError: no films left.*marker 5150"):
         run_report(params, notebooks_dir=nbs)
@@ -165,6 +178,10 @@ def test_pages_overlap_the_experiments_and_stop_when_they_fail(tmp_path, monkeyp
     record_json = json.loads((report / "report.json").read_text())
     assert record_json["failed"] == "experiments" and "marker 5150" in record_json["error"]
     assert [n["status"] for n in record_json["notebooks"]] == ["ok", "not run"]
+    timings = json.loads((report / "timings.json").read_text())
+    assert timings["experiments"]["status"] == "failed" and "2 worker process(es)" in timings["cluster"]
+    # The run waited for the data page's line: the page ran beside it (in a worker's second thread, or on the other worker).
+    assert all(timings["tasks"][k]["worker"].startswith("tcp://127.0.0.1:") for k in ("run", "page:01_data"))
 
 
 def test_cmt_report_exits_non_zero_on_a_failed_notebook(setup):
@@ -307,10 +324,10 @@ def test_ensure_run_trains_and_evaluates_when_missing(tmp_path, monkeypatch):
     assert run.metrics["covid"]["auc"] == 0.75
 
 
-# ---- ablation runner --------------------------------------------------------------------------------
+# ---- ablation runner ----------------------------------------------------------------------------------
 
-def test_ablation_validates_all_files_first_then_trains_each_in_order(tmp_path, monkeypatch):
-    from cmtlib.experiments import ablation as experiments_ablation
+def test_ablation_validates_all_files_first_then_trains_each(tmp_path, monkeypatch):
+    from cmtlib.experiments import study
     from cmtlib.report.chain import ablation
 
     reports = tmp_path / "reports"
@@ -319,22 +336,19 @@ def test_ablation_validates_all_files_first_then_trains_each_in_order(tmp_path, 
     bad = write_params(tmp_path / "bad.yaml", reports, widht=0.5)
     trained = []
 
-    def train(params, resume, overwrite):
+    def train_run(params):
         trained.append(params.run_name)
         Path(params.train.run_dir).mkdir(parents=True)
-        return Path(params.train.run_dir)
-
-    def evaluate_run(run_dir):
-        auc = 0.9 if "no_lung" in str(run_dir) else 0.95
+        auc = 0.9 if params.run_name == "no_lung" else 0.95
         return {"covid": {"auc": auc, "auc_ci_low": auc - 0.05, "auc_ci_high": auc + 0.02, "eer": 0.1, "sens_at_spec99": 0.5}}
 
-    monkeypatch.setattr(experiments_ablation, "train", train)
-    monkeypatch.setattr(experiments_ablation, "evaluate_run", evaluate_run)
+    monkeypatch.setattr(study, "train_run", train_run)
+    monkeypatch.setattr(study, "prepare_data", lambda params: None)
     with pytest.raises(ParamsError, match="widht"):
-        ablation.run_ablation([a, b, bad])
+        ablation.run_ablation([a, b, bad], jobs=1)
     assert trained == [] and not reports.exists()
 
-    summary = ablation.run_ablation([a, b], out=reports / "abl")
+    summary = ablation.run_ablation([a, b], out=reports / "abl", jobs=1)
     assert trained == ["full", "no_lung"]
     html = summary.read_text()
     assert "0.950 (95 % CI 0.900 to 0.970)" in html and "0.900 (95 % CI 0.850 to 0.920)" in html and "0.500" in html
@@ -392,23 +406,25 @@ def test_real_chain_on_smoke_params(tmp_path, monkeypatch):
     assert "COVID-19 AUC" in index.read_text() and "quarantined images" in index.read_text()
 
 
-def test_ablation_stops_at_a_failed_configuration_and_says_so(tmp_path, monkeypatch):
-    from cmtlib.experiments import ablation as experiments_ablation
+def test_a_failed_configuration_is_marked_and_the_others_finish(tmp_path, monkeypatch):
+    from cmtlib.experiments import study
     from cmtlib.report.chain import ablation
 
     reports = tmp_path / "reports"
     files = [write_params(tmp_path / f"{n}.yaml", reports) for n in ("first", "second", "third")]
 
-    def train(params, resume, overwrite):
+    def train_run(params):
         if params.run_name == "second":
             raise RuntimeError("out of memory on purpose")
-        return Path(params.train.run_dir)
+        return {"covid": {"auc": 0.8}}
 
-    monkeypatch.setattr(experiments_ablation, "train", train)
-    monkeypatch.setattr(experiments_ablation, "evaluate_run", lambda run_dir: {"covid": {"auc": 0.8}})
-    # The configuration's own error comes out (a bug keeps its traceback); the summary says which one failed.
-    with pytest.raises(RuntimeError, match="out of memory on purpose"):
-        ablation.run_ablation(files, out=reports / "abl")
+    monkeypatch.setattr(study, "train_run", train_run)
+    monkeypatch.setattr(study, "prepare_data", lambda params: None)
+    # The run's own error is on the page and in the one-line error the command exits with.
+    with pytest.raises(study.StudyError, match=r"1 of 3 run\(s\) did not finish: second \(failed: RuntimeError: out of memory on purpose\)"):
+        ablation.run_ablation(files, out=reports / "abl", jobs=1)
     summary = json.loads((reports / "abl" / "summary.json").read_text())
-    assert [r["status"] for r in summary["rows"]] == ["ok", "failed", "not run"]
-    assert "out of memory on purpose" in (reports / "abl" / "index.html").read_text()
+    assert [r["status"] for r in summary["rows"]] == ["ok", "failed", "ok"]
+    assert summary["runs"][1]["error"] == "RuntimeError: out of memory on purpose" and "train_run" in summary["runs"][1]["detail"]
+    page = (reports / "abl" / "index.html").read_text()
+    assert "out of memory on purpose" in page and "Incomplete" in page

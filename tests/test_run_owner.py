@@ -14,8 +14,8 @@ from cmtlib.run import RUN_FORMAT, Evaluation, Run, RunInfo
 
 PACKAGE = Path(__file__).resolve().parents[1] / "cmtlib"
 # File names of a run folder that only cmtlib/run.py may spell out.
-OWNED = ("run.json", "threshold.json", "best.pt", "last.pt", "model.pt", "predictions_val.csv", "history.csv", "config.yaml",
-         "shortcut_audit.json")
+OWNED = ("run.json", "threshold.json", "indist.npz", "best.pt", "last.pt", "model.pt", "predictions_val.csv", "history.csv",
+         "config.yaml", "shortcut_audit.json")
 
 
 def _literals(path: Path) -> list[tuple[int, str]]:

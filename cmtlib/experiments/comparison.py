@@ -39,7 +39,6 @@ from cmtlib.experiments.embedding_classifiers import EMBEDDING_CLASSIFIERS, run_
 from cmtlib.experiments.runs import ensure_run
 from cmtlib.fileio import locked, read_json, write_json
 from cmtlib.run import Evaluation, Run
-from cmtlib.runtime import set_threads
 
 ROLES = ("cmtnet", "classifier", "segmentation", "embedding")
 LABELS = {"segnet_lung": "SegNet, lung only", "segnet_disease": "SegNet, disease only"}
@@ -157,13 +156,13 @@ def ensure_comparison(params, run_dir: str | Path, report_dir: str | Path, roles
     """Every compared method of `roles` trained (or found) and evaluated; see the module docstring.
     The report's own run is always the first entry. `progress` is told each method's time as it is
     made (the console of `cmt report`; a notebook page stays quiet); `seconds` gives the times of
-    runs `train_deep` made in another process, (key, seed) -> seconds."""
+    runs made by other tasks of the report's graph (`deep_run`), (key, seed) -> seconds."""
     t0 = time.perf_counter()
     rc, root, run_dir = params.experiments, Path(report_dir).resolve() / "comparison", Path(run_dir).resolve()
     with contextlib.redirect_stdout(io.StringIO()):
         ensure_run(params, run_dir)
     old = read_json(root / "comparison.json", {})
-    # A reused run keeps the time it took when it was made (here before, or in train_deep's process).
+    # A reused run keeps the time it took when it was made (here before, or by another task of the graph).
     spent = {**{(e["key"], e["seed"]): e["seconds"] for e in old.get("entries", [])}, **(seconds or {})}
     seeds, size, epochs = list(rc.report_seeds) or [params.train.seed], _baseline_size(params), rc.baseline_epochs or params.train.epochs
     reduced = (size, epochs) != (params.data.image_size, params.train.epochs)
@@ -197,8 +196,8 @@ def _record(params, root: Path, entries: list[Entry], seeds: list[int], seconds:
 def deep_entries(params, report_dir: str | Path, roles: tuple[str, ...] = ROLES, spent: dict | None = None,
                  progress: Callable[[str], None] | None = None) -> list[Entry]:
     """The deep runs of the plan (the baselines and CMTNet at their setting) whose role is wanted,
-    trained (or found) and evaluated. They need nothing of the report's own run: `train_deep` makes
-    them in another process while that run trains."""
+    trained (or found) and evaluated. They need nothing of the report's own run: the report's task
+    graph trains them (`deep_run`) while that run trains."""
     rc, root, spent = params.experiments, Path(report_dir).resolve() / "comparison", dict(spent or {})
     setting = (_baseline_size(params), rc.baseline_epochs or params.train.epochs)
     out = []
@@ -211,20 +210,25 @@ def deep_entries(params, report_dir: str | Path, roles: tuple[str, ...] = ROLES,
     return out
 
 
-def train_deep(params, report_dir: str | Path, roles: tuple[str, ...], threads: int = 1,
-               made: Callable[[tuple[str, ...]], None] | None = None) -> dict[tuple[str, int], float]:
-    """`deep_entries` in a worker process, with `threads` CPU threads: (key, seed) -> seconds of the
-    runs it trained, for ensure_comparison's timing table. The classifiers come first, and `made` is
-    told each group of roles as soon as its runs are ready (the CAM page reads only the classifiers)."""
-    set_threads(threads)
-    out = {}
-    first = tuple(r for r in roles if r == "classifier")
-    for group in (first, tuple(r for r in roles if r not in first)):
-        if group:
-            out.update({(e.key, e.seed): e.seconds for e in deep_entries(params, report_dir, group) if e.seconds is not None})
-            if made is not None:
-                made(group)
+def deep_plan(params, roles: tuple[str, ...] = ROLES) -> list[tuple[str, Path | None, int, str, Any]]:
+    """The deep runs of the plan whose role is wanted, each (key, params file, seed, role, its params
+    without a run folder): what the report's task graph trains, one task each (`deep_run`), after
+    the data their params ask for."""
+    rc, out = params.experiments, []
+    size, epochs = _baseline_size(params), rc.baseline_epochs or params.train.epochs
+    for key, file, seed in plan(params):
+        p = setting_params(params, key, file, image_size=size, epochs=epochs, seed=seed, overrides=rc.baseline_overrides if file else ())
+        role = "cmtnet" if file is None else ("classifier" if "multilabel" in p.model.tasks else "segmentation")
+        if role in roles:
+            out.append((key, file, seed, role, p))
     return out
+
+
+def deep_run(params, report_dir: str | Path, key: str, file: Path | None, seed: int) -> Entry:
+    """One deep run of the plan trained (or found) and evaluated; its Entry (seconds None if found)."""
+    rc, root = params.experiments, Path(report_dir).resolve() / "comparison"
+    setting = (_baseline_size(params), rc.baseline_epochs or params.train.epochs)
+    return _deep_entry(params, root, key, file, seed, setting, ROLES, {})
 
 
 def _deep_entry(params, root: Path, key: str, file: Path | None, seed: int, setting: tuple[int, int], roles: tuple[str, ...],

@@ -18,14 +18,15 @@ never saw would judge it:
 
 Films are the unit of the figures, patients of the 95 % intervals (bootstrap); seeds are averaged,
 and differences to the first variant are paired (the same films, the same patient resamples).
-Layout: <out>/runs/<variant>/<fold>-s<seed>/ (run folders), <out>/results.csv (one row per judged
-film and run), <out>/summary.json.
+The matrix is a study (cmtlib.experiments.study): one task per run, then `judge_run` on it as a task
+of its own; run again, it reuses the runs that finished.
+Layout: <out>/runs/<variant>/<fold>-s<seed>/ (run folders, each with its judged.csv),
+<out>/results.csv (one row per judged film and run), <out>/summary.json.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,12 +36,12 @@ import pandas as pd
 
 from cmtlib.evaluate import evaluate_run
 from cmtlib.experiments.external import HOLDOUT, ensure_external
-from cmtlib.experiments.runs import ensure_run
+from cmtlib.experiments.study import RunOutcome, run_study
 from cmtlib.explain.overlays import load_images
 from cmtlib.explain.shortcut import blanking_aucs
 from cmtlib.fileio import atomic_path
-from cmtlib.params import Params
-from cmtlib.run import Evaluation, Run
+from cmtlib.params import Params, load_params
+from cmtlib.run import Evaluation, Run, write_csv
 
 LARGE_PX = 224  # a hospital film: at least this on its short side
 THUMB_PX = 64  # a thumbnail: at most this on its long side
@@ -63,23 +64,29 @@ def parse_fold(text: str, n: int) -> Fold:
     return Fold(f"fold{n}", [f.strip() for f in str(text).split(";") if f.strip()])
 
 
-def run_one(params: Params, variant: str, fold: Fold, seed: int, out: Path) -> pd.DataFrame:
-    """Train one variant on one fold with one seed (reusing a finished run) and return its judged
-    films: the held-out fold and the internal test, with scores, decisions and the run's figures."""
-    run_dir = out / "runs" / variant / f"{fold.name}-s{seed}"
-    p = dataclasses.replace(params, data=dataclasses.replace(params.data, holdout=list(fold.filters)),
-                            train=dataclasses.replace(params.train, seed=seed))
-    t0 = time.perf_counter()
-    run = ensure_run(p, run_dir)
+def fold_params(params: Params, fold: Fold) -> Params:
+    """A variant's params with the fold's films held out entirely (the `holdout` data key)."""
+    return dataclasses.replace(params, data=dataclasses.replace(params.data, holdout=list(fold.filters)))
+
+
+def judge_run(run_dir: str | Path) -> dict:
+    """A study's analysis of one finished run (cmtlib.experiments.study): its judged films, the
+    internal test and the held-out fold, with scores, decisions and the run's figures, written to
+    <run>/judged.csv; returns {"judged": that file, "films": how many}. Evaluations already made
+    are reused."""
+    run = Run.open(run_dir)
+    p = load_params(run.config_path)  # the run's own params: its holdout names the fold
     ensure_external(p, run.path)
     degraded = run.external(f"holdout-{DEGRADE_PX}px")
     if not degraded.evaluated:
         evaluate_run(run.path, split="holdout", out_dir=degraded.path, degrade_px=DEGRADE_PX)
     rows = _judged(run.refresh(), degraded.refresh())
     blanking = _blanking(run)
-    seconds = sum(run.info.seconds_per_epoch) or (time.perf_counter() - t0)
-    return rows.assign(variant=variant, fold=fold.name, seed=seed, train_s=seconds, lung_dice_test=(run.metrics or {}).get("lung", {}).get("dice"),
+    seconds = sum(run.info.seconds_per_epoch) or None
+    rows = rows.assign(train_s=seconds, lung_dice_test=(run.metrics or {}).get("lung", {}).get("dice"),
                        pooled_auc_test=(run.metrics or {}).get("covid", {}).get("auc"), **{f"audit_{k}": v for k, v in blanking.items()})
+    write_csv(rows, run.judged_path)
+    return {"judged": str(run.judged_path), "films": len(rows)}
 
 
 def _judged(run: Run, degraded: Evaluation) -> pd.DataFrame:
@@ -108,17 +115,31 @@ def _blanking(run: Run) -> dict:
     return {"full": b["auc_full"], "lungs_blanked": b["auc_lungs_blanked"], "lungs_only": b["auc_outside_blanked"]}
 
 
-def run_matrix(variants: list[tuple[str, Params]], folds: list[Fold], seeds: Iterable[int], out: Path,
-               progress: Callable[[str], None] = print) -> pd.DataFrame:
-    """Every variant x fold x seed (module docstring); the judged films of all runs, one row per film
-    and run, also written to <out>/results.csv after each run (an interrupted study resumes)."""
-    frames = []
-    for name, params in variants:
-        for fold in folds:
-            for seed in seeds:
-                t0 = time.perf_counter()
-                frames.append(run_one(params, name, fold, seed, out))
-                progress(f"  {name}, {fold.name}, seed {seed}: {time.perf_counter() - t0:.0f} s")
-                with atomic_path(out / "results.csv") as tmp:
-                    pd.concat(frames, ignore_index=True).to_csv(tmp, index=False)
-    return pd.concat(frames, ignore_index=True)
+def run_matrix(variants: list[tuple[str, Params]], folds: list[Fold], seeds: Iterable[int], out: Path, scheduler: str = "",
+               jobs: int = 0, on_done: Callable[[RunOutcome], None] | None = None) -> tuple[pd.DataFrame, list[RunOutcome]]:
+    """Every variant x fold x seed as a study (module docstring): one task per run, one `judge_run`
+    task per finished run. Returns the judged films of every run that finished, one row per film and
+    run (also <out>/results.csv, rewritten as runs end), and every run's outcome."""
+    where = {f"{name}/{fold.name}": (name, fold.name) for name, _ in variants for fold in folds}
+    configs = [(f"{name}/{fold.name}", fold_params(params, fold)) for name, params in variants for fold in folds]
+    finished: list[RunOutcome] = []
+
+    def tell(outcome: RunOutcome) -> None:
+        if outcome.done and outcome.analysis:
+            finished.append(outcome)
+            _write_results(out, finished, where)
+        if on_done is not None:
+            on_done(outcome)
+
+    outcomes = run_study(configs, out, seeds=list(seeds), analysis=judge_run, scheduler=scheduler, jobs=jobs, on_done=tell)
+    return _write_results(out, [o for o in outcomes if o.done and o.analysis], where), outcomes
+
+
+def _write_results(out: Path, outcomes: list[RunOutcome], where: dict[str, tuple[str, str]]) -> pd.DataFrame:
+    """<out>/results.csv: the judged films of these runs, labelled with variant, fold and seed."""
+    frames = [pd.read_csv(o.analysis["judged"], dtype={"image_id": str, "patient_id": str})
+              .assign(variant=where[o.config][0], fold=where[o.config][1], seed=o.seed) for o in outcomes]
+    results = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    with atomic_path(out / "results.csv") as tmp:
+        results.to_csv(tmp, index=False)
+    return results

@@ -1,4 +1,4 @@
-"""What each report page reads, and `prepare`, which makes it before any page opens.
+"""What each report page reads, and the tasks of the report's graph that make it.
 
 A page declares what it reads in its notebook's metadata, `{"cmtlib": {"needs": [...]}}`, from
     data           the prepared data (import, split, cache)
@@ -6,31 +6,42 @@ A page declares what it reads in its notebook's metadata, `{"cmtlib": {"needs": 
     external       the run judged on its external sets (cmtlib.experiments.external)
     cmtnet, classifier, segmentation, embedding
                    the comparison's methods of that role (cmtlib.experiments.comparison.ROLES)
-`cmt report` calls `prepare` for the union over its pages first (its own step in timings.json), so
-the pages only read finished runs, and a chain of one page trains only what that page needs. A
-notebook that declares nothing gets nothing made ahead: opened on its own, a page still asks the
+    comparison     the comparison recorded with every method's time (comparison.json)
+    explanations   the run's explanation checks (cmtlib.explain.checks: reliance, heat maps against
+                   truth, faithfulness, randomisation), kept in the run folder for the pages to read
+`experiment_tasks` turns the union over the report's pages into tasks of the report's graph
+(cmtlib.experiments.graph): the data, the run, its external sets, one task per deep run of the
+comparison (baselines, CMTNet at their setting), the embedding classifiers and the comparison's
+record, each waiting only for what it reads. A page then starts as soon as the tasks making its
+needs have finished (cmtlib.report.chain.schedule), so the pages only read finished runs, and a
+chain of one page trains only what that page needs. A notebook that declares nothing gets nothing
+made ahead and waits for every experiments task: opened on its own, a page still asks the
 experiments layer for what it reads (`ensure_run`, `ensure_comparison`), which makes it then.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import multiprocessing
-import os
-import threading
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
-from cmtlib.data.workers import die_with_parent
-from cmtlib.errors import CmtError, ConfigError
-from cmtlib.experiments.comparison import ROLES, ensure_comparison, train_deep
+from cmtlib.data.prepare import prepare_data
+from cmtlib.errors import ConfigError
+from cmtlib.experiments.baselines import DEEP_BASELINES
+from cmtlib.experiments.comparison import LABELS, ROLES, deep_plan, deep_run, ensure_comparison
 from cmtlib.experiments.external import ensure_external, external_sets
-from cmtlib.experiments.runs import ensure_data, ensure_run
+from cmtlib.experiments.graph import Task
+from cmtlib.experiments.runs import ensure_run
+from cmtlib.explain.checks import run_checks
 from cmtlib.params import Params
+from cmtlib.run import Run
 
-KNOWN_NEEDS = frozenset({"data", "run", "external", *ROLES})
+KNOWN_NEEDS = frozenset({"data", "run", "external", "comparison", "explanations", *ROLES})
+# Among ready tasks, the higher first: the run and what follows it on the way to the comparison page
+# (the embedding classifiers) before the baselines, the classifiers (the CAM page reads them) first.
+PRIORITY = {"data": 1000, "run": 900, "external": 800, "explanations": 760, "embedding": 750, "classifier": 700, "deep": 600,
+            "comparison": 500}  # pages: below
 
 
 def declared_needs(notebook: str | Path) -> frozenset[str]:
@@ -55,147 +66,82 @@ def needs(notebooks: Iterable[str | Path]) -> frozenset[str]:
     return frozenset(out)
 
 
-def prepare(params: Params, run_dir: str | Path, report_dir: str | Path, notebooks: Iterable[str | Path], verbose: bool = True,
-            jobs: int = 1, made: Callable[[frozenset[str]], None] | None = None) -> dict[str, float]:
-    """Make what the notebooks read; returns seconds per step ('data', 'run', 'external', 'comparison').
+def make_run(params: Params, run_dir: str | Path) -> None:
+    """The report's run task: trained (or resumed) and evaluated into run_dir."""
+    ensure_run(params, run_dir, quiet=False)
 
-    `verbose` shows the training's progress and each compared method's time on the console. With
-    `jobs` > 1 the comparison's deep runs (which need nothing of the report's run) train in a second
-    process while the report's run trains here, each with the params' threads: the same numbers as
-    one after the other, in about the time of the longer of the two. `made` is told the needs each
-    step has finished as it finishes ({"data"}, then {"run"}, ...), so that pages reading only
-    those can start while the rest is made.
-    """
-    wanted, seconds = needs(notebooks), {}
-    tell = made or (lambda _needs: None)
+
+def explanations(params: Params, run_dir: str | Path) -> None:
+    """The run's explanation checks, measured once into the run folder (pages 7 and 8 read them)."""
+    run_checks(Run.open(run_dir), seed=params.train.seed)
+
+
+def embedding_classifiers(params: Params, run_dir: str | Path, report_dir: str | Path) -> None:
+    """The embedding classifiers on the run's embeddings (seconds each): a task of their own."""
+    ensure_comparison(params, run_dir, report_dir, roles=("embedding",))
+
+
+def record_comparison(params: Params, run_dir: str | Path, report_dir: str | Path, roles: tuple[str, ...], inputs: dict) -> None:
+    """comparison.json with every method of `roles` and the time each deep run took in its task."""
+    seconds = {(e.key, e.seed): e.seconds for e in inputs.values() if hasattr(e, "key") and e.seconds is not None}
+    ensure_comparison(params, run_dir, report_dir, roles=roles, seconds=seconds)
+
+
+def experiment_tasks(params: Params, run_dir: str | Path, report_dir: str | Path,
+                     notebooks: Iterable[str | Path]) -> tuple[list[Task], dict[str, tuple[str, ...]]]:
+    """The experiments tasks for what the notebooks read (module docstring), and for each need the
+    keys of the tasks that make it."""
+    wanted = needs(notebooks)
     if not wanted:
-        return seconds
-    t0 = time.perf_counter()
-    ensure_data(params)
-    seconds["data"] = round(time.perf_counter() - t0, 2)
-    tell(frozenset({"data"}))
-    roles = tuple(r for r in ROLES if r in wanted)
-    deep = tuple(r for r in roles if r != "embedding")
-    with _Beside(params, report_dir, deep if jobs > 1 else (), tell) as beside:
-        if beside.running and verbose:
-            print("training the comparison's baselines in a second process meanwhile ...", flush=True)
-        if wanted & ({"run", "external"} | set(ROLES)):
-            t0 = time.perf_counter()
-            ensure_run(params, run_dir, quiet=not verbose)
-            seconds["run"] = round(time.perf_counter() - t0, 2)
-        tell(frozenset({"run"}))
-        if "external" in wanted and external_sets(params):
-            t0 = time.perf_counter()
-            ensure_external(params, run_dir)
-            seconds["external"] = round(time.perf_counter() - t0, 2)
-        tell(frozenset({"external"}))
-        if roles:
-            t0 = time.perf_counter()
-            if "embedding" in roles and beside.running:  # they read only the run: made while the baselines train
-                ensure_comparison(params, run_dir, report_dir, roles=("embedding",))
-            ensure_comparison(params, run_dir, report_dir, roles=roles, progress=(lambda m: print(m, flush=True)) if verbose else None,
-                              seconds=beside.result())
-            seconds["comparison"] = round(time.perf_counter() - t0, 2)  # with the wait for the second process
-        tell(frozenset(roles))
-    return seconds
+        return [], {}
+    run_dir, report_dir = str(Path(run_dir).resolve()), str(Path(report_dir).resolve())
+    tasks = [Task("data", "experiments: data", prepare_data, (params,), priority=PRIORITY["data"])]
+    makes: dict[str, tuple[str, ...]] = {"data": ("data",)}
+    if not wanted - {"data"}:
+        return tasks, makes
+    tasks.append(Task("run", "experiments: the run", make_run, (params, run_dir), needs=("data",), priority=PRIORITY["run"]))
+    makes["run"] = makes["external"] = ("run",)
+    if "external" in wanted and external_sets(params):
+        tasks.append(Task("external", "experiments: external sets", ensure_external, (params, run_dir), needs=("run",), priority=PRIORITY["external"]))
+        makes["external"] = ("external",)
+    if "explanations" in wanted:
+        tasks.append(Task("explanations", "experiments: explanation checks", explanations, (params, run_dir), needs=("run",),
+                          priority=PRIORITY["explanations"]))
+        makes["explanations"] = ("explanations",)
+    roles = tuple(r for r in ROLES if r in wanted or "comparison" in wanted)
+    tasks += _comparison_tasks(params, run_dir, report_dir, roles, makes)
+    return tasks, makes
 
 
-def _train_deep_child(parent: int, queue, params: Params, report_dir: str | Path, roles: tuple[str, ...], threads: int) -> None:
-    """The second process: train_deep, telling `queue` each group of roles made, then its result.
-    It ends when its parent dies (killed, or stopped by SIGTERM), not minutes later."""
-    die_with_parent(parent)
-    try:
-        result = train_deep(params, report_dir, roles, threads, made=lambda group: queue.put(("made", group)))
-        queue.put(("done", result))
-    except BaseException as err:  # handed to the parent, which raises it there
-        try:
-            queue.put(("error", err))
-        except Exception:  # an exception that cannot be pickled: its text
-            queue.put(("error", RuntimeError(f"{type(err).__name__}: {err}")))
+def _comparison_tasks(params: Params, run_dir: str, report_dir: str, roles: tuple[str, ...], makes: dict) -> list[Task]:
+    """A task per deep run (after the data its setting asks for), the embedding classifiers and the
+    comparison's record; fills `makes` for each role and for 'comparison'."""
+    tasks: list[Task] = []
+    data = {_data_key(params): "data"}
+    for role in roles:
+        makes[role] = ()
+    for key, file, seed, role, p in deep_plan(params, roles):
+        setting = _data_key(p)
+        if setting not in data:
+            data[setting] = f"data:{len(data)}"
+            # After the run's data: another size of the same films waits for them rather than for their lock.
+            tasks.append(Task(data[setting], f"experiments: data at {p.data.image_size} px", prepare_data, (p,), needs=("data",),
+                              priority=PRIORITY["data"]))
+        name = "CMTNet at the baselines' setting" if file is None else LABELS.get(key, DEEP_BASELINES.get(p.model.model, key))
+        tasks.append(Task(f"deep:{key}-seed{seed}", f"experiments: {name}, seed {seed}", deep_run, (params, report_dir, key, file, seed),
+                          needs=(data[setting],), priority=PRIORITY["classifier" if role == "classifier" else "deep"]))
+        makes[role] += (tasks[-1].key,)
+    if "embedding" in roles:
+        tasks.append(Task("embedding", "experiments: embedding classifiers", embedding_classifiers, (params, run_dir, report_dir),
+                          needs=("run",), priority=PRIORITY["embedding"]))
+        makes["embedding"] = ("embedding",)
+    if roles:
+        made = tuple(dict.fromkeys(k for r in roles for k in makes[r]))
+        tasks.append(Task("comparison", "experiments: the comparison's record", record_comparison, (params, run_dir, report_dir, roles),
+                          needs=("run", *made), priority=PRIORITY["comparison"], inputs=True, light=True))
+        makes["comparison"] = ("comparison",)
+    return tasks
 
 
-_LIVE: set = set()  # the second processes running now (stop_beside)
-
-
-def stop_beside() -> None:
-    """Stop every second process of `prepare` at once (the caller was interrupted or failed):
-    otherwise Python's exit would wait minutes for the baselines it no longer needs."""
-    for beside in list(_LIVE):
-        beside.stop()
-
-
-class _Beside:
-    """The comparison's deep runs in a second process while this one trains the report's run.
-
-    Spawned, not forked: a forked child of a process that has used torch's thread pools can hang.
-    The child tells a queue which roles it has made (the classifiers first); a thread here passes
-    that on to `tell`, so a page reading only those starts before the rest is done. A plain
-    process rather than a pool, so that `stop()` can end it. With no roles nothing is started and
-    `result()` is None.
-    """
-
-    POLL_S = 0.5
-
-    def __init__(self, params: Params, report_dir: str | Path, roles: tuple[str, ...], tell: Callable[[frozenset[str]], None]) -> None:
-        self.params, self.report_dir, self.roles, self.tell = params, report_dir, roles, tell
-        self._process = self._listener = None
-        self._outcome: tuple[str, Any] | None = None
-        self._finished = threading.Event()
-
-    @property
-    def running(self) -> bool:
-        """A second process was started (there were roles to train beside)."""
-        return self._process is not None
-
-    def __enter__(self) -> "_Beside":
-        if not self.roles:
-            return self
-        context = multiprocessing.get_context("spawn")
-        self._queue = context.SimpleQueue()
-        self._process = context.Process(target=_train_deep_child, name="cmt-baselines", args=(
-            os.getpid(), self._queue, self.params, self.report_dir, self.roles, self.params.train.threads or 1))
-        self._process.start()
-        _LIVE.add(self)
-        self._listener = threading.Thread(target=self._listen, name="cmt-baselines-made", daemon=True)
-        self._listener.start()
-        return self
-
-    def _listen(self) -> None:
-        while True:
-            if self._queue.empty():
-                if not self._process.is_alive() and self._queue.empty():
-                    code = self._process.exitcode
-                    self._outcome = ("error", CmtError(f"the baselines' process ended without a result (exit code {code})"))
-                    break
-                time.sleep(self.POLL_S)
-                continue
-            kind, value = self._queue.get()
-            if kind == "made":
-                self.tell(frozenset(value))
-            else:
-                self._outcome = (kind, value)
-                break
-        self._finished.set()
-
-    def result(self) -> dict | None:
-        """The deep runs' seconds, once the second process is done; its error, raised here."""
-        if self._process is None:
-            return None
-        self._finished.wait()
-        kind, value = self._outcome
-        if kind == "error":
-            raise value
-        return value
-
-    def stop(self) -> None:
-        if self._process is not None and self._process.is_alive():
-            self._process.terminate()
-        _LIVE.discard(self)
-
-    def __exit__(self, exc_type, *exc) -> None:
-        if self._process is None:
-            return
-        if exc_type is not None:
-            self.stop()  # this process failed: the baselines are not needed
-        self._process.join()
-        _LIVE.discard(self)
+def _data_key(params: Params) -> str:
+    return json.dumps(dataclasses.asdict(params.data), sort_keys=True)

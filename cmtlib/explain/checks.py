@@ -109,19 +109,21 @@ def run_checks(run: Run, seed: int = 0) -> RunChecks:
     folder = run.explanations_dir
     done = folder / PAGE_FILE
     best = run.checkpoint("best")
-    if done.is_file() and best.is_file() and done.stat().st_mtime >= best.stat().st_mtime and read_json(done, {}).get("map") == DEFAULT_LABEL:
+    meta = read_json(done, {}) if done.is_file() else {}
+    if best.is_file() and done.is_file() and done.stat().st_mtime >= best.stat().st_mtime and meta.get("map") == DEFAULT_LABEL and meta.get("seed") == seed:
         def table(name):
             path = folder / f"page_{name}.csv"
             return pd.read_csv(path, dtype={"image_id": str, "patient_id": str}) if path.is_file() else None
-        meta = read_json(done)
         return RunChecks(meta["truth"], table("reliance"), table("maps"), table("faithfulness"), table("randomisation"), meta["films"])
     checks = measure(run, seed)
     folder.mkdir(parents=True, exist_ok=True)
     for name in ("reliance", "maps", "faithfulness", "randomisation"):
-        frame = getattr(checks, name)
+        frame, path = getattr(checks, name), folder / f"page_{name}.csv"
         if frame is not None:
-            write_csv(frame, folder / f"page_{name}.csv")
-    write_json(done, {"map": DEFAULT_LABEL, "truth": checks.truth, "films": checks.films})
+            write_csv(frame, path)
+        else:
+            path.unlink(missing_ok=True)  # a table of an earlier measurement must not be read with this one
+    write_json(done, {"map": DEFAULT_LABEL, "seed": seed, "truth": checks.truth, "films": checks.films})
     return checks
 
 

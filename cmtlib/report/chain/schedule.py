@@ -1,28 +1,34 @@
-"""Running the report's pages several at a time.
+"""The report's pages as tasks of its graph (cmtlib.experiments.graph), and how one page executes.
 
-Pages only read what the experiments step made, so most are independent; a page that reads another
-page's side file declares it in its notebook metadata, `{"cmtlib": {"after": ["07_cam"]}}` (the
-shortcut audit reuses the CAM page's heat maps), and starts only when that page has finished. With
-`jobs` = 1 the pages run one after another, in order; with more, a page that another waits on
-starts before the others that are ready. After a failure no new page starts; those
-already running finish, and the first failure is returned.
+A page waits for the experiments tasks that make what its notebook declares it reads
+(`{"cmtlib": {"needs": ["run", "classifier"]}}`, cmtlib.experiments.plan) and for the pages whose
+side files it reads, declared as `{"cmtlib": {"after": ["07_cam"]}}` (the shortcut audit reuses
+the CAM page's heat maps); a page that declares no needs waits for every experiments task. So the
+data page runs while the run trains, the run's pages while the baselines train, and the CAM page as
+soon as the classifier baselines are ready. A page whose needs failed does not run; the others do.
 
-A `Gate` lets pages start while the experiments step is still making what other pages read: a page
-starts once the needs it declares (cmtlib.experiments.plan) are made, so the data page runs while
-the run trains, and the run's pages while the baselines train. A page that declares no needs, or any
-page after the experiments failed, waits for the whole step.
+`execute_page` runs one notebook with papermill in a kernel of its own, wherever its task was
+sent (a worker of the cluster, or this process); its rendering to HTML happens where the report is
+written (cmtlib.report.chain.runner).
 """
 
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TypeVar
 
-Failure = TypeVar("Failure")
+from cmtlib.errors import ConfigError
+from cmtlib.experiments.graph import Task
+from cmtlib.experiments.plan import declared_needs
+
+PAGE_PRIORITY = 400  # below every experiments task (cmtlib.experiments.plan.PRIORITY); earlier pages first
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+class NotebookFailed(Exception):
+    """A notebook stopped with an error; the message is the error as plain text (runner.plain_error)."""
 
 
 def declared_after(notebook: Path) -> set[str]:
@@ -31,75 +37,66 @@ def declared_after(notebook: Path) -> set[str]:
     return set((meta.get("cmtlib") or {}).get("after") or ())
 
 
-class Gate:
-    """What the experiments step has made so far; pages ask it whether they may start."""
-
-    POLL_S = 0.5  # how often a waiting scheduler looks again
-
-    def __init__(self, needs: dict[str, frozenset[str] | None]) -> None:
-        self.needs = needs  # page stem -> its declared needs (None: declares none)
-        self.made: set[str] = set()
-        self.finished = False
-        self.failure = None
-        self._changed = threading.Condition()
-
-    def add(self, made: frozenset[str]) -> None:
-        with self._changed:
-            self.made |= made
-            self._changed.notify_all()
-
-    def finish(self, failure=None) -> None:
-        """The step is over: everything is made, or `failure` says why not."""
-        with self._changed:
-            self.finished, self.failure = True, failure
-            self._changed.notify_all()
-
-    def allows(self, stem: str) -> bool:
-        if self.finished:
-            return self.failure is None
-        needs = self.needs.get(stem)
-        return needs is not None and needs <= self.made
-
-    def wait(self, timeout: float) -> None:
-        with self._changed:
-            self._changed.wait(timeout)
-
-
-def run_pages(notebooks: list[Path], run_one: Callable[[Path], Failure | None], jobs: int = 1, gate: Gate | None = None) -> Failure | None:
-    """Call `run_one(nb)` for every notebook, up to `jobs` at a time, in order where they wait on
-    nothing, each once `gate` allows it; returns the first failure `run_one` returned (or the gate's,
-    if that came first), or None."""
+def page_tasks(notebooks: list[Path], makes: dict[str, tuple[str, ...]], experiments: Iterable[str], run_page, args) -> list[Task]:
+    """A task per notebook: `run_page(*args(nb))`, labelled `[i/N] stem`, after the experiments tasks
+    that make its needs (`makes`: need -> task keys; `experiments`: every experiments task's key)
+    and the pages it declares it runs after."""
     stems = {nb.stem for nb in notebooks}
-    waits = {nb.stem: declared_after(nb) & stems for nb in notebooks}
-    awaited = set().union(*waits.values()) if waits else set()
-    pending, done, failure = list(notebooks), set(), None
-    running: dict[Future, Path] = {}
-    lock = threading.Lock()
-    open_gate = gate or Gate({})
-    if gate is None:
-        open_gate.finish()
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        while pending or running:
-            if failure is None and open_gate.failure is not None:
-                failure = open_gate.failure
-            ready = [nb for nb in pending if waits[nb.stem] <= done and open_gate.allows(nb.stem)] if failure is None else []
-            # A page another page waits on goes first (its waiter would otherwise end the chain alone).
-            if jobs > 1:
-                ready.sort(key=lambda nb: nb.stem not in awaited)
-            for nb in ready[: max(1, jobs) - len(running)]:
-                pending.remove(nb)
-                running[pool.submit(run_one, nb)] = nb
-            if not running:
-                if failure is not None or open_gate.finished:
-                    break  # a failure stopped the rest, or a page waits on one that never ran
-                open_gate.wait(Gate.POLL_S)
-                continue
-            finished, _ = wait(running, timeout=None if open_gate.finished else Gate.POLL_S, return_when=FIRST_COMPLETED)
-            for future in finished:
-                nb = running.pop(future)
-                result = future.result()
-                with lock:
-                    done.add(nb.stem)
-                    if result is not None and failure is None:
-                        failure = result
-    return failure
+    everything = tuple(experiments)
+    tasks = []
+    for i, nb in enumerate(notebooks, 1):
+        declared = declared_needs(nb)
+        waits = tuple(dict.fromkeys(k for need in sorted(declared) for k in makes.get(need, ()))) if declared else everything
+        after = tuple(f"page:{s}" for s in sorted(declared_after(nb) & stems))
+        tasks.append(Task(f"page:{nb.stem}", f"[{i}/{len(notebooks)}] {nb.stem}", run_page, args(nb), needs=waits + after,
+                          priority=PAGE_PRIORITY - i, light=True))
+    return _after_first(tasks)
+
+
+def _after_first(tasks: list[Task]) -> list[Task]:
+    """The tasks reordered so that each comes after the pages it waits on (the graph's order), the
+    declared order kept otherwise."""
+    placed: dict[str, Task] = {}
+    pending = list(tasks)
+    while pending:
+        ready = next((t for t in pending if all(n in placed or not n.startswith("page:") for n in t.needs)), None)
+        if ready is None:
+            raise ConfigError(f"notebooks wait on each other in a circle (cmtlib.after): {', '.join(t.key[5:] for t in pending)}")
+        pending.remove(ready)
+        placed[ready.key] = ready
+    return list(placed.values())
+
+
+def execute_page(notebook: str, executed: str, parameters: dict, kernel: str, cwd: str, timeout: int | None) -> None:
+    """Execute one notebook into `executed` (kept when it fails, for the partial page); raises
+    NotebookFailed with the error as plain text."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    try:
+        papermill.execute_notebook(
+            notebook, executed, parameters=parameters, kernel_name=kernel, cwd=cwd, progress_bar=False, log_output=False,
+            execution_timeout=timeout, start_timeout=120, config=_kernel_config(), extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
+        )
+    except PapermillExecutionError as err:
+        raise NotebookFailed(plain_error(err.ename, err.evalue, err.traceback)) from None
+    except Exception as err:  # noqa: BLE001 -- kernel died, cell timeout, unreadable notebook: same outcome, a failed page
+        raise NotebookFailed(plain_error(type(err).__name__, str(err))) from None
+
+
+def plain_error(ename: str, evalue: str, traceback: list[str] | None = None, lines: int = 12) -> str:
+    """The error as plain text: its name and message, then the end of the traceback (no ANSI)."""
+    tb = _ANSI.sub("", "\n".join(traceback or [])).strip().splitlines()
+    tail = "\n".join(tb[-lines:]) if tb else ""
+    head = f"{ename}: {evalue}" if evalue else ename
+    return f"{head}\n\n{tail}" if tail else head
+
+
+def _kernel_config():
+    """Encrypt the kernel's local sockets when the kernel supports it (ipykernel >= 7 warns on every
+    start otherwise); kernels without CurveZMQ support start as before. The kernel's own log (not
+    the notebook's output) is silenced with log_level=CRITICAL: jupyter_client interrupts a kernel
+    before shutting it down, which ipykernel logs as an error on the console."""
+    from traitlets.config import Config
+
+    return Config({"KernelManager": {"transport_encryption": "auto"}})

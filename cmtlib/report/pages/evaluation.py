@@ -1,5 +1,5 @@
-"""The evaluation page (03): the test metrics, the COVID-19 threshold, results by view and by source,
-in plain words and tables."""
+"""The evaluation page (03): the test metrics, the COVID-19 threshold, the test films unlike the
+training films (cmtlib.indist), results by view and by source, in plain words and tables."""
 
 from __future__ import annotations
 
@@ -147,3 +147,60 @@ def ci_sentence(metrics: dict | None) -> str:
     n = ci.get("n_boot")
     return ("Confidence intervals: 95 %, from " + (f"{n} " if n else "") + "bootstrap resamples of the test patients "
             "(a patient's films stay together), with the threshold held fixed. A wide interval means few test films.")
+
+
+# ---- the in-distribution check (cmtlib.indist): predictions.csv's in_distribution, ood_score, ood_reason ----
+def flags(df: pd.DataFrame | None) -> pd.Series | None:
+    """Each film's in-distribution verdict as 1 / 0 (NaN unknown); None when the check did not run."""
+    if df is None or "in_distribution" not in df.columns:
+        return None
+    values = pd.to_numeric(df["in_distribution"], errors="coerce")
+    return None if values.isna().all() else values
+
+
+def common_reasons(df: pd.DataFrame, top: int = 3) -> str:
+    """The reasons given for the flagged films of `df`, most frequent first: 'lungs not found (4), ...'."""
+    reasons = df.get("ood_reason", pd.Series(dtype=str)).fillna("").astype(str)
+    counts = pd.Series([r for text in reasons for r in text.split("; ") if r]).value_counts()
+    return ", ".join(f"{r} ({n})" for r, n in counts.head(top).items())
+
+
+def flag_counts(df: pd.DataFrame, threshold: float | None = None) -> dict[str, Any]:
+    """Films, films flagged and their share, and what the flagged films score: their COVID-19
+    probabilities (median and range) and how many reach the COVID-19 threshold."""
+    f = flags(df)
+    flagged = df[f == 0] if f is not None else df.iloc[:0]
+    p = pd.to_numeric(flagged.get("p_covid", pd.Series(dtype=float)), errors="coerce").dropna()
+    out: dict[str, Any] = {"films": len(df), "flagged": len(flagged), "share flagged": f"{100 * len(flagged) / len(df):.1f} %" if len(df) else ""}
+    out["COVID-19 probability of the flagged films"] = (f"median {p.median():.2f} (from {p.min():.2f} to {p.max():.2f})" if len(p) else "")
+    if threshold is not None:
+        out["flagged films at or above the threshold"] = int((p >= threshold).sum())
+    out["most common reasons"] = common_reasons(flagged)
+    return out
+
+
+def in_distribution_text(metrics: dict | None, predictions: pd.DataFrame | None) -> str:
+    """How many test films the in-distribution check flagged, against the share it was set to flag."""
+    block = get_path(metrics, "in_distribution") or {}
+    if flags(predictions) is None or not block.get("available"):
+        why = block.get("why_not") or "the run holds no record of its training films"
+        return f"The check for films unlike the training films is not available for this run: {why}."
+    c = flag_counts(predictions)
+    set_share, val_share = as_number(block.get("share_set")), as_number(block.get("validation_share_flagged"))
+    on_val = f" ({100 * val_share:.1f} % of the validation films were)" if val_share is not None else ""
+    return (f"{c['flagged']} of {c['films']} test films ({c['share flagged']}) look unlike the films this network was trained on. The "
+            f"check compares each film with the training films as the network sees them (its image features), by its lung outline "
+            f"and by the film's brightness, contrast, sharpness, layout and orientation; its limits were set when the network was "
+            f"trained, on the validation films, to flag at most {100 * (set_share or 0):.0f} % of films like them{on_val}. "
+            "`cmt predict` gives a flagged film no COVID-19 call; the measures on this page still count every test film, flagged or not.")
+
+
+def in_distribution_table(predictions: pd.DataFrame | None) -> pd.DataFrame:
+    """Per source collection of the test films: films, flagged, share flagged, the flagged films'
+    COVID-19 probabilities and the most common reasons (empty when the check did not run)."""
+    if flags(predictions) is None:
+        return pd.DataFrame()
+    source = predictions["source"].fillna("").replace("", "unknown")
+    rows = [{"films from": "all test films", **flag_counts(predictions)}]
+    rows += [{"films from": name, **flag_counts(group)} for name, group in predictions.groupby(source, sort=True)] if source.nunique() > 1 else []
+    return pd.DataFrame(rows)

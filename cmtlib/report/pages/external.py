@@ -4,7 +4,9 @@ on films from outside its training collections (cmtlib.experiments.external made
 Per external set and per collection in it: films, patients and class mix; AUC where both classes are
 present; sensitivity and specificity at the frozen threshold with patient-bootstrap 95 % intervals;
 the score distribution beside the internal test films'; calibration; and plain sentences ("31 of 35
-COVID-19 films from this collection are flagged ..."). Images are never named here.
+COVID-19 films from this collection are flagged ..."). Per set and collection too, the films the
+in-distribution check (cmtlib.indist) finds unlike the run's training films, and what those films
+score. Images are never named here.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import pandas as pd
 
 from cmtlib.explain.review import known_covid
 from cmtlib.plotting import OKABE_ITO, new_figure, styled
+from cmtlib.report.pages.evaluation import flag_counts, flags
 from cmtlib.report.pages.tables import as_number, ci_text, get_path
 from cmtlib.run import Run
 
@@ -103,19 +106,67 @@ def score_figure(sets: list[ExternalSet], internal_predictions: pd.DataFrame | N
     ax = axes[0, 0]
     rng = np.random.default_rng(0)  # a fixed jitter: the figure is the same on every run
     for i, (_, df) in enumerate(rows):
+        df = df[_known(df)]  # the rows known_covid keeps, so the flags line up with them
         y, p = known_covid(df)
+        f = flags(df)
+        outside = (f == 0).to_numpy() if f is not None else np.zeros(len(df), bool)
         for cls, colour, offset in ((0, OKABE_ITO["blue"], -0.15), (1, OKABE_ITO["vermillion"], 0.15)):
-            v = p[y == cls]
-            ax.scatter(v, np.full(len(v), i + offset) + rng.uniform(-0.08, 0.08, len(v)), s=10, alpha=0.6, color=colour,
-                       label=("COVID-19" if cls else "COVID-negative") if i == 0 else None)
+            for ring in (False, True):  # films the in-distribution check flags: open rings
+                keep = (y == cls) & (outside == ring)
+                v = p[keep]
+                ax.scatter(v, np.full(len(v), i + offset) + rng.uniform(-0.08, 0.08, len(v)), s=14 if ring else 10, alpha=0.8 if ring else 0.6,
+                           facecolors="none" if ring else colour, edgecolors=colour, linewidths=0.9,
+                           label=None if i or ring else ("COVID-19" if cls else "COVID-negative"))
+    if any((flags(df) == 0).any() for _, df in rows if flags(df) is not None):
+        ax.scatter([], [], s=14, facecolors="none", edgecolors=OKABE_ITO["black"], label="unlike the training films (ring)")
     if threshold is not None:
         ax.axvline(threshold, color=OKABE_ITO["black"], ls="--", lw=1, label=f"threshold {threshold:.3g}")
     ax.set_yticks(range(len(rows)), [label for label, _ in rows])
     ax.set_xlim(-0.02, 1.02)
     ax.set_xlabel("COVID-19 probability")
     ax.invert_yaxis()
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25), ncols=3, frameon=False)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25), ncols=4, frameon=False)
     return fig
+
+
+def _known(df: pd.DataFrame) -> pd.Series:
+    """Rows whose COVID-19 label and score are both known (what known_covid returns)."""
+    return pd.to_numeric(df["label_covid"], errors="coerce").notna() & pd.to_numeric(df["p_covid"], errors="coerce").notna()
+
+
+def _groups(s: ExternalSet) -> list[tuple[str, pd.DataFrame]]:
+    """A set whole, then each collection in it when it holds several."""
+    source = s.predictions["source"].fillna("").replace("", "unknown")
+    return [(s.label, s.predictions)] + ([(f"  {s.label}: {name}", g) for name, g in s.predictions.groupby(source)] if source.nunique() > 1 else [])
+
+
+def in_distribution_table(sets: list[ExternalSet], internal_predictions: pd.DataFrame | None, threshold: float | None) -> pd.DataFrame:
+    """Per set and per collection in it (the internal test films first): films, how many the
+    in-distribution check flags as unlike the training films, and what the flagged films score (their
+    COVID-19 probabilities, how many reach the threshold); empty when no evaluation has the check."""
+    groups = ([("internal test films (same collections as training)", internal_predictions)] if internal_predictions is not None else [])
+    groups += [g for s in sets for g in _groups(s)]
+    rows = [{"films from": label, **flag_counts(df, threshold)} for label, df in groups if flags(df) is not None]
+    return pd.DataFrame(rows)
+
+
+def in_distribution_verdicts(sets: list[ExternalSet], threshold: float | None) -> list[str]:
+    """Plain sentences per set and collection: how many films look unlike the training films, and
+    what they score."""
+    out = []
+    for s in sets:
+        for label, df in _groups(s):
+            if flags(df) is None:
+                continue
+            c = flag_counts(df, threshold)
+            text = f"{label.strip()[0].upper()}{label.strip()[1:]}: {c['flagged']} of {c['films']} films ({c['share flagged']}) look unlike the films this run was trained on"
+            if c["flagged"]:
+                text += f"; their COVID-19 probabilities: {c['COVID-19 probability of the flagged films']}"
+                if threshold is not None:
+                    text += f", {c['flagged films at or above the threshold']} at or above the threshold"
+                text += f" (most common reasons: {c['most common reasons']})"
+            out.append(text + ".")
+    return out
 
 
 def index_rows(run: Run) -> list[dict[str, str]]:
