@@ -214,8 +214,7 @@ def _cmd_audit_calibration(a: argparse.Namespace) -> int:
     from cmtlib.fileio import write_json
 
     kinds = [k.strip() for k in a.cues.split(",") if k.strip()]
-    record = calibrate(Path(a.out), a.params_dir, _seeds(a.seeds), _seeds(a.clean_seeds), kinds, scheduler=a.scheduler or "",
-                       jobs=0 if a.jobs is None else a.jobs)
+    record = calibrate(Path(a.out), a.params_dir, _seeds(a.seeds), _seeds(a.clean_seeds), kinds, scheduler=a.scheduler, jobs=a.jobs)
     print(table_text(record))
     print(calibration_sentence(record))
     if a.update_package:
@@ -241,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_data_commands(sub.add_parser("data", help="build, check, split and cache image manifests").add_subparsers(dest="data_command", required=True))
     _add_run_commands(sub)
+    _add_audit_command(sub)
     return parser
 
 
@@ -388,6 +388,9 @@ def _add_run_commands(sub) -> None:
     _add_cluster_flags(p)
     p.set_defaults(func=_cmd_mitigation)
 
+
+def _add_audit_command(sub) -> None:
+    """`cmt audit-calibration`."""
     p = sub.add_parser(
         "audit-calibration", help="how often the shortcut audit is right: planted cues and clean phantoms, the twins as the truth",
         description="Train the default network on phantoms with one cue planted at strength 0.8 (params/phantoms/<cue>.yaml, "

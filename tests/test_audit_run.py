@@ -80,3 +80,36 @@ def test_a_collection_without_truth_gets_the_twin_free_checks(tmp_path):
     assert all(s["n"] == audit["checks"]["n_test"] for s in swaps.values() if s["n"])
     assert isinstance(audit["network_verdict"]["words"], str) and audit["network_verdict"]["kind"] in ("ok", "warning")
     assert not math.isnan(audit["checks"]["blanking"]["n"])
+
+
+def _tiny_phantoms(folder):
+    """params/phantoms in miniature: clean.yaml on the smoke run (200 films, 64 px, one epoch), border.yaml planting a frame."""
+    folder.mkdir()
+    keys = "\n".join(f"{k}: {v}" for k, v in TINY.items() if k != "synth_border_strength")
+    strengths = "\n".join(f"synth_{c}_strength: 0.0" for c in ("source", "view", "marker", "text", "size", "border", "tubes"))
+    (folder / "clean.yaml").write_text(f"base: {REPO / 'params' / 'smoke.yaml'}\nrun_name: tiny-clean\n{keys}\n{strengths}\n")
+    (folder / "border.yaml").write_text("base: clean.yaml\nrun_name: tiny-border\nsynth_border_strength: 0.8\n")
+    return folder
+
+
+def test_the_calibration_trains_audits_and_judges_each_run_on_the_study_engine(tmp_path, monkeypatch):
+    from cmtlib.experiments.audit_calibration import calibrate, table_text
+
+    monkeypatch.setenv("CMT_DATA_DIR", str(tmp_path / "data"))
+    said = []
+    record = calibrate(tmp_path / "study", _tiny_phantoms(tmp_path / "phantoms"), seeds=[0], clean_seeds=[0], kinds=["border"],
+                       jobs=1, say=said.append)
+    runs = {(r["config"], r["seed"]): r for r in record["runs"]}
+    assert set(runs) == {("clean", 0), ("border", 0)} and all(r["status"] == "ok" for r in runs.values())
+    border = runs[("border", 0)]
+    assert border["twins_films"] > 0 and border["outcome"] in ("hit", "miss", "false alarm", "correct silence",
+                                                               "undecided (twins between thresholds)")
+    assert border["data_names_cue"] == ("frame" in border["data"])
+    assert runs[("clean", 0)]["twins_change"] is None and runs[("clean", 0)]["outcome"] in ("false alarm", "correct silence")
+    assert (tmp_path / "study" / "audit_calibration.json").is_file() and (tmp_path / "study" / "runs" / "border-s0").is_dir()
+    assert record["summary"]["data"]["runs"] == 1 and "power:" in table_text(record)
+    stamp = (tmp_path / "study" / "runs" / "border-s0" / "checkpoints").stat().st_mtime_ns
+    again = calibrate(tmp_path / "study", tmp_path / "phantoms", seeds=[0], clean_seeds=[0], kinds=["border"], jobs=1, say=said.append)
+    assert [r | {"status": "ok"} for r in again["runs"]] == record["runs"]  # the runs and their audits reused
+    assert {r["status"] for r in again["runs"]} == {"reused"}
+    assert (tmp_path / "study" / "runs" / "border-s0" / "checkpoints").stat().st_mtime_ns == stamp

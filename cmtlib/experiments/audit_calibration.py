@@ -100,13 +100,17 @@ def summarise(rows: list[dict]) -> dict:
 
 
 def calibrate(folder: str | Path, params_dir: str | Path = "params/phantoms", seeds: Sequence[int] = (0, 1),
-              clean_seeds: Sequence[int] = (0, 1, 2), kinds: Sequence[str] = KINDS, scheduler: str = "", jobs: int = 0,
-              say: Callable[[str], None] = print) -> dict:
+              clean_seeds: Sequence[int] = (0, 1, 2), kinds: Sequence[str] = KINDS, scheduler: str | None = None,
+              jobs: int | None = None, say: Callable[[str], None] = print) -> dict:
     """Train and analyse every run (module docstring; a run already in `folder` is reused), judge them
-    and return the calibration record (written to <folder>/audit_calibration.json)."""
+    and return the calibration record (written to <folder>/audit_calibration.json). `scheduler` and
+    `jobs` default to clean.yaml's `scheduler` and `report_jobs`."""
     from cmtlib.experiments.study import check, run_study
 
     configs = configurations(params_dir, kinds)
+    base = configs[0][1]
+    scheduler = base.experiments.scheduler if scheduler is None else scheduler
+    jobs = base.report.report_jobs if jobs is None else jobs
     clean, planted = [c for c in configs if c[0] == CLEAN], [c for c in configs if c[0] != CLEAN]
     outcomes = run_study(clean, folder, seeds=list(clean_seeds), analysis=analysis, scheduler=scheduler, jobs=jobs, say=say)
     outcomes += run_study(planted, folder, seeds=list(seeds), analysis=analysis, scheduler=scheduler, jobs=jobs, say=say)
