@@ -243,6 +243,8 @@ def test_page_8_leads_with_the_network_verdict_and_keeps_the_twins_apart():
     assert net.loc["The film's frame (its edges)", "the score follows it"] == "yes"
     assert net.loc["The film's frame (its edges)", "change of the COVID-19 probability (95 % CI)"] == "+0.30 (+0.25 to +0.35)"
     assert net.loc["The source (hospital or scanner)", "the score follows it"] == "no"
+    assert net.loc["The source (hospital or scanner)", "strength of its evidence"] == "moderate"
+    assert net.loc["The film's frame (its edges)", "strength of its evidence"] == "strong" and "placebo" in A.strength_text()
     data = A.data_table(audit).set_index("cue")
     assert data.loc["The view (AP or PA)", "predicts the label"] == "yes" and data.loc["The view (AP or PA)", "check"] == "recorded metadata"
     twins = A.twins_table(audit).set_index("planted cue")

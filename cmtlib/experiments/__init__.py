@@ -12,4 +12,6 @@ and below the report pages. Pages only read what these functions made.
     external.py                the run judged on held-out and external sets at its frozen threshold
     ablation.py                a list of configurations compared side by side (Table V): a study
     mitigation.py              shortcut mitigations judged on held-out folds: a study with an analysis per run
+    audit.py                   the shortcut audit of a run (its checks, both verdicts, the twins' truth): page 8 and studies
+    audit_calibration.py       `cmt audit-calibration`: the audit judged against twins on planted cues, a study
 """

@@ -43,6 +43,11 @@ BLANKED_HIGH = 0.75  # the score still separates the classes with the lungs blan
 HEAT_RATIO = 2.0  # the heat map puts this many times a region's area into it
 SETTINGS = {"data_auc": DATA_AUC, "floor_auc": FLOOR_AUC, "net_effect": NET_EFFECT, "probe_margin": PROBE_MARGIN,
             "association": ASSOCIATION, "blanked_high": BLANKED_HIGH, "heat_ratio": HEAT_RATIO}
+# How strong each check's evidence is, as the page states it (real collections get exactly these checks).
+STRENGTH = {"swap": "strong: the film itself is changed in that one part, against a same-class placebo",
+            "score within each class": "moderate: films with and without the cue are compared, so whatever else goes with "
+                                       "the cue (how sick the patients are) counts too",
+            "support": "weak: shown beside the deciding check, never naming a cue alone"}
 CUES = METADATA + REGIONS + LOOKS  # every cue a verdict can name, in the order the page lists them
 OUTSIDE = "outside the lungs"
 WORDS = {"source": "the source (hospital or scanner)", "view": "the view (AP or PA)", "original size": "the original image size",

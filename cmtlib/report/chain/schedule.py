@@ -2,8 +2,8 @@
 
 A page waits for the experiments tasks that make what its notebook declares it reads
 (`{"cmtlib": {"needs": ["run", "classifier"]}}`, cmtlib.experiments.plan) and for the pages whose
-side files it reads, declared as `{"cmtlib": {"after": ["07_cam"]}}` (the shortcut audit reuses
-the CAM page's heat maps); a page that declares no needs waits for every experiments task. So the
+side files it reads, declared as `{"cmtlib": {"after": ["07_cam"]}}` (none of the default chain
+does today); a page that declares no needs waits for every experiments task. So the
 data page runs while the run trains, the run's pages while the baselines train, and the CAM page as
 soon as the classifier baselines are ready. A page whose needs failed does not run; the others do.
 

@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 
 from cmtlib.explain.cue_twins import FOLLOWS, IGNORES, NETWORK_NAMES
-from cmtlib.explain.verdicts import CUES, NET_EFFECT, WORDS, calibration, calibration_sentence
+from cmtlib.explain.verdicts import CUES, NET_EFFECT, STRENGTH, WORDS, calibration, calibration_sentence
 
 
 def _f(v: Any) -> float:
@@ -55,11 +55,18 @@ def network_table(audit: dict) -> pd.DataFrame:
     for cue in CUES:
         c = audit["network_verdict"]["cues"][cue]
         support = " ".join(s["words"] + (" (supports it)" if s["agrees"] else " (does not support it)") for s in c.get("support", []))
-        rows.append({"cue": cue_name(cue), "deciding check": c["check"],
+        rows.append({"cue": cue_name(cue), "deciding check": c["check"], "strength of its evidence": STRENGTH[c["check"]].split(":")[0],
                      "change of the COVID-19 probability (95 % CI)": _ci(c["effect"], c["ci_low"], c["ci_high"], signed=True),
                      "the score follows it": "yes" if c["named"] else "no", "what was measured": c["words"],
                      "supporting checks": support or "–"})
     return pd.DataFrame(rows)
+
+
+def strength_text() -> str:
+    """What each kind of check can show, in one sentence per kind."""
+    return " ".join(f"{name.capitalize()}: {words}." for name, words in
+                    (("a swap", STRENGTH["swap"]), ("the score within each class", STRENGTH["score within each class"]),
+                     ("a supporting check", STRENGTH["support"])))
 
 
 def data_table(audit: dict) -> pd.DataFrame:
