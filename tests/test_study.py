@@ -11,8 +11,7 @@ import pytest
 
 from cmtlib.errors import ConfigError
 from cmtlib.experiments import study
-from cmtlib.fileio import write_json
-from cmtlib.params import dump_params, load_params
+from cmtlib.params import load_params
 from cmtlib.run import RunMismatchError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,11 +24,13 @@ def tiny(**extra):
 
 def fake_finished(params, auc: float) -> None:
     """A finished, evaluated run folder made with `params` (what a study reuses)."""
-    run_dir = Path(params.train.run_dir)
-    run_dir.mkdir(parents=True)
-    dump_params(params, run_dir / "config.yaml")
-    write_json(run_dir / "run.json", {"status": "finished"})
-    write_json(run_dir / "metrics.json", {"covid": {"auc": auc}})
+    from cmtlib.run import Run, RunInfo
+
+    run = Run(params.train.run_dir)
+    run.path.mkdir(parents=True)
+    run.dump_config(params)
+    run.write_info(RunInfo(status="finished"))
+    run.write(metrics={"covid": {"auc": auc}})
 
 
 def auc_of_seed(params):  # in place of training: a run folder, and a result that names the run
