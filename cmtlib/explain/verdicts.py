@@ -209,6 +209,14 @@ def calibration(path: str | Path | None = None) -> dict | None:
     return read_json(Path(path) if path else Path(__file__).with_name(CALIBRATION_FILE))
 
 
+def _followed(summary: dict, kinds: int) -> str:
+    """Which kinds the power rests on: a network that ignores most planted cues tests the audit's power on few."""
+    followed = summary.get("kinds_followed") or []
+    if not followed:
+        return "; no run's network followed its cue, so the power is untested"
+    return f"; {len(followed)} of {kinds} kinds were followed: {', '.join(followed)}"
+
+
 def calibration_sentence(record: dict | None) -> str:
     """The calibration in one sentence with its figures (every audit page states it)."""
     if not record:
@@ -220,6 +228,6 @@ def calibration_sentence(record: dict | None) -> str:
     return (f"Calibration ({record['made']}, phantoms at {setting['image_size']} px with one of {kinds} kinds of cue planted at "
             f"strength {setting['strength']}, {len(setting['seeds'])} seeds each, and {alarms['clean_runs']} clean runs): the "
             f"network verdict named the cue in {power['hits']} of {power['runs']} runs whose twins showed the network following it "
-            f"(score change {record['thresholds']['follows']:.2f} or more when only the cue is removed), and named a cue in "
+            f"(score change {record['thresholds']['follows']:.2f} or more when only the cue is removed{_followed(s, kinds)}), and named a cue in "
             f"{alarms['alarms']} of {alarms['runs']} runs where the network followed none (clean phantoms, or a change below "
             f"{record['thresholds']['ignores']:.2f}); the data verdict named the planted cue in {data['named']} of {data['runs']} runs.")
