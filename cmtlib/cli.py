@@ -23,7 +23,8 @@ def _cmd_synth(a: argparse.Namespace) -> int:
     from cmtlib.data.synth import Strengths, cue_strengths, make_synthetic, read_truth
 
     strengths = Strengths(**{cue: getattr(a, f"{cue}_strength") for cue in SYNTH_CUES})
-    manifest = make_synthetic(Path(a.out), n=a.n, size=a.size, seed=a.seed, strengths=strengths, external_n=a.external_n)
+    manifest = make_synthetic(Path(a.out), n=a.n, size=a.size, seed=a.seed, strengths=strengths, external_n=a.external_n,
+                              covid_opacity=a.covid_opacity)
     truth = read_truth(manifest)
     labels = read_manifest(manifest)["label_covid"]
     print(f"wrote {manifest}, with truth.csv and twins.csv beside it")
@@ -209,12 +210,13 @@ def _add_cluster_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_audit_calibration(a: argparse.Namespace) -> int:
-    from cmtlib.experiments.audit_calibration import calibrate, table_text
+    from cmtlib.experiments.audit_calibration import FAINT_OPACITY, calibrate, table_text
     from cmtlib.explain.verdicts import CALIBRATION_FILE, calibration_sentence
     from cmtlib.fileio import write_json
 
     kinds = [k.strip() for k in a.cues.split(",") if k.strip()]
-    record = calibrate(Path(a.out), a.params_dir, _seeds(a.seeds), _seeds(a.clean_seeds), kinds, scheduler=a.scheduler, jobs=a.jobs)
+    record = calibrate(Path(a.out), a.params_dir, _seeds(a.seeds), _seeds(a.clean_seeds), kinds,
+                       faint=None if a.no_faint else a.faint_opacity or FAINT_OPACITY, scheduler=a.scheduler, jobs=a.jobs)
     print(table_text(record))
     print(calibration_sentence(record))
     if a.update_package:
@@ -262,6 +264,9 @@ def _add_data_commands(data) -> None:
                        help=f"tie of the {cue} cue to the label in [0, 1]: the share of COVID-19 films carrying it minus "
                             f"the others' (params key synth_{cue}_strength; default %(default)s)")
     p.add_argument("--external-n", type=int, default=0, help="films of a third site (synth-c), appended after the n films")
+    p.add_argument("--covid-opacity", type=float, default=DataConfig.synth_covid_opacity, metavar="X",
+                   help="scale of every COVID-19 opacity's density in (0, 2]: below 1 the disease is fainter, so a tied cue "
+                        "competes with it (params key synth_covid_opacity; default %(default)s)")
     p.set_defaults(func=_cmd_synth)
 
     p = data.add_parser("import", help="turn a public collection into a manifest")
@@ -401,6 +406,10 @@ def _add_audit_command(sub) -> None:
     p.add_argument("--clean-seeds", default="0,1,2", help="training seeds of the clean phantoms (default 0,1,2)")
     p.add_argument("--cues", default=",".join(SYNTH_CUES), help="the planted cue kinds, comma-separated (default: all seven)")
     p.add_argument("--params-dir", default="params/phantoms", help="folder of clean.yaml and <cue>.yaml (default params/phantoms)")
+    p.add_argument("--faint-opacity", type=float, default=None, metavar="X",
+                   help="each configuration again with the COVID-19 opacities scaled by X (synth_covid_opacity), so that a "
+                        "network leans on its cue and the audit's power is tested (default 0.4)")
+    p.add_argument("--no-faint", action="store_true", help="no faint tier: only the opacities as drawn")
     p.add_argument("--out", default="reports/audit-calibration", help="study folder: runs/, params/, audit_calibration.json")
     _add_cluster_flags(p)
     p.add_argument("--update-package", action="store_true",

@@ -67,6 +67,9 @@ class DataConfig:
     # Films of a third site (source synth-c, a scanner look outside both training sites'), appended
     # after the synth_n films from their own random streams; hold them out with `holdout: [source=synth-c]`.
     synth_external_n: int = 0
+    # Scale of every COVID-19 opacity's density (1.0: as drawn). Below 1 the disease is fainter, so that a
+    # cue tied to the label competes with it: the audit's calibration trains some runs so (docs/audit.md).
+    synth_covid_opacity: float = 1.0
     # Training / evaluation resolution (the cache size); the paper uses 224.
     image_size: int = 224
     # Patient-disjoint split fractions and seed (`cmt data split`).

@@ -98,7 +98,7 @@ def test_the_calibration_trains_audits_and_judges_each_run_on_the_study_engine(t
     monkeypatch.setenv("CMT_DATA_DIR", str(tmp_path / "data"))
     said = []
     record = calibrate(tmp_path / "study", _tiny_phantoms(tmp_path / "phantoms"), seeds=[0], clean_seeds=[0], kinds=["border"],
-                       jobs=1, say=said.append)
+                       faint=None, jobs=1, say=said.append)
     runs = {(r["config"], r["seed"]): r for r in record["runs"]}
     assert set(runs) == {("clean", 0), ("border", 0)} and all(r["status"] == "ok" for r in runs.values())
     border = runs[("border", 0)]
@@ -109,7 +109,31 @@ def test_the_calibration_trains_audits_and_judges_each_run_on_the_study_engine(t
     assert (tmp_path / "study" / "audit_calibration.json").is_file() and (tmp_path / "study" / "runs" / "border-s0").is_dir()
     assert record["summary"]["data"]["runs"] == 1 and "power:" in table_text(record)
     stamp = (tmp_path / "study" / "runs" / "border-s0" / "checkpoints").stat().st_mtime_ns
-    again = calibrate(tmp_path / "study", tmp_path / "phantoms", seeds=[0], clean_seeds=[0], kinds=["border"], jobs=1, say=said.append)
+    again = calibrate(tmp_path / "study", tmp_path / "phantoms", seeds=[0], clean_seeds=[0], kinds=["border"], faint=None, jobs=1,
+                      say=said.append)
     assert [r | {"status": "ok"} for r in again["runs"]] == record["runs"]  # the runs and their audits reused
     assert {r["status"] for r in again["runs"]} == {"reused"}
     assert (tmp_path / "study" / "runs" / "border-s0" / "checkpoints").stat().st_mtime_ns == stamp
+
+
+def test_the_faint_tier_trains_each_configuration_again_with_fainter_opacities_and_is_judged_by_its_kind(tmp_path):
+    from cmtlib.errors import ConfigError
+    from cmtlib.experiments.audit_calibration import command_text, configurations, judge, summarise
+
+    folder = _tiny_phantoms(tmp_path / "phantoms")
+    configs = dict(configurations(folder, ["border"], faint=0.4))
+    assert list(configs) == ["clean", "border", "clean-faint", "border-faint"]
+    assert [configs[n].data.synth_covid_opacity for n in configs] == [1.0, 1.0, 0.4, 0.4]
+    assert configs["border-faint"].data.synth_border_strength == 0.8 and configs["clean-faint"].data.synth_border_strength == 0.0
+    assert configs["border-faint"].flat()["run_name"] == "tiny-border-faint"
+    for bad in (0.0, 1.0, 1.5):
+        with pytest.raises(ConfigError, match="faint"):
+            configurations(folder, ["border"], faint=bad)
+    twins = {"border": {"mean_change": 0.3, "ci_low": 0.25, "ci_high": 0.35, "n": 40}}
+    rows = [judge("border-faint", 0, {"network": ["frame"], "data": ["frame"], "twins": twins}),
+            judge("clean-faint", 0, {"network": [], "data": [], "twins": None})]
+    assert rows[0]["planted"] == "border" and rows[0]["faint"] and rows[0]["outcome"] == "hit"
+    assert rows[1]["planted"] is None and rows[1]["outcome"] == "correct silence"
+    s = summarise(rows)
+    assert s["per_kind"]["border"]["hits"] == 1 and s["false_alarms"]["clean_runs"] == 1
+    assert command_text([0, 1], [0, 1, 2], ["border"], None).endswith("--cues border --no-faint")

@@ -4,6 +4,7 @@ truth; docs/CONTRACTS.md, "Synthetic truth, twins and cues")."""
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -188,6 +189,25 @@ def test_a_covid_lesion_twin_changes_the_film_mostly_inside_the_lesion():
     assert np.median(shares) > 0.93 and min(shares) > 0.8
 
 
+def test_a_fainter_covid_opacity_changes_only_covid_films_inside_their_lesion_reach():
+    # The faint runs of the audit's calibration: the same cohort, masks and twins; only each COVID-19
+    # opacity's density is scaled, so its lesion twin is the very film the full-opacity data set has.
+    cases = [c for c in make_cohort(120, 4)][:40]
+    for case in cases:
+        film, twins = render_with_twins(case, SIZE, 4)
+        faint, faint_twins = render_with_twins(replace(case, opacity=0.4), SIZE, 4)
+        if case.kind != "covid":
+            assert np.array_equal(film.image, faint.image)
+            continue
+        assert np.array_equal(film.disease, faint.disease) and [t.name for t in twins] == [t.name for t in faint_twins]
+        lesion = next(t for t in twins if t.name == "lesion").film.image.astype(int)
+        assert np.array_equal(lesion, next(t for t in faint_twins if t.name == "lesion").film.image)
+        full, weak = np.abs(film.image.astype(int) - lesion).sum(), np.abs(faint.image.astype(int) - lesion).sum()
+        assert 0 < weak < 0.7 * full  # fainter, not gone
+    with pytest.raises(ConfigError, match="covid_opacity"):
+        make_synthetic(Path("unused"), n=10, covid_opacity=0)
+
+
 def test_the_external_site_is_appended_without_changing_the_films_or_their_split(tmp_path):
     alone = make_synthetic(tmp_path / "alone", n=120, size=32, seed=1, workers=1, progress=False)
     both = make_synthetic(tmp_path / "both", n=120, size=32, seed=1, external_n=150, workers=1, progress=False)
@@ -240,8 +260,9 @@ def test_settings_away_from_the_defaults_get_their_own_data_folder():
     default = load_params(None, [])
     assert not any(k.startswith("synth_") and k.endswith("_strength") for k in data_key(default.data))
     folders = {data_folder(load_params(None, [kv]).data) for kv in ("synth_n=100", "synth_text_strength=0.8",
-                                                                     "synth_source_strength=0", "synth_external_n=10")}
-    assert len(folders) == 4 and data_folder(default.data) not in folders
+                                                                     "synth_source_strength=0", "synth_external_n=10",
+                                                                     "synth_covid_opacity=0.4")}
+    assert len(folders) == 5 and data_folder(default.data) not in folders
 
 
 def test_cli_synth_flags_reach_the_generator(tmp_path, capsys):
@@ -249,7 +270,7 @@ def test_cli_synth_flags_reach_the_generator(tmp_path, capsys):
 
     assert SYNTH_CUES == CUES
     assert main(["data", "synth", "--out", str(tmp_path), "--n", "80", "--size", "32", "--border-strength", "0.8",
-                 "--source-strength", "0", "--external-n", "20"]) == 0
+                 "--source-strength", "0", "--external-n", "20", "--covid-opacity", "0.5"]) == 0
     out = capsys.readouterr().out
     assert "cue strengths realised" in out and "border" in out
     truth = read_truth(tmp_path / "manifest.csv")

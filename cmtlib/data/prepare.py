@@ -78,7 +78,7 @@ def synth_keys() -> list[str]:
     """The DataConfig keys of the phantoms' cues and external site (beyond synth_n, _size, _seed)."""
     from cmtlib.data.synth.ties import CUES
 
-    return [f"synth_{cue}_strength" for cue in CUES] + ["synth_external_n"]
+    return [f"synth_{cue}_strength" for cue in CUES] + ["synth_external_n", "synth_covid_opacity"]
 
 
 def synth_strengths(data):
@@ -160,10 +160,12 @@ def _source_manifest(data, folder: Path) -> Path:
 
             strengths = synth_strengths(data)
             tied = ", ".join(f"{c} {getattr(strengths, c):g}" for c in strengths.tied()) or "none"
-            log.info("making %d synthetic images and %d of the external site (%d px, seed %d; cues tied to the label: %s) in %s",
-                     data.synth_n, data.synth_external_n, data.synth_size, data.synth_seed, tied, out)
+            log.info("making %d synthetic images and %d of the external site (%d px, seed %d; cues tied to the label: %s; "
+                     "COVID-19 opacity x%g) in %s", data.synth_n, data.synth_external_n, data.synth_size, data.synth_seed, tied,
+                     data.synth_covid_opacity, out)
             manifest = Path(make_synthetic(out, n=data.synth_n, size=data.synth_size, seed=data.synth_seed,
-                                           strengths=strengths, external_n=data.synth_external_n))
+                                           strengths=strengths, external_n=data.synth_external_n,
+                                           covid_opacity=data.synth_covid_opacity))
         return manifest
     manifest = folder / "import" / "manifest.csv"
     if not manifest.is_file():

@@ -32,10 +32,18 @@ from cmtlib.params import Params, load_params
 
 KINDS = ("source", "view", "marker", "text", "size", "border", "tubes")
 CLEAN = "clean"
+FAINT = "-faint"      # a configuration trained with fainter COVID-19 opacities (synth_covid_opacity)
+FAINT_OPACITY = 0.4   # the faint tier's opacity: the disease no longer outshines every cue (docs/audit.md)
 
 
-def configurations(params_dir: str | Path, kinds: Sequence[str] = KINDS) -> list[tuple[str, Params]]:
-    """(name, params) of clean.yaml and each <kind>.yaml in params_dir (params/phantoms)."""
+def kind_of(config: str) -> str:
+    """The planted kind (or clean) of a configuration name: border-faint -> border."""
+    return config.removesuffix(FAINT)
+
+
+def configurations(params_dir: str | Path, kinds: Sequence[str] = KINDS, faint: float | None = None) -> list[tuple[str, Params]]:
+    """(name, params) of clean.yaml and each <kind>.yaml in params_dir (params/phantoms); with `faint`,
+    each again as <name>-faint with the COVID-19 opacities scaled by it."""
     folder = Path(params_dir)
     unknown = sorted(set(kinds) - set(KINDS))
     if unknown:
@@ -47,25 +55,33 @@ def configurations(params_dir: str | Path, kinds: Sequence[str] = KINDS) -> list
             raise ConfigError(f"{path} not found: the calibration trains params/phantoms/{name}.yaml; run it from the repository "
                               "root or give --params-dir")
         out.append((name, load_params(path)))
+    if faint is not None:
+        if not 0 < faint < 1:
+            raise ConfigError(f"the faint tier's opacity must lie in (0, 1), got {faint}")
+        out += [(name + FAINT, load_params(folder / f"{name}.yaml", {"synth_covid_opacity": faint,
+                                                                      "run_name": params.flat()["run_name"] + FAINT}))
+                for name, params in list(out)]
     return out
 
 
 def judge(config: str, seed: int, result: dict | None, status: str = "ok", error: str = "") -> dict:
     """One run of the calibration: its twins' truth for the planted cue, both verdicts, and what the
     twins make of the network verdict (a hit, a miss, a false alarm, a correct silence, or undecided)."""
-    row = {"config": config, "seed": seed, "status": status, "error": error, "planted": None if config == CLEAN else config}
+    kind = kind_of(config)
+    row = {"config": config, "seed": seed, "status": status, "error": error, "planted": None if kind == CLEAN else kind,
+           "faint": config.endswith(FAINT)}
     if result is None:
         return row | {"outcome": "not run"}
-    twins = (result.get("twins") or {}).get(config) if config != CLEAN else None
+    twins = (result.get("twins") or {}).get(kind) if kind != CLEAN else None
     change = None if twins is None else twins["mean_change"]
     network, data = list(result["network"]), list(result["data"])
     row |= {"twins_change": change, "twins_ci": None if twins is None else [twins["ci_low"], twins["ci_high"]],
             "twins_films": None if twins is None else twins["n"], "network": network, "data": data, "model_auc": result.get("model_auc")}
-    if config == CLEAN:
+    if kind == CLEAN:
         row["outcome"] = "false alarm" if network else "correct silence"
         return row
-    row["data_names_cue"] = any(n in DATA_NAMES[config] for n in data)
-    row["network_names_cue"] = any(n in NETWORK_NAMES[config] for n in network)
+    row["data_names_cue"] = any(n in DATA_NAMES[kind] for n in data)
+    row["network_names_cue"] = any(n in NETWORK_NAMES[kind] for n in network)
     if change is None:
         row["outcome"] = "no twins"
     elif change >= FOLLOWS:
@@ -92,7 +108,7 @@ def summarise(rows: list[dict]) -> dict:
                           "data_named": sum(r["data_names_cue"] for r in mine)}
     return {"power": {"hits": sum(r["outcome"] == "hit" for r in followed), "runs": len(followed)},
             "false_alarms": {"alarms": sum(r["outcome"] == "false alarm" for r in quiet), "runs": len(quiet),
-                             "clean_runs": sum(r["config"] == CLEAN for r in quiet)},
+                             "clean_runs": sum(r["planted"] is None for r in quiet)},
             "data": {"named": sum(r["data_names_cue"] for r in planted), "runs": len(planted)},
             "kinds_with_power": sorted(k for k, v in per_kind.items() if v["followed"] and v["hits"] == v["followed"]),
             "kinds_followed": sorted(k for k, v in per_kind.items() if v["followed"]),
@@ -100,25 +116,27 @@ def summarise(rows: list[dict]) -> dict:
 
 
 def calibrate(folder: str | Path, params_dir: str | Path = "params/phantoms", seeds: Sequence[int] = (0, 1),
-              clean_seeds: Sequence[int] = (0, 1, 2), kinds: Sequence[str] = KINDS, scheduler: str | None = None,
-              jobs: int | None = None, say: Callable[[str], None] = print) -> dict:
+              clean_seeds: Sequence[int] = (0, 1, 2), kinds: Sequence[str] = KINDS, faint: float | None = FAINT_OPACITY,
+              scheduler: str | None = None, jobs: int | None = None, say: Callable[[str], None] = print) -> dict:
     """Train and analyse every run (module docstring; a run already in `folder` is reused), judge them
-    and return the calibration record (written to <folder>/audit_calibration.json). `scheduler` and
-    `jobs` default to clean.yaml's `scheduler` and `report_jobs`."""
+    and return the calibration record (written to <folder>/audit_calibration.json). `faint`: the
+    opacity of the faint tier (None: no faint tier). `scheduler` and `jobs` default to clean.yaml's
+    `scheduler` and `report_jobs`."""
     from cmtlib.experiments.study import check, run_study
 
-    configs = configurations(params_dir, kinds)
+    configs = configurations(params_dir, kinds, faint)
     base = configs[0][1]
     scheduler = base.experiments.scheduler if scheduler is None else scheduler
     jobs = base.report.report_jobs if jobs is None else jobs
-    clean, planted = [c for c in configs if c[0] == CLEAN], [c for c in configs if c[0] != CLEAN]
+    clean = [c for c in configs if kind_of(c[0]) == CLEAN]
+    planted = [c for c in configs if kind_of(c[0]) != CLEAN]
     outcomes = run_study(clean, folder, seeds=list(clean_seeds), analysis=analysis, scheduler=scheduler, jobs=jobs, say=say)
     outcomes += run_study(planted, folder, seeds=list(seeds), analysis=analysis, scheduler=scheduler, jobs=jobs, say=say)
     rows = [judge(o.config, o.seed, o.analysis if o.done else None, o.status, o.error) for o in outcomes]
     first = configs[0][1]
-    record = {"made": _dt.date.today().isoformat(), "command": command_text(seeds, clean_seeds, kinds),
+    record = {"made": _dt.date.today().isoformat(), "command": command_text(seeds, clean_seeds, kinds, faint),
               "setting": {"image_size": first.data.image_size, "epochs": first.train.epochs, "synth_n": first.data.synth_n,
-                          "strength": 0.8, "seeds": list(seeds), "clean_seeds": list(clean_seeds)},
+                          "strength": 0.8, "seeds": list(seeds), "clean_seeds": list(clean_seeds), "faint_opacity": faint},
               "thresholds": {"follows": FOLLOWS, "ignores": IGNORES, **SETTINGS},
               "network_names": {k: list(v) for k, v in NETWORK_NAMES.items() if k in kinds},
               "runs": rows, "summary": summarise(rows)}
@@ -127,10 +145,10 @@ def calibrate(folder: str | Path, params_dir: str | Path = "params/phantoms", se
     return record
 
 
-def command_text(seeds: Sequence[int], clean_seeds: Sequence[int], kinds: Sequence[str]) -> str:
+def command_text(seeds: Sequence[int], clean_seeds: Sequence[int], kinds: Sequence[str], faint: float | None = FAINT_OPACITY) -> str:
     text = f"cmt audit-calibration --seeds {','.join(map(str, seeds))} --clean-seeds {','.join(map(str, clean_seeds))}"
-    return text + ("" if tuple(kinds) == KINDS else f" --cues {','.join(kinds)}")
-
+    text += "" if tuple(kinds) == KINDS else f" --cues {','.join(kinds)}"
+    return text + (" --no-faint" if faint is None else "" if faint == FAINT_OPACITY else f" --faint-opacity {faint:g}")
 
 
 def table(record: dict):

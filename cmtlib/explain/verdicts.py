@@ -217,6 +217,11 @@ def _followed(summary: dict, kinds: int) -> str:
     return f"; {len(followed)} of {kinds} kinds were followed: {', '.join(followed)}"
 
 
+def _faint(setting: dict) -> str:
+    opacity = setting.get("faint_opacity")
+    return "" if not opacity else f"; each again with the COVID-19 opacities at {opacity:g} of their density, so the cue competes"
+
+
 def calibration_sentence(record: dict | None) -> str:
     """The calibration in one sentence with its figures (every audit page states it)."""
     if not record:
@@ -226,7 +231,8 @@ def calibration_sentence(record: dict | None) -> str:
     power, alarms, data = s["power"], s["false_alarms"], s["data"]
     kinds = len(s["per_kind"])
     return (f"Calibration ({record['made']}, phantoms at {setting['image_size']} px with one of {kinds} kinds of cue planted at "
-            f"strength {setting['strength']}, {len(setting['seeds'])} seeds each, and {alarms['clean_runs']} clean runs): the "
+            f"strength {setting['strength']}, {len(setting['seeds'])} seeds each, and {alarms['clean_runs']} clean runs"
+            f"{_faint(setting)}): the "
             f"network verdict named the cue in {power['hits']} of {power['runs']} runs whose twins showed the network following it "
             f"(score change {record['thresholds']['follows']:.2f} or more when only the cue is removed{_followed(s, kinds)}), and named a cue in "
             f"{alarms['alarms']} of {alarms['runs']} runs where the network followed none (clean phantoms, or a change below "

@@ -8,6 +8,7 @@ import ctypes
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import replace
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -32,7 +33,8 @@ POOL_MIN_N = 300
 
 
 def make_synthetic(out_dir: Path, n: int = 2000, size: int = 256, seed: int = 0, *, strengths: Strengths | None = None,
-                   external_n: int = 0, workers: int | None = None, progress: bool | None = None) -> Path:
+                   external_n: int = 0, covid_opacity: float = 1.0, workers: int | None = None,
+                   progress: bool | None = None) -> Path:
     """Write n synthetic chest films with labels and masks to out_dir; return out_dir/manifest.csv.
 
     Byte-identical for the same arguments, whatever `workers` is: the cohort comes from one
@@ -48,6 +50,8 @@ def make_synthetic(out_dir: Path, n: int = 2000, size: int = 256, seed: int = 0,
         strengths: how strongly each cue is tied to the label (ties.Strengths; default: today's).
         external_n: films of a third site (source synth-c, its own scanner look), appended after
             the n films from their own random streams, so the n films stay what they were.
+        covid_opacity: scale of every COVID-19 opacity's density (1.0: as drawn; 0.4: faint, so that a
+            cue tied to the label competes with the disease). Masks, truth and every draw stay the same.
         workers: processes to render with; default: up to 4 CPU cores for n >= 300, else 1.
         progress: show a tqdm bar; default: when stderr is a terminal.
     """
@@ -58,6 +62,8 @@ def make_synthetic(out_dir: Path, n: int = 2000, size: int = 256, seed: int = 0,
         raise ConfigError(f"size must be an integer of at least {MIN_SIZE} px, got {size!r}")
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+    if isinstance(covid_opacity, bool) or not isinstance(covid_opacity, (int, float)) or not 0 < covid_opacity <= 2:
+        raise ConfigError(f"covid_opacity must be a number in (0, 2] (1.0: the opacities as drawn), got {covid_opacity!r}")
     strengths = strengths or Strengths()
     out_dir = Path(out_dir)
     manifest = out_dir / "manifest.csv"
@@ -68,6 +74,8 @@ def make_synthetic(out_dir: Path, n: int = 2000, size: int = 256, seed: int = 0,
         (out_dir / name).unlink(missing_ok=True)
 
     cases = make_cohort(int(n), int(seed), strengths) + make_external_cohort(int(external_n), int(seed), strengths)
+    if covid_opacity != 1.0:
+        cases = [replace(c, opacity=float(covid_opacity)) if c.kind == "covid" else c for c in cases]
     if workers is None:
         workers = min(os.cpu_count() or 1, 4) if len(cases) >= POOL_MIN_N else 1
     if progress is None:

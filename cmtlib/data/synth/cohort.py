@@ -113,6 +113,7 @@ class Case:
     cues: tuple[str, ...] = ()   # cues tied to the label that this film carries, decided here (CUES order)
     p_marker: float = 0.85       # P(the side marker is burned in), drawn when the film is rendered
     marker_tied: bool = False    # the marker is tied to the label (a cue to list and twin)
+    opacity: float = 1.0         # scale of a COVID-19 opacity's density (synth_covid_opacity); the mask is unchanged
 
     @property
     def image_name(self) -> str:

@@ -164,6 +164,8 @@ def _scene(case: Case, size: int, seed: int, drawn_view: str) -> _Scene:
     vessels = vessel_map(x, y, hila, a.mid, height, a.vessel_template) * fields
     hilum = sum(np.exp(-((x - hx) ** 2 + (y - hy) ** 2) / 0.03 ** 2) for hx, hy in hila.values())
     lesion = LESIONS[case.kind](case, chest, lrng, jrng)
+    if case.kind == "covid" and case.opacity != 1.0:  # a fainter (or denser) disease, drawn where it always was; at 1.0 the films stay byte for byte
+        lesion = replace(lesion, density=(lesion.density * np.float32(case.opacity)).astype(np.float32))
 
     carina = min(lung.top for lung in chest.lungs.values()) + 0.16
     trachea = smoothstep(0.02, 0.012, np.abs(x - a.mid - 0.004)) * smoothstep(carina, carina - 0.05, y)
