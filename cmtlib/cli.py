@@ -408,7 +408,7 @@ def _add_audit_command(sub) -> None:
     p.add_argument("--params-dir", default="params/phantoms", help="folder of clean.yaml and <cue>.yaml (default params/phantoms)")
     p.add_argument("--faint-opacity", type=float, default=None, metavar="X",
                    help="each configuration again with the COVID-19 opacities scaled by X (synth_covid_opacity), so that a "
-                        "network leans on its cue and the audit's power is tested (default 0.4)")
+                        "network leans on its cue and the audit's power is tested (default 0.2)")
     p.add_argument("--no-faint", action="store_true", help="no faint tier: only the opacities as drawn")
     p.add_argument("--out", default="reports/audit-calibration", help="study folder: runs/, params/, audit_calibration.json")
     _add_cluster_flags(p)

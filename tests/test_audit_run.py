@@ -12,6 +12,7 @@ import torch
 
 from cmtlib.experiments import audit as AU
 from cmtlib.explain.cue_twins import cue_twin_films
+from cmtlib.explain import verdicts as V
 from cmtlib.explain.verdicts import AUDIT_FORMAT, CUES
 from cmtlib.params import load_params
 from cmtlib.run import Run
@@ -66,6 +67,17 @@ def test_the_audit_is_written_through_run_and_kept(framed_run):
     assert framed_run.shortcut_audit_at == stamp and again == audit  # reused, not measured again
     record = AU.analysis(framed_run.path)
     assert record["network"] == audit["network_verdict"]["named"] and record["twins"] == audit["twins"]
+
+
+def test_new_thresholds_make_the_verdicts_again_from_the_kept_measurements(framed_run, monkeypatch):
+    audit = AU.audit_run(framed_run.path)
+    monkeypatch.setattr(AU, "measure", lambda *a, **k: pytest.fail("measured again although only a threshold changed"))
+    monkeypatch.setattr(AU, "SETTINGS", {**audit["settings"], "net_effect": 0.0})
+    monkeypatch.setattr(V, "NET_EFFECT", 0.0)  # every effect whose interval lies above 0 is named now
+    again = AU.audit_run(framed_run.path)
+    assert again["checks"] == audit["checks"] and again["settings"]["net_effect"] == 0.0
+    assert set(again["network_verdict"]["named"]) >= set(audit["network_verdict"]["named"])
+    assert framed_run.shortcut_audit["settings"]["net_effect"] == 0.0  # written through Run
 
 
 def test_a_collection_without_truth_gets_the_twin_free_checks(tmp_path):
