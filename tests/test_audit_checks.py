@@ -232,7 +232,7 @@ def test_the_calibration_is_judged_by_the_twins_and_said_in_one_sentence():
     record = {"made": "2026-01-01", "setting": {"image_size": 88, "strength": 0.8, "seeds": [0, 1]},
               "thresholds": {"follows": 0.2, "ignores": 0.05}, "summary": s}
     text = V.calibration_sentence(record)
-    assert "1 of 1 kinds were followed: border" in text and "opacities" not in text
+    assert "1 of 1 kinds were followed: border; missed at least once: border" in text and "opacities" not in text
     record["setting"]["faint_opacity"] = 0.4
     assert "COVID-19 opacities at 0.4 of their density" in V.calibration_sentence(record)
     assert "named the cue in 1 of 2 runs" in text and "named a cue in 1 of 3 runs" in text and "in 3 of 4 runs" in text

@@ -217,7 +217,9 @@ def _followed(summary: dict, kinds: int) -> str:
     followed = summary.get("kinds_followed") or []
     if not followed:
         return "; no run's network followed its cue, so the power is untested"
-    return f"; {len(followed)} of {kinds} kinds were followed: {', '.join(followed)}"
+    missed = [k for k in followed if summary["per_kind"][k]["hits"] < summary["per_kind"][k]["followed"]]
+    text = f"; {len(followed)} of {kinds} kinds were followed: {', '.join(followed)}"
+    return text + (f"; missed at least once: {', '.join(missed)}" if missed else "")
 
 
 def _faint(setting: dict) -> str:
