@@ -251,7 +251,8 @@ def test_report_index_shows_headline_facts_and_no_image_paths(tmp_path):
     dump_params(load_params(overrides={"run_name": "smoke"}), report / "params.yaml")
     (report / "run" / "metrics.json").write_text(json.dumps({
         "covid": {"auc": 0.97, "auc_ci_low": 0.93, "auc_ci_high": 0.99, "sens_at_spec99": 0.8, "sens_at_spec99_ci_low": 0.7,
-                  "sens_at_spec99_ci_high": 0.9, "eer": 0.05}, "lung": {"dice": 0.92}}))
+                  "sens_at_spec99_ci_high": 0.9, "eer": 0.05}, "lung": {"dice": 0.92},
+        "in_distribution": {"available": True, "n": 395, "n_flagged": 10, "share_set": 0.01}}))
     from cmtlib.run import Run, RunInfo
 
     Run(report / "run").write_info(RunInfo(device="cpu (2 threads)", manifest="/secret/data/manifest.csv",
@@ -265,6 +266,7 @@ def test_report_index_shows_headline_facts_and_no_image_paths(tmp_path):
                  "cpu (2 threads)", "1234abc", "3.2 s", 'href="01_data.html"', "What the data are.", "width", "10 / 2 / 3"):
         assert text in html, text
     assert re.search(r"quarantined images[^<]*</th><td>3</td>", html)
+    assert re.search(r"unlike the training films[^<]*</th><td>10 of 395 \(2\.5 %; set to flag 1 % [^<]*</td>", html)
     assert "/secret/data" not in html and external_refs(html) == []
     assert "What this data can and cannot show" not in html  # no caveats recorded, no predictions
     listing = write_reports_index(tmp_path / "reports").read_text()

@@ -86,6 +86,7 @@ def summarize(report_dir: Path, record: dict[str, Any] | None = None) -> dict[st
         ("fields left unknown at import (could not be read as given)", facts.get("notes_count", "not recorded")),
         ("collections not imported", ", ".join(facts["not_imported"]) or "none" if "not_imported" in facts else "not recorded"),
         ("shortcut mitigations (docs/shortcuts.md)", "; ".join(switches_on(flat or {})) or "none"),
+        ("test films unlike the training films (cmt predict gives them no COVID-19 call)", in_distribution_fact(run.metrics)),
     ]
     caveats = list(facts.get("caveats") or [])
     if run.predictions is not None:
@@ -99,6 +100,19 @@ def summarize(report_dir: Path, record: dict[str, Any] | None = None) -> dict[st
         "facts": [(k, v) for k, v in rows if v != ""],
         "params_html": to_html(params_table(flat or {}, key_owner()), max_rows=None) if flat else "<p>params.yaml is missing.</p>",
     }
+
+
+def in_distribution_fact(metrics: dict[str, Any] | None) -> str:
+    """The in-distribution check's share of flagged test films, beside the share it was set to flag."""
+    block = get_path(metrics or {}, "in_distribution") or {}
+    if not block:
+        return "not recorded"
+    if not block.get("available"):
+        return f"not available: {block.get('why_not') or 'the run holds no record of its training films'}"
+    n, flagged = int(block.get("n") or 0), int(block.get("n_flagged") or 0)
+    share_set = as_number(block.get("share_set"))
+    limit = f"; set to flag {100 * share_set:.0f} % of films like the validation films" if share_set is not None else ""
+    return f"{flagged} of {n} ({100 * flagged / n:.1f} %{limit})" if n else "no test films"
 
 
 def threshold_sentence(threshold: dict[str, Any]) -> str:
