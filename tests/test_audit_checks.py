@@ -251,3 +251,16 @@ def test_checks_that_could_not_be_measured_name_nothing_and_say_so():
     assert net["named"] == [] and data["named"] == []
     assert "not measured" in net["cues"]["frame"]["words"] and "could not be compared" in net["cues"]["view"]["words"]
     assert "not measured (one level only" in data["cues"]["source"]["words"] and "no floor" in data["cues"]["frame"]["words"]
+
+
+def test_the_shipped_calibration_is_what_its_runs_say_and_every_page_can_cite_it():
+    from cmtlib.experiments.audit_calibration import summarise
+
+    record = V.calibration()
+    assert record is not None, "cmtlib/explain/audit_calibration.json is missing: run cmt audit-calibration --update-package"
+    assert summarise(record["runs"]) == record["summary"]
+    assert record["setting"]["strength"] == 0.8
+    assert record["thresholds"]["net_effect"] == V.NET_EFFECT, "the bar changed since the calibration: run it again"
+    text = V.calibration_sentence(record)
+    power = record["summary"]["power"]
+    assert f"named the cue in {power['hits']} of {power['runs']} runs" in text
