@@ -154,7 +154,10 @@ def test_a_study_runs_on_a_cluster_given_by_address_and_leaves_it_running(tmp_pa
 
 def test_ctrl_c_stops_the_local_cluster_and_everything_below_it(tmp_path):
     files = study_files(tmp_path, epochs="5000")  # still training when Ctrl-C comes, however fast the machine
-    proc = cmt("ablation", *map(str, files), "--out", str(tmp_path / "abl"), "--jobs", "2", tmp_path=tmp_path, start_new_session=True)
+    # A background job of a shell without job control (`make test &`, nohup) starts with SIGINT ignored, and
+    # Python keeps it so; Ctrl-C in a terminal reaches a command that hears it, which the child is made to.
+    proc = cmt("ablation", *map(str, files), "--out", str(tmp_path / "abl"), "--jobs", "2", tmp_path=tmp_path, start_new_session=True,
+               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen: dict[int, psutil.Process] = {}
     lines: list[str] = []
     threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
