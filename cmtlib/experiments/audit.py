@@ -23,8 +23,7 @@ from cmtlib.explain import swaps
 from cmtlib.explain.checks import default_maps
 from cmtlib.explain.cue_twins import run_twin_truth
 from cmtlib.explain.overlays import ImageSet, load_images
-from cmtlib.explain.reliance import covid_probability
-from cmtlib.explain.shortcut import blank_lungs, blank_outside_lungs
+from cmtlib.explain.shortcut import blanking_aucs, covid_scores
 from cmtlib.explain.verdicts import AUDIT_FORMAT, SETTINGS, data_verdict, network_verdict
 from cmtlib.inference import image_batches, infer, model_device
 from cmtlib.metrics import roc_auc
@@ -62,13 +61,6 @@ def _auc(y, p) -> float:
     y, p = np.asarray(y, dtype=float), np.asarray(p, dtype=float)
     use = ~np.isnan(y) & ~np.isnan(p)
     return roc_auc(y[use].astype(int), p[use]) if use.any() and len(set(y[use])) == 2 else math.nan
-
-
-def _blanking(score, images, lungs, y) -> dict:
-    nonempty = lungs.any(axis=(1, 2))
-    x, m, yk = images[nonempty], lungs[nonempty], y[nonempty]
-    return {"n": int(nonempty.sum()), "n_left_out": int((~nonempty).sum()), "auc_full": _auc(yk, score(x)),
-            "auc_lungs_blanked": _auc(yk, score(blank_lungs(x, m))), "auc_outside_blanked": _auc(yk, score(blank_outside_lungs(x, m)))}
 
 
 def _heat_map(model, test: ImageSet, lungs, y, seed: int) -> dict:
@@ -131,7 +123,7 @@ def measure(run: Run, seed: int = 0) -> dict:
     y = test.labels()
     patients = test.index["patient_id"].astype(str).to_numpy()
     p, emb, lungs = _pass(model, test)
-    score = lambda images: covid_probability(model, images)  # noqa: E731 -- the checks' one scoring function
+    score = lambda images: covid_scores(model, images, batch_size=64)  # noqa: E731 -- the checks' one scoring function
     per_swap = swaps.swap_effects(score, test.images, lungs, y, patients, seed=seed)
     both = pd.concat([train.index, test.index], ignore_index=True)
     is_train = np.r_[np.ones(len(train.index), bool), np.zeros(len(test.index), bool)]
@@ -140,7 +132,9 @@ def measure(run: Run, seed: int = 0) -> dict:
     return {"n_test": int(len(y)), "n_train": int(len(train.images)), "model_auc": _auc(y, p),
             "swaps": swaps.summarise_swaps(per_swap, n_boot=N_BOOT, seed=seed).to_dict("records"),
             "metadata": meta, "floors": _floors(train, test, lungs, p, y, patients),
-            "blanking": _blanking(score, test.images, lungs, y), "heat_map": _heat_map(model, test, lungs, y, seed),
+            "blanking": blanking_aucs(model, test.images, lungs, np.ones(len(y), bool), y, batch_size=64,
+                                      masks=(lungs, np.ones(len(y), bool))),
+            "heat_map": _heat_map(model, test, lungs, y, seed),
             "seconds": round(time.perf_counter() - t0, 1)}
 
 

@@ -24,7 +24,7 @@ from torch import nn
 
 from cmtlib.data.synth import read_truth, read_twins
 from cmtlib.explain.overlays import load_images
-from cmtlib.explain.reliance import covid_probability
+from cmtlib.explain.shortcut import covid_scores
 from cmtlib.explain.truth import _cache_manifest, _resized
 from cmtlib.metrics import bootstrap_ci
 from cmtlib.run import Run
@@ -91,8 +91,8 @@ def cue_twin_films(run: Run, split: str = "test", cues=None) -> CueTwins | None:
 
 def twin_truth(model: nn.Module, films: CueTwins, batch_size: int = 64) -> pd.DataFrame:
     """Per film and cue: image_id, patient_id, cue, label_covid, p_film, p_twin, change = p_film - p_twin."""
-    p_film = covid_probability(model, films.images, batch_size) if len(films) else np.zeros(0)
-    p_twin = covid_probability(model, films.twins, batch_size) if len(films) else np.zeros(0)
+    p_film = covid_scores(model, films.images, batch_size) if len(films) else np.zeros(0)
+    p_twin = covid_scores(model, films.twins, batch_size) if len(films) else np.zeros(0)
     return films.index.assign(p_film=p_film, p_twin=p_twin, change=p_film - p_twin)
 
 

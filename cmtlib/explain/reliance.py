@@ -12,23 +12,18 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
+from cmtlib.explain.shortcut import covid_scores
 from cmtlib.explain.truth import TruthFilms
-from cmtlib.inference import image_batches, infer, model_device
 from cmtlib.metrics import bootstrap_ci
 
 NOT_READ = 0.1  # a drop below this: removing the lesion barely moves the score
 TARGET_MEDIAN_DROP = 0.5  # issue 19: the network reads the lesion when the median drop past day 3 is at least this
 
 
-def covid_probability(model: nn.Module, images, batch_size: int = 64) -> np.ndarray:
-    """p(COVID-19) of each image through the encoder and heads (cmtlib.inference, no decoders). (N,)"""
-    return infer(model, image_batches(images, batch_size, model_device(model)), heads_only=True).columns["p_covid"]
-
-
 def reliance(model: nn.Module, films: TruthFilms, batch_size: int = 64) -> pd.DataFrame:
     """Per film: image_id, patient_id, early, p_film, p_twin and drop = p_film - p_twin."""
-    p_film = covid_probability(model, films.images, batch_size)
-    p_twin = covid_probability(model, films.twins, batch_size)
+    p_film = covid_scores(model, films.images, batch_size)
+    p_twin = covid_scores(model, films.twins, batch_size)
     return pd.DataFrame({"image_id": films.index["image_id"].to_numpy(), "patient_id": films.patients, "early": films.early,
                          "offset_days": films.index["offset_days"].to_numpy(), "p_film": p_film, "p_twin": p_twin, "drop": p_film - p_twin})
 
