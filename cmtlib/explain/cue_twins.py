@@ -16,16 +16,14 @@ whether the network follows the cue (mean change >= FOLLOWS) or ignores it (< IG
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from torch import nn
 
-from cmtlib.data.synth import read_truth, read_twins
 from cmtlib.explain.overlays import load_images
 from cmtlib.explain.shortcut import covid_scores
-from cmtlib.explain.truth import _cache_manifest, _resized
+from cmtlib.explain.truth import read_resized, run_truth
 from cmtlib.metrics import bootstrap_ci
 from cmtlib.run import Run
 
@@ -69,20 +67,17 @@ class CueTwins:
 def cue_twin_films(run: Run, split: str = "test", cues=None) -> CueTwins | None:
     """The films of `split` carrying a tied cue (of `cues`, default every one) with their twins; None
     when the run's data has no truth (real collections)."""
-    cache = run.cache_dir()
-    manifest = Path(_cache_manifest(cache))
-    if not manifest.is_file():  # a cache carried without its manifest: no truth here
+    found = run_truth(run)
+    if found is None:
         return None
-    truth, twins = read_truth(manifest), read_twins(manifest)
-    if truth is None or twins is None:
-        return None
+    cache, _, twins = found
     twins = twins.assign(cue=twins["removed"].map(cue_of))
     twins = twins[(twins["cue"] != "") & (twins["split"] == split)]
     if cues is not None:
         twins = twins[twins["cue"].isin(list(cues))]
     films = load_images(cache, image_ids=twins["twin_of"].tolist())
     size = films.images.shape[-1]
-    twin_images = (np.stack([_resized(p, size) for p in twins["path"]]) if len(twins)
+    twin_images = (np.stack([read_resized(p, size) for p in twins["path"]]) if len(twins)
                    else np.zeros((0, size, size), np.uint8))
     index = pd.DataFrame({"image_id": twins["twin_of"].to_numpy(), "patient_id": films.index["patient_id"].astype(str).to_numpy(),
                           "cue": twins["cue"].to_numpy(), "label_covid": films.labels(), "split": split})

@@ -59,7 +59,8 @@ class TruthFilms:
         return TruthFilms(self.images[p], self.twins[p], self.lesion[p], self.lung[p], self.index.iloc[p].reset_index(drop=True))
 
 
-def _resized(path: str, size: int) -> np.ndarray:
+def read_resized(path: str, size: int) -> np.ndarray:
+    """An image file (a twin) at the run's image size, resized the way the cache resizes."""
     image, _ = read_image(path)
     return resize_image(image, size)
 
@@ -77,13 +78,10 @@ def truth_films(run: Run, split: str = "test", cap: int = 0, seed: int = 0) -> T
     The lesion mask is resized like the cache's masks (area, then half), so a lesion of a few pixels
     at the stored size may vanish at a small image size: such films are left out.
     """
-    cache = run.cache_dir()
-    manifest = Path(_cache_manifest(cache))
-    if not manifest.is_file():  # a cache carried without its manifest (a GPU machine): no truth to read
+    found = run_truth(run)
+    if found is None:
         return None
-    truth, twins = read_truth(manifest), read_twins(manifest)
-    if truth is None or twins is None:
-        return None
+    cache, truth, twins = found
     lesion_twins = twins[twins["removed"] == "lesion"].set_index("twin_of")["path"]
     truth = truth[(truth["split"] == split) & (truth["kind"] == "covid") & (truth["lesion"] != "")]
     truth = truth[truth["image_id"].isin(lesion_twins.index)].reset_index(drop=True)
@@ -96,7 +94,7 @@ def truth_films(run: Run, split: str = "test", cap: int = 0, seed: int = 0) -> T
         return TruthFilms(films.images, films.images, empty, empty, pd.DataFrame(columns=INDEX_COLUMNS))
     lesion = np.stack([_mask(p, size) for p in truth["lesion"]])
     lung = np.stack([_mask(p, size) for p in truth["lung"]])
-    twin_images = np.stack([_resized(lesion_twins[i], size) for i in truth["image_id"]])
+    twin_images = np.stack([read_resized(lesion_twins[i], size) for i in truth["image_id"]])
     days = pd.to_numeric(films.index["offset_days"].replace("", np.nan), errors="coerce")
     index = pd.DataFrame({
         "image_id": truth["image_id"], "patient_id": films.index["patient_id"].astype(str).to_numpy(),
@@ -108,7 +106,14 @@ def truth_films(run: Run, split: str = "test", cap: int = 0, seed: int = 0) -> T
     return TruthFilms(films.images, twin_images, lesion, lung, index).take(keep)
 
 
-def _cache_manifest(cache: Path) -> str:
+def run_truth(run: Run) -> tuple[Path, pd.DataFrame, pd.DataFrame] | None:
+    """(the run's cache folder, truth.csv, twins.csv) of the data the run's cache was built from;
+    None for real collections, or a cache carried without its manifest (a GPU machine)."""
     from cmtlib.fileio import read_json
 
-    return str((read_json(cache / "meta.json", {}) or {}).get("manifest", ""))
+    cache = run.cache_dir()
+    manifest = Path(str((read_json(cache / "meta.json", {}) or {}).get("manifest", "")))
+    if not manifest.is_file():
+        return None
+    truth, twins = read_truth(manifest), read_twins(manifest)
+    return None if truth is None or twins is None else (cache, truth, twins)
