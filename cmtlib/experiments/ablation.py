@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from cmtlib.experiments.study import RunOutcome, run_study, unique_names
-from cmtlib.explain.checks import DEFAULT_LABEL, run_checks
+from cmtlib.explain.checks import DEFAULT_LABEL, page_table, run_checks
 from cmtlib.explain.map_truth import value
 from cmtlib.metrics import bootstrap_ci
 from cmtlib.params import Params
@@ -57,10 +57,9 @@ def explain_checks(run_dir: str | Path) -> dict:
 def _film_table(run_dir: str | Path, kind: str) -> pd.DataFrame | None:
     """One of a run's kept per-film check tables (reliance, maps, faithfulness), later films of the
     default map only."""
-    path = Run(run_dir).explanations_dir / f"page_{kind}.csv"
-    if not path.is_file():
+    df = page_table(Run(run_dir), kind)
+    if df is None:
         return None
-    df = pd.read_csv(path, dtype={"image_id": str, "patient_id": str})
     if "map" in df.columns:
         df = df[df["map"] == DEFAULT_LABEL]
     if "early" in df.columns:

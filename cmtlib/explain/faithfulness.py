@@ -146,14 +146,16 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(spearmanr(a, b).statistic)
 
 
-def randomisation_check(model: nn.Module, images, make_maps: Callable[[nn.Module, object], np.ndarray], seed: int = 0) -> pd.DataFrame:
+def randomisation_check(model: nn.Module, images, make_maps: Callable[[nn.Module, object], np.ndarray], seed: int = 0,
+                        original: np.ndarray | None = None) -> pd.DataFrame:
     """Cascading randomisation (module docstring): per step, what is random and the median and mean
     rank correlation over films between the original and the new maps.
 
     Args:
         make_maps: (model, images) -> (N, H, W) maps; called on copies of the model.
+        original: the trained model's maps of `images` when the caller has them (else made here).
     """
-    original = make_maps(model, images)
+    original = make_maps(model, images) if original is None else np.asarray(original)
     keep = np.ptp(original.reshape(len(original), -1), axis=1) > 0  # a film whose own map is flat says nothing
     rand = copy.deepcopy(model).eval()
     torch.manual_seed(seed)
