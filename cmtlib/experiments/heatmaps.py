@@ -21,6 +21,7 @@ import pandas as pd
 
 from cmtlib.errors import ConfigError
 from cmtlib.explain.cam import compute_cams, disease_maps
+from cmtlib.explain.checks import DISEASE, map_label  # CMTNet's own disease map: shown beside, never chosen
 from cmtlib.explain.faithfulness import faithfulness, faithfulness_summary, passes_randomisation, randomisation_check
 from cmtlib.explain.map_truth import TARGETS, score_maps, summarise, value
 from cmtlib.explain.reliance import reliance, reliance_summary
@@ -31,14 +32,9 @@ from cmtlib.run import Run, write_csv
 METHODS = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigencam", "scorecam")
 LAYERS = ("last", "block2", "block3", "block4", "fused")  # CMTNet's last block is block 5 (H/16)
 ROAD_LAYERS = ("last", "fused")  # faithfulness and randomisation: ROAD costs seconds per film and map
-DISEASE = "disease decoder"  # CMTNet's own disease map: shown beside, never chosen
 ROAD_FILMS = 40  # later films whose maps ROAD scores, per run (a seeded sample when there are more)
 RANDOMISATION_FILMS = 16
 TABLES = ("reliance", "maps", "faithfulness", "randomisation")
-
-
-def map_name(method: str, layer: str) -> str:
-    return f"{method} @ {layer}"
 
 
 def _later_sample(films: TruthFilms, n: int, seed: int) -> TruthFilms:
@@ -49,7 +45,7 @@ def _later_sample(films: TruthFilms, n: int, seed: int) -> TruthFilms:
 
 
 def _maps(model, films: TruthFilms, methods, layers) -> dict[str, np.ndarray]:
-    maps = {map_name(m, layer): compute_cams(model, films.images, (m,), layer=layer)[m] for m in methods for layer in layers}
+    maps = {map_label(m, layer): compute_cams(model, films.images, (m,), layer=layer)[m] for m in methods for layer in layers}
     own = disease_maps(model, films.images)
     if own is not None:
         maps[DISEASE] = own
@@ -74,7 +70,7 @@ def measure_run(run: Run, methods=METHODS, layers=LAYERS, road_layers=ROAD_LAYER
     for method in methods:
         for layer in road_layers:
             table = randomisation_check(model, few.images, lambda m, x, a=method, b=layer: compute_cams(m, x, (a,), layer=b)[a], seed=seed)
-            checks.append(table.assign(map=map_name(method, layer)))
+            checks.append(table.assign(map=map_label(method, layer)))
     return {"reliance": reliance(model, films), "maps": per_map, "faithfulness": faith, "randomisation": pd.concat(checks, ignore_index=True)}
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 from collections.abc import Sequence
-from functools import partial
 from pathlib import Path
 
 import jinja2
@@ -102,7 +101,7 @@ def run_heatmap_study(params_file: str | Path, seeds: Sequence[int] | None = Non
     params = load_params(params_file, list(overrides))
     folder = study_folder(out or Path(params.report.reports_dir) / "heatmap-study")
     print(f"heat-map study folder: {folder}", flush=True)
-    outcomes = run_study([(params.run_name, params)], folder, seeds=list(seeds) if seeds else None, analysis=partial(explain_run),
+    outcomes = run_study([(params.run_name, params)], folder, seeds=list(seeds) if seeds else None, analysis=explain_run,
                          scheduler=params.experiments.scheduler if scheduler is None else scheduler,
                          jobs=params.report.report_jobs if jobs is None else jobs)
     bad = [o for o in outcomes if not o.done]
