@@ -26,16 +26,14 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import jinja2
 import pandas as pd
 
-from cmtlib import __version__
 from cmtlib.experiments.ablation import config_names, paired_differences, run_configurations
 from cmtlib.experiments.study import RunOutcome, check, spread, study_folder
 from cmtlib.fileio import write_json, write_text
 from cmtlib.params import Params, load_params
 from cmtlib.report.chain.index import write_reports_index
-from cmtlib.report.chain.render import TEMPLATES, check_self_contained, report_css
+from cmtlib.report.chain.render import study_page
 from cmtlib.report.chain.runner import ReportError
 from cmtlib.report.pages.show import caption_html, heading_html, text_html
 from cmtlib.report.pages.tables import ci_text, get_path, to_html
@@ -143,11 +141,8 @@ def write_summary(out: Path, rows: list[dict[str, Any]], failed: str = "", repor
     rewritten when the ablation folder sits in reports_dir); `runs`: every run's outcome, kept in
     summary.json (status, seconds, worker, error with the end of its traceback)."""
     now = _dt.datetime.now()
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True)
-    html = env.get_template("ablation.html.j2").render(
-        name=out.name, rows=rows, failed=failed, css=report_css(), version=__version__, now=now.strftime("%Y-%m-%d %H:%M"),
-        setting=common_setting(rows), paper=PAPER, explain_html=explain_html)
-    check_self_contained(html, f"{out.name}/index.html")
+    html = study_page("ablation.html.j2", f"{out.name}/index.html", now, name=out.name, rows=rows, failed=failed,
+                      setting=common_setting(rows), paper=PAPER, explain_html=explain_html)
     write_json(out / "summary.json", {"rows": rows, "failed": failed, "runs": [
         {k: v for k, v in dataclasses.asdict(o).items() if k not in ("metrics", "analysis")} for o in runs]})
     write_json(out / "report.json", {"name": out.name, "kind": "ablation", "date": now.isoformat(timespec="seconds"),

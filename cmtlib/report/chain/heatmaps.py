@@ -19,15 +19,13 @@ import datetime as _dt
 from collections.abc import Sequence
 from pathlib import Path
 
-import jinja2
 import pandas as pd
 
-from cmtlib import __version__
 from cmtlib.experiments.heatmaps import choose, explain_run, pool, read_tables
 from cmtlib.experiments.study import RunOutcome, check, run_study, study_folder
 from cmtlib.fileio import write_json, write_text
 from cmtlib.params import load_params
-from cmtlib.report.chain.render import TEMPLATES, check_self_contained, report_css
+from cmtlib.report.chain.render import study_page
 from cmtlib.report.pages.explain import method_name
 from cmtlib.report.pages.tables import to_html
 from cmtlib.run import write_csv
@@ -85,11 +83,8 @@ def write_page(folder: Path, outcomes: Sequence[RunOutcome], failed: str = "") -
     intro = [f"{len(done)} run(s) of the same configuration and data, each with its own training seed. Every CAM method at every "
              "layer explains the network's COVID-19 output on the COVID-19 test films whose lesion is known exactly (phantoms); "
              "CMTNet's disease map, the output of its disease outline, is measured beside them but never chosen."]
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True)
-    html = env.get_template("study.html.j2").render(title=f"Heat-map study: {folder.name}", intro=intro, sections=sections,
-                                                     failed=failed, css=report_css(), version=__version__,
-                                                     now=_dt.datetime.now().strftime("%Y-%m-%d %H:%M"))
-    check_self_contained(html, f"{folder.name}/index.html")
+    html = study_page("study.html.j2", f"{folder.name}/index.html", _dt.datetime.now(), title=f"Heat-map study: {folder.name}",
+                      intro=intro, sections=sections, failed=failed)
     write_json(folder / "summary.json", {"best": ranking.head(1).to_dict("records"), "failed": failed, "runs": [
         {k: v for k, v in dataclasses.asdict(o).items() if k != "metrics"} for o in outcomes]})
     return write_text(folder / "index.html", html)

@@ -16,10 +16,8 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-import jinja2
 import pandas as pd
 
-from cmtlib import __version__
 from cmtlib.errors import ConfigError
 from cmtlib.experiments.ablation import config_names
 from cmtlib.experiments.mitigation import THUMB_PX, parse_fold, run_matrix
@@ -27,7 +25,7 @@ from cmtlib.experiments.study import check, study_folder
 from cmtlib.fileio import write_json, write_text
 from cmtlib.params import load_params
 from cmtlib.report.chain.index import write_reports_index
-from cmtlib.report.chain.render import TEMPLATES, check_self_contained, report_css
+from cmtlib.report.chain.render import study_page
 from cmtlib.report.pages.mitigation import difference_table, summary_table
 from cmtlib.report.pages.tables import to_html
 
@@ -71,15 +69,13 @@ def write_summary(folder: Path, results: pd.DataFrame, folds: list[str], seeds: 
     judged = len(results) > 0
     summary, differences = (summary_table(results), difference_table(results)) if judged else (pd.DataFrame(), pd.DataFrame())
     variants = list(dict.fromkeys(results["variant"])) if judged else list(variants or [])
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True)
     now = _dt.datetime.now()
-    html = env.get_template("mitigation.html.j2").render(
-        name=folder.name, css=report_css(), version=__version__, now=now.strftime("%Y-%m-%d %H:%M"),
+    html = study_page(
+        "mitigation.html.j2", f"{folder.name}/index.html", now, name=folder.name,
         failed=f"runs that did not finish (left out of the tables): {failed}" if failed else "",
         folds="; ".join(folds), seeds=", ".join(map(str, seeds)), variants=", ".join(variants), reference=variants[0] if variants else "",
         thumb_px=THUMB_PX, summary=to_html(summary.reset_index(names="measure"), max_rows=None),
         differences=to_html(differences.reset_index(names="measure"), max_rows=None) if len(differences.columns) else "")
-    check_self_contained(html, f"{folder.name}/index.html")
     write_json(folder / "summary.json", {"measures": summary.to_dict(), "differences": differences.to_dict(), "folds": folds, "seeds": seeds,
                                          "failed": failed})
     write_json(folder / "report.json", {"name": folder.name, "kind": "mitigation", "date": now.isoformat(timespec="seconds"),

@@ -38,6 +38,17 @@ def report_css() -> str:
     return CSS_PATH.read_text(encoding="utf-8")
 
 
+def study_page(template: str, where: str, now: _dt.datetime, **context: Any) -> str:
+    """A study's summary page from templates/<template>, with what every page carries (the stylesheet,
+    the version, the time), checked self-contained (`where` names it in an error)."""
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True)
+    html = env.get_template(template).render(css=report_css(), version=__version__, now=now.strftime("%Y-%m-%d %H:%M"), **context)
+    check_self_contained(html, where)
+    return html
+
+
 def external_refs(html: str) -> list[str]:
     """Every resource the page would load from outside itself (empty for a self-contained page)."""
     found: list[str] = []
