@@ -21,3 +21,16 @@ def cxr_public() -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return CXR_PUBLIC
+
+
+def smoke_run(root: Path, overrides: dict):
+    """The smoke run with `overrides`, trained (or reused) in root/run on one thread, its data in root/data."""
+    import torch
+
+    from cmtlib.experiments.runs import ensure_run
+    from cmtlib.params import load_params
+
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CMT_DATA_DIR", str(root / "data"))
+        return ensure_run(load_params(REPO / "params" / "smoke.yaml", overrides), root / "run")

@@ -8,18 +8,16 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from cmtlib.experiments import audit as AU
 from cmtlib.explain.cue_twins import cue_twin_films
 from cmtlib.explain import verdicts as V
 from cmtlib.explain.verdicts import AUDIT_FORMAT, CUES
-from cmtlib.params import load_params
 from cmtlib.run import Run
+from conftest import REPO, smoke_run
 from test_engine import one_thread, train_toy  # noqa: F401 (fixture)
 
 pytest.importorskip("sklearn")
-REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 TINY = {"synth_n": 200, "synth_size": 64, "image_size": 64, "epochs": 1, "threads": 1, "synth_external_n": 0,
         "synth_border_strength": 0.8}
 
@@ -28,14 +26,7 @@ TINY = {"synth_n": 200, "synth_size": 64, "image_size": 64, "epochs": 1, "thread
 def framed_run(tmp_path_factory):
     """A one-epoch CMTNet on 200 phantoms, a collimation frame on 90 % of COVID-19 films and 10 % of the others
     (source and view tied as by default), with cue twins (about 30 s)."""
-    from cmtlib.experiments.runs import ensure_run
-
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("audit")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CMT_DATA_DIR", str(root / "data"))
-        run = ensure_run(load_params(REPO / "params" / "smoke.yaml", TINY), root / "run")
-    return run
+    return smoke_run(tmp_path_factory.mktemp("audit"), TINY)
 
 
 def test_cue_twins_of_a_phantom_run_differ_from_their_films_only_by_the_cue(framed_run):

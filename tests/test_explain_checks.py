@@ -4,30 +4,21 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from cmtlib.explain import checks as C
 from cmtlib.explain.faithfulness import RANDOMISATION_BAR
-from cmtlib.params import load_params
 from cmtlib.report.pages import explain as P
 from cmtlib.run import Run
+from conftest import smoke_run
 from test_engine import one_thread, train_toy  # noqa: F401 (fixture)
 
-REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 TINY = {"synth_n": 200, "synth_size": 64, "image_size": 64, "epochs": 1, "threads": 1, "synth_external_n": 0}
 
 
 @pytest.fixture(scope="module")
 def phantom_run(tmp_path_factory):
     """A one-epoch CMTNet on 200 phantoms with truth and twins (about 30 s)."""
-    from cmtlib.experiments.runs import ensure_run
-
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("checks")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CMT_DATA_DIR", str(root / "data"))
-        run = ensure_run(load_params(REPO / "params" / "smoke.yaml", TINY), root / "run")
-    return run
+    return smoke_run(tmp_path_factory.mktemp("checks"), TINY)
 
 
 def test_a_phantom_run_is_checked_against_its_truth_and_the_result_is_kept(phantom_run):
