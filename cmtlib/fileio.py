@@ -51,19 +51,23 @@ def write_text(target: str | os.PathLike, text: str) -> Path:
 
 def write_json(target: str | os.PathLike, obj: Any) -> Path:
     """Write `obj` as JSON; NaN and infinities become null (JSON has no NaN)."""
-    text = json.dumps(_finite(obj), indent=2, allow_nan=False, default=_json_default)
+    text = json.dumps(finite(obj), indent=2, allow_nan=False, default=_json_default)
     return write_text(target, text + "\n")
 
 
-def _finite(obj: Any) -> Any:
+def finite(obj: Any, digits: int | None = None) -> Any:
+    """`obj` as JSON holds it, recursively through dicts, lists and tuples: NaN and infinities as None,
+    numpy scalars as Python numbers, and floats rounded to `digits` when given."""
     if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
+        if not math.isfinite(obj):
+            return None
+        return obj if digits is None else round(float(obj), digits)
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {k: finite(v, digits) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
+        return [finite(v, digits) for v in obj]
     if hasattr(obj, "item") and getattr(obj, "ndim", 1) == 0:
-        return _finite(obj.item())
+        return finite(obj.item(), digits)
     return obj
 
 

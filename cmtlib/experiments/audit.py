@@ -25,6 +25,7 @@ from cmtlib.explain.cue_twins import run_twin_truth
 from cmtlib.explain.overlays import ImageSet, load_images
 from cmtlib.explain.shortcut import blanking_aucs, covid_scores
 from cmtlib.explain.verdicts import AUDIT_FORMAT, SETTINGS, data_verdict, network_verdict
+from cmtlib.fileio import finite
 from cmtlib.inference import image_batches, infer, model_device
 from cmtlib.metrics import roc_auc
 from cmtlib.run import Run
@@ -36,18 +37,8 @@ N_BOOT = 1000
 
 
 def _clean(value):
-    """JSON-able: NaN becomes None, numpy scalars plain numbers, recursively."""
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, (np.floating, float)):
-        return None if math.isnan(value) else round(float(value), 4)
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    return value
+    """As shortcut_audit.json holds it: NaN as None, numpy scalars as plain numbers, 4 decimals."""
+    return finite(value, digits=4)
 
 
 def _pass(model, films: ImageSet) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
